@@ -1,0 +1,2 @@
+//! airssys-operator: placeholder entry point until the controllers land (issue 4).
+fn main() {}
