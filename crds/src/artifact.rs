@@ -25,12 +25,17 @@ impl Digest {
     /// Parses `sha256:<64 lower-case hex>`.
     pub fn parse(raw: &str) -> Result<Self, DigestError> {
         let ok = raw.strip_prefix("sha256:").is_some_and(|hex| {
-            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(DigestError { value: raw.to_owned() })
+            Err(DigestError {
+                value: raw.to_owned(),
+            })
         }
     }
 

@@ -12,6 +12,10 @@ use crate::condition::Condition;
 use crate::limits::Limits;
 
 /// A WebAssembly component to run on the cluster's agents.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) group repeats the same keys by design"
+)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "wasm.airssys.dev",
@@ -27,12 +31,43 @@ use crate::limits::Limits;
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas"
     ),
-    printcolumn(name = "Trust", type_ = "string", json_path = ".status.trustLevel", description = "Trust level of the resolved artifact"),
-    printcolumn(name = "Approved", type_ = "string", json_path = ".status.conditions[?(@.type==\"Approved\")].status", description = "Whether the component may run"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Replicas running"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Replicas requested", priority = 1),
-    printcolumn(name = "Digest", type_ = "string", json_path = ".status.resolvedDigest", description = "Resolved artifact digest", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Trust",
+        type_ = "string",
+        json_path = ".status.trustLevel",
+        description = "Trust level of the resolved artifact"
+    ),
+    printcolumn(
+        name = "Approved",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Approved\")].status",
+        description = "Whether the component may run"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Replicas running"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Replicas requested",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.resolvedDigest",
+        description = "Resolved artifact digest",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WasmComponentSpec {
@@ -229,8 +264,14 @@ impl WasmComponentSpec {
             return Err(SpecError::Replicas(self.replicas));
         }
         let pinned = [
-            self.artifact.https.as_ref().and_then(|h| h.digest.as_deref()),
-            self.artifact.config_map.as_ref().and_then(|c| c.digest.as_deref()),
+            self.artifact
+                .https
+                .as_ref()
+                .and_then(|h| h.digest.as_deref()),
+            self.artifact
+                .config_map
+                .as_ref()
+                .and_then(|c| c.digest.as_deref()),
         ];
         for digest in pinned.into_iter().flatten() {
             crate::artifact::Digest::parse(digest)?;

@@ -100,7 +100,9 @@ impl Condition {
 
 /// The current time as Kubernetes writes it (second precision, `Z`).
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Finds a condition by type.
@@ -120,7 +122,8 @@ pub fn set(conditions: &mut Vec<Condition>, mut new: Condition) -> bool {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(old) => {
             if old.status == new.status {
-                new.last_transition_time.clone_from(&old.last_transition_time);
+                new.last_transition_time
+                    .clone_from(&old.last_transition_time);
             }
             let changed = *old != new;
             *old = new;
@@ -151,14 +154,38 @@ mod tests {
     #[test]
     fn set_inserts_replaces_and_keeps_transition_time() {
         let mut list = Vec::new();
-        assert!(set(&mut list, cond(ConditionStatus::False, "PendingApproval", "t1")));
+        assert!(set(
+            &mut list,
+            cond(ConditionStatus::False, "PendingApproval", "t1")
+        ));
         assert_eq!(list.len(), 1);
-        assert!(!set(&mut list, cond(ConditionStatus::False, "PendingApproval", "t2")), "same state is no change");
-        assert_eq!(list[0].last_transition_time, "t1", "time kept while status holds");
-        assert!(set(&mut list, cond(ConditionStatus::False, "RequestExceedsCeiling", "t3")));
-        assert_eq!(list[0].last_transition_time, "t1", "reason change alone keeps the time");
-        assert!(set(&mut list, cond(ConditionStatus::True, "ManuallyApproved", "t4")));
-        assert_eq!(list[0].last_transition_time, "t4", "status change moves the time");
+        assert!(
+            !set(
+                &mut list,
+                cond(ConditionStatus::False, "PendingApproval", "t2")
+            ),
+            "same state is no change"
+        );
+        assert_eq!(
+            list[0].last_transition_time, "t1",
+            "time kept while status holds"
+        );
+        assert!(set(
+            &mut list,
+            cond(ConditionStatus::False, "RequestExceedsCeiling", "t3")
+        ));
+        assert_eq!(
+            list[0].last_transition_time, "t1",
+            "reason change alone keeps the time"
+        );
+        assert!(set(
+            &mut list,
+            cond(ConditionStatus::True, "ManuallyApproved", "t4")
+        ));
+        assert_eq!(
+            list[0].last_transition_time, "t4",
+            "status change moves the time"
+        );
         assert!(is_true(&list, ConditionType::Approved));
         assert!(!is_true(&list, ConditionType::Ready), "missing is not true");
         assert_eq!(list.len(), 1, "one entry per type");

@@ -107,43 +107,76 @@ impl Limits {
         let d = ResolvedLimits::default();
         let count = |field, value: Option<i32>, default: u32| match value {
             None => Ok(default),
-            Some(v) => u32::try_from(v).ok().filter(|v| *v >= 1).ok_or(LimitsError {
-                field,
-                value: v.to_string(),
-                reason: "must be at least 1",
-            }),
+            Some(v) => u32::try_from(v)
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or(LimitsError {
+                    field,
+                    value: v.to_string(),
+                    reason: "must be at least 1",
+                }),
         };
         let fuel = match self.fuel_per_message {
             None => None,
-            Some(f) => Some(u64::try_from(f).ok().filter(|f| *f >= 1).ok_or(LimitsError {
-                field: "fuelPerMessage",
-                value: f.to_string(),
-                reason: "must be at least 1",
-            })?),
+            Some(f) => Some(
+                u64::try_from(f)
+                    .ok()
+                    .filter(|f| *f >= 1)
+                    .ok_or(LimitsError {
+                        field: "fuelPerMessage",
+                        value: f.to_string(),
+                        reason: "must be at least 1",
+                    })?,
+            ),
         };
-        let max_message = bytes("maxMessageSize", self.max_message_size.as_deref(), d.max_message_bytes.into(), MAX_MESSAGE)?;
+        let max_message = bytes(
+            "maxMessageSize",
+            self.max_message_size.as_deref(),
+            d.max_message_bytes.into(),
+            MAX_MESSAGE,
+        )?;
         Ok(ResolvedLimits {
             memory_bytes: bytes("memory", self.memory.as_deref(), d.memory_bytes, MAX_MEMORY)?,
             fuel_per_message: fuel,
-            cpu_time_per_message: duration("cpuTimePerMessage", self.cpu_time_per_message.as_deref(), d.cpu_time_per_message)?,
+            cpu_time_per_message: duration(
+                "cpuTimePerMessage",
+                self.cpu_time_per_message.as_deref(),
+                d.cpu_time_per_message,
+            )?,
             timeout: duration("timeout", self.timeout.as_deref(), d.timeout)?,
-            max_concurrent_messages: count("maxConcurrentMessages", self.max_concurrent_messages, d.max_concurrent_messages)?,
+            max_concurrent_messages: count(
+                "maxConcurrentMessages",
+                self.max_concurrent_messages,
+                d.max_concurrent_messages,
+            )?,
             mailbox_capacity: count("mailboxSize", self.mailbox_size, d.mailbox_capacity)?,
-            storage_bytes: bytes("storage", self.storage.as_deref(), d.storage_bytes, MAX_STORAGE)?,
+            storage_bytes: bytes(
+                "storage",
+                self.storage.as_deref(),
+                d.storage_bytes,
+                MAX_STORAGE,
+            )?,
             messages_per_second: count("messageRate", self.message_rate, d.messages_per_second)?,
             max_message_bytes: u32::try_from(max_message).unwrap_or(u32::MAX),
         })
     }
 }
 
-fn bytes(field: &'static str, raw: Option<&str>, default: u64, max: u64) -> Result<u64, LimitsError> {
+fn bytes(
+    field: &'static str,
+    raw: Option<&str>,
+    default: u64,
+    max: u64,
+) -> Result<u64, LimitsError> {
     let Some(raw) = raw else { return Ok(default) };
     let err = |reason| LimitsError {
         field,
         value: raw.to_owned(),
         reason,
     };
-    let value = parse_quantity(raw).ok_or_else(|| err("expected a whole number with an optional suffix Ki, Mi, Gi, k, M or G"))?;
+    let value = parse_quantity(raw).ok_or_else(|| {
+        err("expected a whole number with an optional suffix Ki, Mi, Gi, k, M or G")
+    })?;
     if value == 0 {
         return Err(err("must be greater than zero"));
     }
@@ -153,14 +186,19 @@ fn bytes(field: &'static str, raw: Option<&str>, default: u64, max: u64) -> Resu
     Ok(value)
 }
 
-fn duration(field: &'static str, raw: Option<&str>, default: Duration) -> Result<Duration, LimitsError> {
+fn duration(
+    field: &'static str,
+    raw: Option<&str>,
+    default: Duration,
+) -> Result<Duration, LimitsError> {
     let Some(raw) = raw else { return Ok(default) };
     let err = |reason| LimitsError {
         field,
         value: raw.to_owned(),
         reason,
     };
-    let value = parse_duration(raw).ok_or_else(|| err("expected a duration such as 250ms, 5s or 1m30s"))?;
+    let value =
+        parse_duration(raw).ok_or_else(|| err("expected a duration such as 250ms, 5s or 1m30s"))?;
     if value.is_zero() {
         return Err(err("must be greater than zero"));
     }
@@ -202,7 +240,9 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
         let split = rest.find(|c: char| !c.is_ascii_digit())?;
         let (digits, tail) = rest.split_at(split);
         let n: u64 = digits.parse().ok()?;
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         let part = match unit {
             "ms" => Duration::from_millis(n),
@@ -277,12 +317,48 @@ mod tests {
         assert_eq!(r.max_concurrent_messages, 1, "default kept");
 
         let bad: &[(Limits, &str)] = &[
-            (Limits { memory: Some("8Gi".into()), ..Limits::default() }, "memory"),
-            (Limits { memory: Some("0".into()), ..Limits::default() }, "memory"),
-            (Limits { timeout: Some("2h".into()), ..Limits::default() }, "timeout"),
-            (Limits { mailbox_size: Some(0), ..Limits::default() }, "mailboxSize"),
-            (Limits { fuel_per_message: Some(-5), ..Limits::default() }, "fuelPerMessage"),
-            (Limits { max_message_size: Some("1Gi".into()), ..Limits::default() }, "maxMessageSize"),
+            (
+                Limits {
+                    memory: Some("8Gi".into()),
+                    ..Limits::default()
+                },
+                "memory",
+            ),
+            (
+                Limits {
+                    memory: Some("0".into()),
+                    ..Limits::default()
+                },
+                "memory",
+            ),
+            (
+                Limits {
+                    timeout: Some("2h".into()),
+                    ..Limits::default()
+                },
+                "timeout",
+            ),
+            (
+                Limits {
+                    mailbox_size: Some(0),
+                    ..Limits::default()
+                },
+                "mailboxSize",
+            ),
+            (
+                Limits {
+                    fuel_per_message: Some(-5),
+                    ..Limits::default()
+                },
+                "fuelPerMessage",
+            ),
+            (
+                Limits {
+                    max_message_size: Some("1Gi".into()),
+                    ..Limits::default()
+                },
+                "maxMessageSize",
+            ),
         ];
         for (limits, field) in bad {
             let err = limits.resolve().expect_err("out of bounds");

@@ -11,6 +11,10 @@ use crate::condition::Condition;
 use crate::limits::Limits;
 
 /// A component's instances on one node (internal; owned by its `WasmComponent`).
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) group repeats the same keys by design"
+)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "wasm.airssys.dev",
@@ -26,7 +30,11 @@ use crate::limits::Limits;
     printcolumn(name = "Component", type_ = "string", json_path = ".spec.component"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlacementSpec {

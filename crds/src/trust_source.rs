@@ -17,6 +17,10 @@ use crate::capability::Capabilities;
 use crate::condition::Condition;
 
 /// A platform team's statement of trust, cluster-wide.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) group repeats the same keys by design"
+)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "wasm.airssys.dev",
@@ -28,9 +32,21 @@ use crate::condition::Condition;
     status = "TrustSourceStatus",
     doc = "Which artifacts are trusted, denied or run in dev mode, and the most a trusted artifact may be granted without a person.",
     printcolumn(name = "Decision", type_ = "string", json_path = ".spec.decision"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Components", type_ = "integer", json_path = ".status.components"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Components",
+        type_ = "integer",
+        json_path = ".status.components"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = kube::core::Rule::new("has(self.registries) || has(self.keys) || has(self.identities) || has(self.digests)").message("a TrustSource must match something: set registries, keys, identities or digests"))]
@@ -218,7 +234,10 @@ pub enum SelectorOperator {
 impl LabelSelector {
     /// Whether `labels` satisfy every term. An empty selector selects everything.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let labels_ok = self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v));
+        let labels_ok = self
+            .match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v));
         labels_ok
             && self.match_expressions.iter().all(|req| {
                 let value = labels.get(&req.key);
@@ -277,9 +296,11 @@ impl TrustSourceSpec {
             crate::capability::CapabilitySet::parse(ceiling).map_err(SourceError::Ceiling)?;
         }
         for (index, entry) in self.digests.iter().enumerate() {
-            crate::artifact::Digest::parse(&entry.digest).map_err(|source| SourceError::Digest { index, source })?;
+            crate::artifact::Digest::parse(&entry.digest)
+                .map_err(|source| SourceError::Digest { index, source })?;
             if let Some(caps) = &entry.capabilities {
-                crate::capability::CapabilitySet::parse(caps).map_err(|source| SourceError::Approval { index, source })?;
+                crate::capability::CapabilitySet::parse(caps)
+                    .map_err(|source| SourceError::Approval { index, source })?;
             }
         }
         Ok(())
@@ -308,7 +329,9 @@ impl RepositoryGlob {
             pattern: raw.to_owned(),
             reason,
         };
-        let (host, path) = raw.split_once('/').ok_or_else(|| err("needs a host and a path"))?;
+        let (host, path) = raw
+            .split_once('/')
+            .ok_or_else(|| err("needs a host and a path"))?;
         if host.is_empty() || host.contains('*') {
             return Err(err("the host must be literal"));
         }
@@ -373,15 +396,24 @@ mod tests {
             let glob = RepositoryGlob::parse(pattern).expect("pattern parses");
             assert_eq!(glob.matches(repo), *want, "{pattern} vs {repo}");
         }
-        for bad in ["ghcr.io", "*.io/acme", "ghcr.io/**/x", "ghcr.io/ac*", "ghcr.io//x"] {
+        for bad in [
+            "ghcr.io",
+            "*.io/acme",
+            "ghcr.io/**/x",
+            "ghcr.io/ac*",
+            "ghcr.io//x",
+        ] {
             assert!(RepositoryGlob::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn label_selectors() {
-        let labels: BTreeMap<String, String> =
-            [("env".to_owned(), "dev".to_owned()), ("team".to_owned(), "a".to_owned())].into();
+        let labels: BTreeMap<String, String> = [
+            ("env".to_owned(), "dev".to_owned()),
+            ("team".to_owned(), "a".to_owned()),
+        ]
+        .into();
         let req = |key: &str, operator, values: &[&str]| LabelSelectorRequirement {
             key: key.to_owned(),
             operator,
@@ -389,13 +421,62 @@ mod tests {
         };
         let cases: Vec<(&str, LabelSelector, bool)> = vec![
             ("empty selects all", LabelSelector::default(), true),
-            ("match label", LabelSelector { match_labels: [("env".into(), "dev".into())].into(), ..Default::default() }, true),
-            ("mismatched label", LabelSelector { match_labels: [("env".into(), "prod".into())].into(), ..Default::default() }, false),
-            ("In", LabelSelector { match_expressions: vec![req("env", SelectorOperator::In, &["dev", "test"])], ..Default::default() }, true),
-            ("NotIn", LabelSelector { match_expressions: vec![req("env", SelectorOperator::NotIn, &["dev"])], ..Default::default() }, false),
-            ("NotIn on missing key", LabelSelector { match_expressions: vec![req("x", SelectorOperator::NotIn, &["dev"])], ..Default::default() }, true),
-            ("Exists", LabelSelector { match_expressions: vec![req("team", SelectorOperator::Exists, &[])], ..Default::default() }, true),
-            ("DoesNotExist", LabelSelector { match_expressions: vec![req("team", SelectorOperator::DoesNotExist, &[])], ..Default::default() }, false),
+            (
+                "match label",
+                LabelSelector {
+                    match_labels: [("env".into(), "dev".into())].into(),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "mismatched label",
+                LabelSelector {
+                    match_labels: [("env".into(), "prod".into())].into(),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                "In",
+                LabelSelector {
+                    match_expressions: vec![req("env", SelectorOperator::In, &["dev", "test"])],
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "NotIn",
+                LabelSelector {
+                    match_expressions: vec![req("env", SelectorOperator::NotIn, &["dev"])],
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                "NotIn on missing key",
+                LabelSelector {
+                    match_expressions: vec![req("x", SelectorOperator::NotIn, &["dev"])],
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "Exists",
+                LabelSelector {
+                    match_expressions: vec![req("team", SelectorOperator::Exists, &[])],
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "DoesNotExist",
+                LabelSelector {
+                    match_expressions: vec![req("team", SelectorOperator::DoesNotExist, &[])],
+                    ..Default::default()
+                },
+                false,
+            ),
         ];
         for (rule, selector, want) in cases {
             assert_eq!(selector.matches(&labels), want, "{rule}");

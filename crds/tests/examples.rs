@@ -2,6 +2,7 @@
 //! Rust-side checks; every manifest in `examples/invalid/` is rejected with the message its
 //! `# expect-client-error:` header names. (The real API server's verdict on the same files is
 //! tested in `tests/e2e`, against each file's `# expect-error:` header.)
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +35,9 @@ fn documents(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn schema_of(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
+fn schema_of(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()
@@ -51,9 +54,15 @@ fn admit(doc: &Value) -> Result<&'static str, String> {
         serde_json::from_value(v.clone()).map_err(|e| e.to_string())
     }
     let cel = |crd| {
-        Validator::new().validate(&schema_of(&crd), doc, None).map_err(|errs| {
-            errs.as_slice().iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; ")
-        })
+        Validator::new()
+            .validate(&schema_of(&crd), doc, None)
+            .map_err(|errs| {
+                errs.as_slice()
+                    .iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
     };
     match doc["kind"].as_str().unwrap_or_default() {
         "WasmComponent" => {
@@ -91,7 +100,10 @@ fn every_example_is_admitted() {
     }
     let count = |k| kinds.iter().filter(|x| **x == k).count();
     assert!(count("WasmComponent") >= 3, "several components: {kinds:?}");
-    assert!(count("TrustSource") >= 5, "a realistic TrustSource set: {kinds:?}");
+    assert!(
+        count("TrustSource") >= 5,
+        "a realistic TrustSource set: {kinds:?}"
+    );
 }
 
 #[test]
@@ -111,7 +123,12 @@ fn every_invalid_example_is_rejected_with_its_message() {
             path.display()
         );
         let docs = documents(&path);
-        assert_eq!(docs.len(), 1, "{}: one manifest per invalid file", path.display());
+        assert_eq!(
+            docs.len(),
+            1,
+            "{}: one manifest per invalid file",
+            path.display()
+        );
         match admit(&docs[0]) {
             Ok(_) => panic!("{} was admitted; expected: {expected}", path.display()),
             Err(err) => assert!(

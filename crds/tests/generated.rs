@@ -1,4 +1,5 @@
 //! The committed CRD YAML must be exactly what the types generate, in both places it lives.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use std::path::Path;
 
@@ -24,7 +25,11 @@ fn committed_crds_match_the_types() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| !files.iter().any(|(f, _)| f == n))
             .collect();
-        assert!(extra.is_empty(), "{}: files no CRD generates: {extra:?}", dir.display());
+        assert!(
+            extra.is_empty(),
+            "{}: files no CRD generates: {extra:?}",
+            dir.display()
+        );
     }
 }
 
@@ -40,11 +45,17 @@ fn crds_have_the_api_surface_users_rely_on() {
         .map(|c| c.name.as_str())
         .collect();
     for want in ["Trust", "Approved", "Ready", "Age"] {
-        assert!(columns.contains(&want), "printer column {want} in {columns:?}");
+        assert!(
+            columns.contains(&want),
+            "printer column {want} in {columns:?}"
+        );
     }
     let sub = version.subresources.as_ref().expect("subresources");
     assert!(sub.status.is_some(), "status subresource");
-    assert_eq!(sub.scale.as_ref().map(|s| s.spec_replicas_path.as_str()), Some(".spec.replicas"));
+    assert_eq!(
+        sub.scale.as_ref().map(|s| s.spec_replicas_path.as_str()),
+        Some(".spec.replicas")
+    );
     assert_eq!(wc.spec.scope, "Namespaced");
 
     assert_eq!(airssys_crds::TrustSource::crd().spec.scope, "Cluster");
@@ -56,5 +67,8 @@ fn crds_have_the_api_surface_users_rely_on() {
         .flatten()
         .map(|f| f.json_path.as_str())
         .collect();
-    assert!(fields.contains(&".spec.nodeName"), "agents select their Placements by node: {fields:?}");
+    assert!(
+        fields.contains(&".spec.nodeName"),
+        "agents select their Placements by node: {fields:?}"
+    );
 }

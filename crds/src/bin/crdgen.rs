@@ -39,7 +39,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
-        Some(other) => return Err(format!("unknown argument {other:?}; usage: crdgen [--write DIR...]").into()),
+        Some(other) => {
+            return Err(
+                format!("unknown argument {other:?}; usage: crdgen [--write DIR...]").into(),
+            );
+        }
     }
     Ok(())
 }

@@ -32,7 +32,10 @@ pub enum CapabilityError {
     #[error("messaging topic {topic:?} is invalid: {reason}")]
     InvalidTopic { topic: String, reason: &'static str },
     #[error("storage bucket {bucket:?} {reason}")]
-    InvalidBucket { bucket: String, reason: &'static str },
+    InvalidBucket {
+        bucket: String,
+        reason: &'static str,
+    },
     #[error("messaging component {component:?} {reason}")]
     InvalidComponent {
         component: String,

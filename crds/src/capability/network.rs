@@ -76,14 +76,18 @@ impl HostPattern {
             return Err(invalid("is longer than 253 characters"));
         }
         if name.contains('*') {
-            return Err(invalid("a wildcard may only be the whole first label ('*.example.com')"));
+            return Err(invalid(
+                "a wildcard may only be the whole first label ('*.example.com')",
+            ));
         }
         for label in name.split('.') {
             let valid_chars = label
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if label.is_empty() || label.len() > 63 || !valid_chars {
-                return Err(invalid("labels must be 1-63 characters of a-z, 0-9 and '-'"));
+                return Err(invalid(
+                    "labels must be 1-63 characters of a-z, 0-9 and '-'",
+                ));
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return Err(invalid("labels may not start or end with '-'"));
@@ -91,7 +95,9 @@ impl HostPattern {
         }
         if wildcard && !name.contains('.') {
             // `*.com` would grant a whole top-level domain.
-            return Err(invalid("a wildcard needs at least two labels after it ('*.example.com')"));
+            return Err(invalid(
+                "a wildcard needs at least two labels after it ('*.example.com')",
+            ));
         }
         Ok(if wildcard {
             Self::Suffix(format!(".{name}"))
@@ -262,15 +268,16 @@ impl PortRange {
             port,
             reason: "must be between 1 and 65535",
         })?;
-        let last = match end_port {
-            None => first,
-            Some(end) => in_range(end)
-                .filter(|end| *end >= first)
-                .ok_or(CapabilityError::InvalidPort {
-                    port: end,
-                    reason: "endPort must be between port and 65535",
-                })?,
-        };
+        let last =
+            match end_port {
+                None => first,
+                Some(end) => in_range(end).filter(|end| *end >= first).ok_or(
+                    CapabilityError::InvalidPort {
+                        port: end,
+                        reason: "endPort must be between port and 65535",
+                    },
+                )?,
+            };
         Ok(Self { first, last })
     }
 
@@ -307,14 +314,26 @@ mod tests {
     fn host_patterns_parse() {
         let cases: &[(&str, &str, Option<&str>)] = &[
             ("exact name", "api.example.com", Some("api.example.com")),
-            ("upper case is folded", "API.Example.COM", Some("api.example.com")),
-            ("trailing dot is dropped", "api.example.com.", Some("api.example.com")),
+            (
+                "upper case is folded",
+                "API.Example.COM",
+                Some("api.example.com"),
+            ),
+            (
+                "trailing dot is dropped",
+                "api.example.com.",
+                Some("api.example.com"),
+            ),
             ("single label name", "localhost", Some("localhost")),
             ("wildcard suffix", "*.example.com", Some("*.example.com")),
             ("wildcard over a TLD is rejected", "*.com", None),
             ("bare star is rejected", "*", None),
             ("star inside a label is rejected", "api*.example.com", None),
-            ("star in a later label is rejected", "api.*.example.com", None),
+            (
+                "star in a later label is rejected",
+                "api.*.example.com",
+                None,
+            ),
             ("empty is rejected", "", None),
             ("empty label is rejected", "api..example.com", None),
             ("underscore is rejected", "my_host.example.com", None),
@@ -333,36 +352,140 @@ mod tests {
     fn host_patterns_match_on_label_boundaries() {
         let cases: &[(&str, &str, &str, bool)] = &[
             ("exact match", "api.example.com", "api.example.com", true),
-            ("exact is case-insensitive", "api.example.com", "API.EXAMPLE.com", true),
-            ("exact ignores trailing dot", "api.example.com", "api.example.com.", true),
-            ("exact does not match subdomain", "example.com", "api.example.com", false),
-            ("exact does not match longer name", "api.example.com", "api.example.com.evil.io", false),
-            ("suffix matches one label", "*.example.com", "api.example.com", true),
-            ("suffix matches many labels", "*.example.com", "a.b.example.com", true),
-            ("suffix does not match the apex", "*.example.com", "example.com", false),
-            ("suffix needs a label boundary", "*.example.com", "evilexample.com", false),
-            ("suffix does not match a lookalike", "*.example.com", "example.com.evil.io", false),
-            ("suffix does not match a bare dot label", "*.example.com", ".example.com", false),
-            ("suffix is case-insensitive", "*.example.com", "API.Example.Com", true),
-            ("non-ascii host does not panic", "*.example.com", "é.example.co", false),
+            (
+                "exact is case-insensitive",
+                "api.example.com",
+                "API.EXAMPLE.com",
+                true,
+            ),
+            (
+                "exact ignores trailing dot",
+                "api.example.com",
+                "api.example.com.",
+                true,
+            ),
+            (
+                "exact does not match subdomain",
+                "example.com",
+                "api.example.com",
+                false,
+            ),
+            (
+                "exact does not match longer name",
+                "api.example.com",
+                "api.example.com.evil.io",
+                false,
+            ),
+            (
+                "suffix matches one label",
+                "*.example.com",
+                "api.example.com",
+                true,
+            ),
+            (
+                "suffix matches many labels",
+                "*.example.com",
+                "a.b.example.com",
+                true,
+            ),
+            (
+                "suffix does not match the apex",
+                "*.example.com",
+                "example.com",
+                false,
+            ),
+            (
+                "suffix needs a label boundary",
+                "*.example.com",
+                "evilexample.com",
+                false,
+            ),
+            (
+                "suffix does not match a lookalike",
+                "*.example.com",
+                "example.com.evil.io",
+                false,
+            ),
+            (
+                "suffix does not match a bare dot label",
+                "*.example.com",
+                ".example.com",
+                false,
+            ),
+            (
+                "suffix is case-insensitive",
+                "*.example.com",
+                "API.Example.Com",
+                true,
+            ),
+            (
+                "non-ascii host does not panic",
+                "*.example.com",
+                "é.example.co",
+                false,
+            ),
         ];
         for (rule, pattern, host, want) in cases {
             let pattern = HostPattern::parse(pattern).expect("pattern parses");
-            assert_eq!(pattern.matches(host), *want, "{rule}: {pattern} vs {host:?}");
+            assert_eq!(
+                pattern.matches(host),
+                *want,
+                "{rule}: {pattern} vs {host:?}"
+            );
         }
     }
 
     #[test]
     fn host_pattern_containment() {
         let cases: &[(&str, &str, &str, bool)] = &[
-            ("exact within same exact", "a.example.com", "a.example.com", true),
-            ("exact within matching suffix", "a.example.com", "*.example.com", true),
-            ("suffix within same suffix", "*.example.com", "*.example.com", true),
-            ("narrower suffix within wider", "*.api.example.com", "*.example.com", true),
-            ("wider suffix not within narrower", "*.example.com", "*.api.example.com", false),
-            ("suffix not within exact", "*.example.com", "example.com", false),
-            ("lookalike suffix not within", "*.evilexample.com", "*.example.com", false),
-            ("apex not within suffix", "example.com", "*.example.com", false),
+            (
+                "exact within same exact",
+                "a.example.com",
+                "a.example.com",
+                true,
+            ),
+            (
+                "exact within matching suffix",
+                "a.example.com",
+                "*.example.com",
+                true,
+            ),
+            (
+                "suffix within same suffix",
+                "*.example.com",
+                "*.example.com",
+                true,
+            ),
+            (
+                "narrower suffix within wider",
+                "*.api.example.com",
+                "*.example.com",
+                true,
+            ),
+            (
+                "wider suffix not within narrower",
+                "*.example.com",
+                "*.api.example.com",
+                false,
+            ),
+            (
+                "suffix not within exact",
+                "*.example.com",
+                "example.com",
+                false,
+            ),
+            (
+                "lookalike suffix not within",
+                "*.evilexample.com",
+                "*.example.com",
+                false,
+            ),
+            (
+                "apex not within suffix",
+                "example.com",
+                "*.example.com",
+                false,
+            ),
         ];
         for (rule, inner, outer, want) in cases {
             let inner = HostPattern::parse(inner).expect("inner parses");
@@ -375,20 +498,42 @@ mod tests {
     fn cidrs_parse_and_contain() {
         let cases: &[(&str, &str, &str, bool)] = &[
             ("v4 block contains member", "10.0.0.0/8", "10.200.1.1", true),
-            ("v4 block excludes neighbour", "10.0.0.0/8", "11.0.0.1", false),
+            (
+                "v4 block excludes neighbour",
+                "10.0.0.0/8",
+                "11.0.0.1",
+                false,
+            ),
             ("single v4 address", "192.0.2.7", "192.0.2.7", true),
-            ("single v4 address excludes next", "192.0.2.7", "192.0.2.8", false),
+            (
+                "single v4 address excludes next",
+                "192.0.2.7",
+                "192.0.2.8",
+                false,
+            ),
             ("zero prefix contains all v4", "0.0.0.0/0", "8.8.8.8", true),
             ("v6 block contains member", "fd00::/8", "fd12::1", true),
             ("v6 block excludes v4", "fd00::/8", "10.0.0.1", false),
-            ("v4-mapped v6 counts as v4", "10.0.0.0/8", "::ffff:10.1.2.3", true),
+            (
+                "v4-mapped v6 counts as v4",
+                "10.0.0.0/8",
+                "::ffff:10.1.2.3",
+                true,
+            ),
             ("v4 block excludes v6", "10.0.0.0/8", "fd00::1", false),
         ];
         for (rule, cidr, addr, want) in cases {
             let cidr = Cidr::parse(cidr).expect("cidr parses");
             assert_eq!(cidr.contains(ip(addr)), *want, "{rule}");
         }
-        for bad in ["10.0.0.0/33", "10.1.2.3/8", "10.0.0/8", "fd00::/129", "host/8", "10.0.0.0/x"] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.1.2.3/8",
+            "10.0.0/8",
+            "fd00::/129",
+            "host/8",
+            "10.0.0.0/x",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad} must be rejected");
         }
         let small = Cidr::parse("10.1.0.0/16").expect("parses");
@@ -426,13 +571,31 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!(PortRange::new(443, None).map(|r| r.to_string()).ok().as_deref(), Some("443"));
         assert_eq!(
-            PortRange::new(8000, Some(8100)).map(|r| r.to_string()).ok().as_deref(),
+            PortRange::new(443, None)
+                .map(|r| r.to_string())
+                .ok()
+                .as_deref(),
+            Some("443")
+        );
+        assert_eq!(
+            PortRange::new(8000, Some(8100))
+                .map(|r| r.to_string())
+                .ok()
+                .as_deref(),
             Some("8000-8100")
         );
-        for (port, end) in [(0, None), (65536, None), (-1, None), (100, Some(99)), (1, Some(70000))] {
-            assert!(PortRange::new(port, end).is_err(), "{port}..{end:?} must be rejected");
+        for (port, end) in [
+            (0, None),
+            (65536, None),
+            (-1, None),
+            (100, Some(99)),
+            (1, Some(70000)),
+        ] {
+            assert!(
+                PortRange::new(port, end).is_err(),
+                "{port}..{end:?} must be rejected"
+            );
         }
         let range = PortRange::new(8000, Some(8100)).expect("valid");
         assert!(range.contains(8000) && range.contains(8100) && !range.contains(8101));

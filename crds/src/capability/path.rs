@@ -97,9 +97,21 @@ mod tests {
             ("plain absolute path is kept", "/data", Some("/data")),
             ("root is kept", "/", Some("/")),
             ("trailing slash is dropped", "/data/", Some("/data")),
-            ("doubled slashes collapse", "//data//logs", Some("/data/logs")),
-            ("dot components vanish", "/data/./logs/.", Some("/data/logs")),
-            ("dots inside names are names", "/data/..hidden/a..b", Some("/data/..hidden/a..b")),
+            (
+                "doubled slashes collapse",
+                "//data//logs",
+                Some("/data/logs"),
+            ),
+            (
+                "dot components vanish",
+                "/data/./logs/.",
+                Some("/data/logs"),
+            ),
+            (
+                "dots inside names are names",
+                "/data/..hidden/a..b",
+                Some("/data/..hidden/a..b"),
+            ),
             ("relative path is rejected", "data", None),
             ("empty path is rejected", "", None),
             ("dot-relative path is rejected", "./data", None),
@@ -127,19 +139,48 @@ mod tests {
             ("same path", "/app", "/app", true),
             ("child path", "/app", "/app/config.toml", true),
             ("deep child path", "/app", "/app/a/b/c", true),
-            ("sibling with same prefix is not covered", "/app", "/application", false),
-            ("sibling with dash suffix is not covered", "/app", "/app-data/x", false),
-            ("parent is not covered by child grant", "/app/data", "/app", false),
+            (
+                "sibling with same prefix is not covered",
+                "/app",
+                "/application",
+                false,
+            ),
+            (
+                "sibling with dash suffix is not covered",
+                "/app",
+                "/app-data/x",
+                false,
+            ),
+            (
+                "parent is not covered by child grant",
+                "/app/data",
+                "/app",
+                false,
+            ),
             ("root covers everything", "/", "/etc/passwd", true),
             ("unrelated path", "/app", "/etc/passwd", false),
-            ("trailing slash in request is normalized", "/app", "/app/", true),
-            ("escape through parent is rejected", "/app", "/app/../etc/passwd", false),
+            (
+                "trailing slash in request is normalized",
+                "/app",
+                "/app/",
+                true,
+            ),
+            (
+                "escape through parent is rejected",
+                "/app",
+                "/app/../etc/passwd",
+                false,
+            ),
             ("relative request is rejected", "/app", "app/x", false),
             ("doubled slashes still match", "/app", "//app//x", true),
         ];
         for (rule, grant, request, want) in cases {
             let grant = AbsPath::parse(grant).expect("grant parses");
-            assert_eq!(grant.covers_raw(request), *want, "{rule}: {grant} vs {request:?}");
+            assert_eq!(
+                grant.covers_raw(request),
+                *want,
+                "{rule}: {grant} vs {request:?}"
+            );
         }
     }
 }

@@ -53,7 +53,11 @@ pub struct CapabilitySet {
 }
 
 /// The two access bits shared by filesystem and storage entries.
-fn read_write(kind: &'static str, entry: &str, access: &[FsAccess]) -> Result<(bool, bool), CapabilityError> {
+fn read_write(
+    kind: &'static str,
+    entry: &str,
+    access: &[FsAccess],
+) -> Result<(bool, bool), CapabilityError> {
     let read = access.contains(&FsAccess::Read);
     let write = access.contains(&FsAccess::Write);
     if !read && !write {
@@ -73,7 +77,11 @@ impl CapabilitySet {
         for fs in &caps.filesystem {
             let prefix = AbsPath::parse(&fs.path)?;
             let (read, write) = read_write("filesystem", &fs.path, &fs.access)?;
-            set.filesystem.push(PathGrant { prefix, read, write });
+            set.filesystem.push(PathGrant {
+                prefix,
+                read,
+                write,
+            });
         }
         for net in &caps.network {
             set.network.push(NetGrant {
@@ -163,24 +171,43 @@ impl CapabilitySet {
 
     fn excess_items<'a>(&'a self, outer: &'a CapabilitySet) -> impl Iterator<Item = String> + 'a {
         let fs = self.filesystem.iter().filter_map(move |g| {
-            let read = !g.read || outer.filesystem.iter().any(|o| o.read && o.prefix.covers(&g.prefix));
-            let write = !g.write || outer.filesystem.iter().any(|o| o.write && o.prefix.covers(&g.prefix));
+            let read = !g.read
+                || outer
+                    .filesystem
+                    .iter()
+                    .any(|o| o.read && o.prefix.covers(&g.prefix));
+            let write = !g.write
+                || outer
+                    .filesystem
+                    .iter()
+                    .any(|o| o.write && o.prefix.covers(&g.prefix));
             missing("filesystem", &g.prefix, &[(read, "read"), (write, "write")])
         });
         let net = self.network.iter().filter_map(move |g| {
-            let covered = outer.network.iter().any(|o| g.target.is_within(&o.target) && g.ports.is_within(&o.ports));
+            let covered = outer
+                .network
+                .iter()
+                .any(|o| g.target.is_within(&o.target) && g.ports.is_within(&o.ports));
             (!covered).then(|| format!("network {g}"))
         });
         let kv = self.storage.iter().filter_map(move |g| {
             let read = !g.read || outer.storage.iter().any(|o| o.read && o.bucket == g.bucket);
-            let write = !g.write || outer.storage.iter().any(|o| o.write && o.bucket == g.bucket);
+            let write = !g.write
+                || outer
+                    .storage
+                    .iter()
+                    .any(|o| o.write && o.bucket == g.bucket);
             missing("storage", &g.bucket, &[(read, "read"), (write, "write")])
         });
         let topics = self.topics.iter().filter_map(move |g| {
             let within = |o: &&TopicGrant| g.pattern.is_within(&o.pattern);
             let publish = !g.publish || outer.topics.iter().filter(within).any(|o| o.publish);
             let subscribe = !g.subscribe || outer.topics.iter().filter(within).any(|o| o.subscribe);
-            missing("messaging topic", &g.pattern, &[(publish, "publish"), (subscribe, "subscribe")])
+            missing(
+                "messaging topic",
+                &g.pattern,
+                &[(publish, "publish"), (subscribe, "subscribe")],
+            )
         });
         let send = self
             .send
@@ -243,7 +270,8 @@ impl CapabilitySet {
             .filter_map(|g| {
                 let within = |o: &&TopicGrant| g.pattern.is_within(&o.pattern);
                 let publish = g.publish && approved.topics.iter().filter(within).any(|o| o.publish);
-                let subscribe = g.subscribe && approved.topics.iter().filter(within).any(|o| o.subscribe);
+                let subscribe =
+                    g.subscribe && approved.topics.iter().filter(within).any(|o| o.subscribe);
                 (publish || subscribe).then(|| TopicGrant {
                     pattern: g.pattern.clone(),
                     publish,
@@ -256,8 +284,18 @@ impl CapabilitySet {
             network,
             storage,
             topics,
-            send: self.send.iter().filter(|c| approved.send.contains(c)).cloned().collect(),
-            env: self.env.iter().filter(|e| approved.env.contains(e)).cloned().collect(),
+            send: self
+                .send
+                .iter()
+                .filter(|c| approved.send.contains(c))
+                .cloned()
+                .collect(),
+            env: self
+                .env
+                .iter()
+                .filter(|e| approved.env.contains(e))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -285,7 +323,9 @@ impl CapabilitySet {
             g.ports.contains(port)
                 && match &g.target {
                     NetTarget::Cidr(cidr) => cidr.contains(ip),
-                    NetTarget::Host(pattern) => !restricted && host.is_some_and(|h| pattern.matches(h)),
+                    NetTarget::Host(pattern) => {
+                        !restricted && host.is_some_and(|h| pattern.matches(h))
+                    }
                 }
         })
     }
@@ -303,12 +343,16 @@ impl CapabilitySet {
 
     /// Whether the guest may publish to `topic`.
     pub fn allows_publish(&self, topic: &str) -> bool {
-        self.topics.iter().any(|g| g.publish && g.pattern.matches(topic))
+        self.topics
+            .iter()
+            .any(|g| g.publish && g.pattern.matches(topic))
     }
 
     /// Whether the guest may subscribe to (receive from) `topic`.
     pub fn allows_subscribe(&self, topic: &str) -> bool {
-        self.topics.iter().any(|g| g.subscribe && g.pattern.matches(topic))
+        self.topics
+            .iter()
+            .any(|g| g.subscribe && g.pattern.matches(topic))
     }
 
     /// Whether the guest may send directly to `component`.
@@ -324,7 +368,11 @@ impl CapabilitySet {
 
 /// `Some("kind entry (mode, mode)")` naming the modes not covered, or `None` when all are.
 fn missing(kind: &str, entry: &dyn fmt::Display, modes: &[(bool, &str)]) -> Option<String> {
-    let lacking: Vec<&str> = modes.iter().filter(|(ok, _)| !ok).map(|(_, m)| *m).collect();
+    let lacking: Vec<&str> = modes
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, m)| *m)
+        .collect();
     (!lacking.is_empty()).then(|| format!("{kind} {entry} ({})", lacking.join(", ")))
 }
 
@@ -388,36 +436,141 @@ env: [{ name: LOG_LEVEL }]
         let cases: &[(&str, &str, bool)] = &[
             ("empty request fits anything", "{}", true),
             ("the ceiling fits itself", CEILING, true),
-            ("subdirectory with fewer modes fits", "filesystem: [{ path: /data/logs, access: [read] }]", true),
-            ("write under read-only prefix exceeds", "filesystem: [{ path: /etc/app, access: [write] }]", false),
-            ("prefix lookalike exceeds", "filesystem: [{ path: /database, access: [read] }]", false),
-            ("parent of granted dir exceeds", "filesystem: [{ path: /, access: [read] }]", false),
-            ("subdomain under suffix fits", "network: [{ host: a.b.example.com, port: 443 }]", true),
-            ("apex under suffix exceeds", "network: [{ host: example.com, port: 443 }]", false),
-            ("suffix lookalike exceeds", "network: [{ host: evilexample.com, port: 443 }]", false),
-            ("other port exceeds", "network: [{ host: a.example.com, port: 80 }]", false),
-            ("port inside range fits", "network: [{ host: api.partner.io, port: 8050 }]", true),
-            ("sub-range fits", "network: [{ host: api.partner.io, port: 8001, endPort: 8099 }]", true),
-            ("range overrunning exceeds", "network: [{ host: api.partner.io, port: 8050, endPort: 8200 }]", false),
-            ("narrower cidr fits", "network: [{ host: 10.1.0.0/16, port: 5432 }]", true),
-            ("ip literal inside cidr fits", "network: [{ host: 10.1.2.3, port: 5432 }]", true),
-            ("wider cidr exceeds", "network: [{ host: 0.0.0.0/0, port: 5432 }]", false),
-            ("bucket read fits", "storage: [{ bucket: counters, access: [read] }]", true),
-            ("write to read-only bucket exceeds", "storage: [{ bucket: cache, access: [write] }]", false),
-            ("unknown bucket exceeds", "storage: [{ bucket: secrets, access: [read] }]", false),
-            ("topic under tail fits", "messaging: [{ topic: orders.eu.new, access: [publish] }]", true),
-            ("star under tail fits", "messaging: [{ topic: \"orders.*\", access: [subscribe] }]", true),
-            ("publish to subscribe-only exceeds", "messaging: [{ topic: audit.x, access: [publish] }]", false),
-            ("tail over star exceeds", "messaging: [{ topic: \"audit.>\", access: [subscribe] }]", false),
-            ("granted send fits", "messaging: [{ component: billing, access: [send] }]", true),
-            ("other send exceeds", "messaging: [{ component: payroll, access: [send] }]", false),
+            (
+                "subdirectory with fewer modes fits",
+                "filesystem: [{ path: /data/logs, access: [read] }]",
+                true,
+            ),
+            (
+                "write under read-only prefix exceeds",
+                "filesystem: [{ path: /etc/app, access: [write] }]",
+                false,
+            ),
+            (
+                "prefix lookalike exceeds",
+                "filesystem: [{ path: /database, access: [read] }]",
+                false,
+            ),
+            (
+                "parent of granted dir exceeds",
+                "filesystem: [{ path: /, access: [read] }]",
+                false,
+            ),
+            (
+                "subdomain under suffix fits",
+                "network: [{ host: a.b.example.com, port: 443 }]",
+                true,
+            ),
+            (
+                "apex under suffix exceeds",
+                "network: [{ host: example.com, port: 443 }]",
+                false,
+            ),
+            (
+                "suffix lookalike exceeds",
+                "network: [{ host: evilexample.com, port: 443 }]",
+                false,
+            ),
+            (
+                "other port exceeds",
+                "network: [{ host: a.example.com, port: 80 }]",
+                false,
+            ),
+            (
+                "port inside range fits",
+                "network: [{ host: api.partner.io, port: 8050 }]",
+                true,
+            ),
+            (
+                "sub-range fits",
+                "network: [{ host: api.partner.io, port: 8001, endPort: 8099 }]",
+                true,
+            ),
+            (
+                "range overrunning exceeds",
+                "network: [{ host: api.partner.io, port: 8050, endPort: 8200 }]",
+                false,
+            ),
+            (
+                "narrower cidr fits",
+                "network: [{ host: 10.1.0.0/16, port: 5432 }]",
+                true,
+            ),
+            (
+                "ip literal inside cidr fits",
+                "network: [{ host: 10.1.2.3, port: 5432 }]",
+                true,
+            ),
+            (
+                "wider cidr exceeds",
+                "network: [{ host: 0.0.0.0/0, port: 5432 }]",
+                false,
+            ),
+            (
+                "bucket read fits",
+                "storage: [{ bucket: counters, access: [read] }]",
+                true,
+            ),
+            (
+                "write to read-only bucket exceeds",
+                "storage: [{ bucket: cache, access: [write] }]",
+                false,
+            ),
+            (
+                "unknown bucket exceeds",
+                "storage: [{ bucket: secrets, access: [read] }]",
+                false,
+            ),
+            (
+                "topic under tail fits",
+                "messaging: [{ topic: orders.eu.new, access: [publish] }]",
+                true,
+            ),
+            (
+                "star under tail fits",
+                "messaging: [{ topic: \"orders.*\", access: [subscribe] }]",
+                true,
+            ),
+            (
+                "publish to subscribe-only exceeds",
+                "messaging: [{ topic: audit.x, access: [publish] }]",
+                false,
+            ),
+            (
+                "tail over star exceeds",
+                "messaging: [{ topic: \"audit.>\", access: [subscribe] }]",
+                false,
+            ),
+            (
+                "granted send fits",
+                "messaging: [{ component: billing, access: [send] }]",
+                true,
+            ),
+            (
+                "other send exceeds",
+                "messaging: [{ component: payroll, access: [send] }]",
+                false,
+            ),
             ("granted env fits", "env: [{ name: LOG_LEVEL }]", true),
-            ("other env exceeds", "env: [{ name: AWS_SECRET_ACCESS_KEY }]", false),
+            (
+                "other env exceeds",
+                "env: [{ name: AWS_SECRET_ACCESS_KEY }]",
+                false,
+            ),
         ];
         for (rule, request, want) in cases {
             let request = caps(request);
-            assert_eq!(request.is_within(&ceiling), *want, "{rule}: excess {:?}", request.excess(&ceiling));
-            assert_eq!(request.excess(&ceiling).is_empty(), *want, "{rule}: excess agrees");
+            assert_eq!(
+                request.is_within(&ceiling),
+                *want,
+                "{rule}: excess {:?}",
+                request.excess(&ceiling)
+            );
+            assert_eq!(
+                request.excess(&ceiling).is_empty(),
+                *want,
+                "{rule}: excess agrees"
+            );
         }
     }
 
@@ -450,16 +603,29 @@ env: [{ name: LOG_LEVEL }]
              env: [{ name: LOG_LEVEL }, { name: TOKEN }]",
         );
         let grant = request.intersect(&approved);
-        assert_eq!(grant.to_string(), caps(
-            "filesystem: [{ path: /etc/app, access: [read] }]\n\
+        assert_eq!(
+            grant.to_string(),
+            caps(
+                "filesystem: [{ path: /etc/app, access: [read] }]\n\
              network: [{ host: a.example.com, port: 443 }]\n\
              storage: [{ bucket: cache, access: [read] }]\n\
              messaging: [{ topic: audit.x, access: [subscribe] }]\n\
              env: [{ name: LOG_LEVEL }]",
-        ).to_string());
-        assert!(grant.is_within(&approved), "a grant never exceeds its approval");
-        assert!(grant.is_within(&request), "a grant never exceeds its request");
-        assert_eq!(request.intersect(&CapabilitySet::default()), CapabilitySet::default());
+            )
+            .to_string()
+        );
+        assert!(
+            grant.is_within(&approved),
+            "a grant never exceeds its approval"
+        );
+        assert!(
+            grant.is_within(&request),
+            "a grant never exceeds its request"
+        );
+        assert_eq!(
+            request.intersect(&CapabilitySet::default()),
+            CapabilitySet::default()
+        );
     }
 
     #[test]
@@ -468,10 +634,25 @@ env: [{ name: LOG_LEVEL }]
         let cases: &[(&str, &str, FsAccess, bool)] = &[
             ("read inside rw dir", "/data/x", FsAccess::Read, true),
             ("write inside rw dir", "/data/x/y", FsAccess::Write, true),
-            ("write inside read-only dir", "/etc/app/conf", FsAccess::Write, false),
-            ("read inside read-only dir", "/etc/app/conf", FsAccess::Read, true),
+            (
+                "write inside read-only dir",
+                "/etc/app/conf",
+                FsAccess::Write,
+                false,
+            ),
+            (
+                "read inside read-only dir",
+                "/etc/app/conf",
+                FsAccess::Read,
+                true,
+            ),
             ("sibling lookalike", "/database", FsAccess::Read, false),
-            ("traversal out of granted dir", "/data/../etc/passwd", FsAccess::Read, false),
+            (
+                "traversal out of granted dir",
+                "/data/../etc/passwd",
+                FsAccess::Read,
+                false,
+            ),
             ("relative path", "data/x", FsAccess::Read, false),
             ("outside any grant", "/etc/passwd", FsAccess::Read, false),
         ];
@@ -485,21 +666,91 @@ env: [{ name: LOG_LEVEL }]
         let grant = caps(CEILING);
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         let cases: &[(&str, Option<&str>, &str, u16, bool)] = &[
-            ("granted name, public address", Some("api.example.com"), "93.184.216.34", 443, true),
-            ("granted name, wrong port", Some("api.example.com"), "93.184.216.34", 80, false),
-            ("lookalike name", Some("evilexample.com"), "93.184.216.34", 443, false),
-            ("granted name resolving to loopback", Some("api.example.com"), "127.0.0.1", 443, false),
-            ("granted name resolving to metadata", Some("api.example.com"), "169.254.169.254", 443, false),
-            ("granted name resolving to private", Some("api.example.com"), "192.168.1.5", 443, false),
-            ("granted cidr, private address", None, "10.2.3.4", 5432, true),
-            ("granted cidr via a name", Some("db.internal"), "10.2.3.4", 5432, true),
+            (
+                "granted name, public address",
+                Some("api.example.com"),
+                "93.184.216.34",
+                443,
+                true,
+            ),
+            (
+                "granted name, wrong port",
+                Some("api.example.com"),
+                "93.184.216.34",
+                80,
+                false,
+            ),
+            (
+                "lookalike name",
+                Some("evilexample.com"),
+                "93.184.216.34",
+                443,
+                false,
+            ),
+            (
+                "granted name resolving to loopback",
+                Some("api.example.com"),
+                "127.0.0.1",
+                443,
+                false,
+            ),
+            (
+                "granted name resolving to metadata",
+                Some("api.example.com"),
+                "169.254.169.254",
+                443,
+                false,
+            ),
+            (
+                "granted name resolving to private",
+                Some("api.example.com"),
+                "192.168.1.5",
+                443,
+                false,
+            ),
+            (
+                "granted cidr, private address",
+                None,
+                "10.2.3.4",
+                5432,
+                true,
+            ),
+            (
+                "granted cidr via a name",
+                Some("db.internal"),
+                "10.2.3.4",
+                5432,
+                true,
+            ),
             ("granted cidr, wrong port", None, "10.2.3.4", 5433, false),
-            ("bare public address without name", None, "93.184.216.34", 443, false),
-            ("v4-mapped private address in cidr", None, "::ffff:10.2.3.4", 5432, true),
-            ("port in granted range", Some("api.partner.io"), "93.184.216.35", 8080, true),
+            (
+                "bare public address without name",
+                None,
+                "93.184.216.34",
+                443,
+                false,
+            ),
+            (
+                "v4-mapped private address in cidr",
+                None,
+                "::ffff:10.2.3.4",
+                5432,
+                true,
+            ),
+            (
+                "port in granted range",
+                Some("api.partner.io"),
+                "93.184.216.35",
+                8080,
+                true,
+            ),
         ];
         for (rule, host, addr, port, want) in cases {
-            assert_eq!(grant.allows_connect(*host, ip(addr), *port), *want, "{rule}");
+            assert_eq!(
+                grant.allows_connect(*host, ip(addr), *port),
+                *want,
+                "{rule}"
+            );
         }
     }
 
@@ -517,7 +768,10 @@ env: [{ name: LOG_LEVEL }]
         assert!(!grant.allows_bucket("cache", FsAccess::Write));
         assert!(!grant.allows_bucket("counter", FsAccess::Read));
         assert!(grant.allows_env("LOG_LEVEL"));
-        assert!(!grant.allows_env("log_level"), "env names are case-sensitive");
+        assert!(
+            !grant.allows_env("log_level"),
+            "env names are case-sensitive"
+        );
         let nothing = CapabilitySet::default();
         assert!(nothing.is_empty());
         assert!(!nothing.allows_path("/", FsAccess::Read), "fail closed");
@@ -526,31 +780,88 @@ env: [{ name: LOG_LEVEL }]
     #[test]
     fn parse_rejects_bad_entries() {
         let cases: &[(&str, &str, &str)] = &[
-            ("traversal path", "filesystem: [{ path: /data/../etc, access: [read] }]", "'..'"),
-            ("relative path", "filesystem: [{ path: data, access: [read] }]", "absolute"),
-            ("no access", "filesystem: [{ path: /data, access: [] }]", "grants no access"),
-            ("wildcard TLD", "network: [{ host: \"*.com\", port: 443 }]", "two labels"),
-            ("host with port", "network: [{ host: \"a.io:443\", port: 443 }]", "labels must be"),
-            ("port zero", "network: [{ host: a.io, port: 0 }]", "between 1 and 65535"),
-            ("reversed range", "network: [{ host: a.io, port: 90, endPort: 80 }]", "endPort"),
-            ("cidr host bits", "network: [{ host: 10.1.2.3/8, port: 1 }]", "host bits"),
-            ("bad bucket", "storage: [{ bucket: Bad, access: [read] }]", "bucket"),
-            ("send on topic", "messaging: [{ topic: a, access: [send] }]", "send is for a component"),
-            ("publish to component", "messaging: [{ component: a, access: [publish] }]", "exactly [send]"),
-            ("topic and component", "messaging: [{ topic: a, component: b, access: [send] }]", "exactly one"),
-            ("middle tail", "messaging: [{ topic: a.>.b, access: [publish] }]", "last token"),
+            (
+                "traversal path",
+                "filesystem: [{ path: /data/../etc, access: [read] }]",
+                "'..'",
+            ),
+            (
+                "relative path",
+                "filesystem: [{ path: data, access: [read] }]",
+                "absolute",
+            ),
+            (
+                "no access",
+                "filesystem: [{ path: /data, access: [] }]",
+                "grants no access",
+            ),
+            (
+                "wildcard TLD",
+                "network: [{ host: \"*.com\", port: 443 }]",
+                "two labels",
+            ),
+            (
+                "host with port",
+                "network: [{ host: \"a.io:443\", port: 443 }]",
+                "labels must be",
+            ),
+            (
+                "port zero",
+                "network: [{ host: a.io, port: 0 }]",
+                "between 1 and 65535",
+            ),
+            (
+                "reversed range",
+                "network: [{ host: a.io, port: 90, endPort: 80 }]",
+                "endPort",
+            ),
+            (
+                "cidr host bits",
+                "network: [{ host: 10.1.2.3/8, port: 1 }]",
+                "host bits",
+            ),
+            (
+                "bad bucket",
+                "storage: [{ bucket: Bad, access: [read] }]",
+                "bucket",
+            ),
+            (
+                "send on topic",
+                "messaging: [{ topic: a, access: [send] }]",
+                "send is for a component",
+            ),
+            (
+                "publish to component",
+                "messaging: [{ component: a, access: [publish] }]",
+                "exactly [send]",
+            ),
+            (
+                "topic and component",
+                "messaging: [{ topic: a, component: b, access: [send] }]",
+                "exactly one",
+            ),
+            (
+                "middle tail",
+                "messaging: [{ topic: a.>.b, access: [publish] }]",
+                "last token",
+            ),
             ("bad env", "env: [{ name: A-B }]", "env name"),
         ];
         for (rule, yaml, needle) in cases {
             let err = parse_err(yaml).to_string();
-            assert!(err.contains(needle), "{rule}: {err:?} should mention {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{rule}: {err:?} should mention {needle:?}"
+            );
         }
     }
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = serde_yaml::from_str::<Capabilities>("filesystem: [{ path: /a, access: [read], recursive: true }]")
-            .expect_err("unknown field");
+        let err = serde_yaml::from_str::<Capabilities>(
+            "filesystem: [{ path: /a, access: [read], recursive: true }]",
+        )
+        .expect_err("unknown field");
         assert!(err.to_string().contains("unknown field"), "{err}");
         assert!(serde_yaml::from_str::<Capabilities>("gpu: []").is_err());
     }

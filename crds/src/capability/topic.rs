@@ -112,7 +112,10 @@ pub fn check_topic(topic: &str) -> Result<(), CapabilityError> {
     if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
         return Err(invalid("must be 1-253 characters"));
     }
-    topic.split('.').try_for_each(check_topic_token).map_err(invalid)
+    topic
+        .split('.')
+        .try_for_each(check_topic_token)
+        .map_err(invalid)
 }
 
 fn check_topic_token(token: &str) -> Result<(), &'static str> {
@@ -131,32 +134,39 @@ fn check_topic_token(token: &str) -> Result<(), &'static str> {
 
 /// Checks a storage bucket name: 1-63 of `a-z 0-9 - _`, starting with a letter or digit.
 pub fn check_bucket(bucket: &str) -> Result<(), CapabilityError> {
-    check_name(bucket, 63, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
-        .map_err(|reason| CapabilityError::InvalidBucket {
-            bucket: bucket.to_owned(),
-            reason,
-        })
+    check_name(bucket, 63, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_')
+    })
+    .map_err(|reason| CapabilityError::InvalidBucket {
+        bucket: bucket.to_owned(),
+        reason,
+    })
 }
 
 /// Checks the name of a component a guest may send to: a Kubernetes object name (DNS subdomain).
 pub fn check_component_name(name: &str) -> Result<(), CapabilityError> {
-    check_name(name, 253, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
-        .and_then(|()| {
-            if name.ends_with(['-', '.']) {
-                Err("must end with a letter or digit")
-            } else {
-                Ok(())
-            }
-        })
-        .map_err(|reason| CapabilityError::InvalidComponent {
-            component: name.to_owned(),
-            reason,
-        })
+    check_name(name, 253, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.')
+    })
+    .and_then(|()| {
+        if name.ends_with(['-', '.']) {
+            Err("must end with a letter or digit")
+        } else {
+            Ok(())
+        }
+    })
+    .map_err(|reason| CapabilityError::InvalidComponent {
+        component: name.to_owned(),
+        reason,
+    })
 }
 
 /// Checks an environment/config key name: a C identifier, as shells and WASI expect.
 pub fn check_env_name(name: &str) -> Result<(), CapabilityError> {
-    let starts_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    let starts_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
     let ok = starts_ok
         && name.len() <= 253
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -174,7 +184,11 @@ fn check_name(name: &str, max: usize, allowed: impl Fn(u8) -> bool) -> Result<()
     if name.is_empty() || name.len() > max {
         return Err("has the wrong length");
     }
-    if !name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) {
+    if !name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+    {
         return Err("must start with a letter or digit");
     }
     if !name.bytes().all(allowed) {
@@ -194,7 +208,11 @@ mod tests {
             ("single-token wildcard", "orders.*.created", true),
             ("tail wildcard", "orders.>", true),
             ("bare tail wildcard", ">", true),
-            ("tail wildcard in the middle is rejected", "orders.>.created", false),
+            (
+                "tail wildcard in the middle is rejected",
+                "orders.>.created",
+                false,
+            ),
             ("empty token is rejected", "orders..created", false),
             ("leading dot is rejected", ".orders", false),
             ("partial wildcard is rejected", "orders.cre*", false),
@@ -209,23 +227,77 @@ mod tests {
     #[test]
     fn topic_patterns_match() {
         let cases: &[(&str, &str, &str, bool)] = &[
-            ("literal matches itself", "orders.created", "orders.created", true),
-            ("literal does not match a prefix", "orders", "orders.created", false),
-            ("literal does not match longer literal", "orders.created", "orders", false),
+            (
+                "literal matches itself",
+                "orders.created",
+                "orders.created",
+                true,
+            ),
+            (
+                "literal does not match a prefix",
+                "orders",
+                "orders.created",
+                false,
+            ),
+            (
+                "literal does not match longer literal",
+                "orders.created",
+                "orders",
+                false,
+            ),
             ("star matches one token", "orders.*", "orders.eu", true),
-            ("star does not match two tokens", "orders.*", "orders.eu.new", false),
-            ("star does not match zero tokens", "orders.*", "orders", false),
-            ("star does not match an empty token", "orders.*", "orders.", false),
+            (
+                "star does not match two tokens",
+                "orders.*",
+                "orders.eu.new",
+                false,
+            ),
+            (
+                "star does not match zero tokens",
+                "orders.*",
+                "orders",
+                false,
+            ),
+            (
+                "star does not match an empty token",
+                "orders.*",
+                "orders.",
+                false,
+            ),
             ("tail matches one token", "orders.>", "orders.eu", true),
-            ("tail matches many tokens", "orders.>", "orders.eu.new", true),
-            ("tail does not match zero tokens", "orders.>", "orders", false),
-            ("tail does not match lookalike prefix", "orders.>", "ordersx.eu", false),
+            (
+                "tail matches many tokens",
+                "orders.>",
+                "orders.eu.new",
+                true,
+            ),
+            (
+                "tail does not match zero tokens",
+                "orders.>",
+                "orders",
+                false,
+            ),
+            (
+                "tail does not match lookalike prefix",
+                "orders.>",
+                "ordersx.eu",
+                false,
+            ),
             ("star in the middle", "orders.*.new", "orders.eu.new", true),
-            ("star in the middle needs the rest", "orders.*.new", "orders.eu.old", false),
+            (
+                "star in the middle needs the rest",
+                "orders.*.new",
+                "orders.eu.old",
+                false,
+            ),
         ];
         for (rule, pattern, topic, want) in cases {
             let pattern = TopicPattern::parse(pattern).expect("pattern parses");
-            assert_eq!(pattern.matches(topic), *want, "{rule}: {pattern} vs {topic:?}");
+            assert_eq!(
+                pattern.matches(topic),
+                *want,
+                "{rule}: {pattern} vs {topic:?}"
+            );
         }
     }
 
@@ -249,14 +321,21 @@ mod tests {
         for (rule, inner, outer, want) in cases {
             let inner = TopicPattern::parse(inner).expect("inner parses");
             let outer = TopicPattern::parse(outer).expect("outer parses");
-            assert_eq!(inner.is_within(&outer), *want, "{rule}: {inner} within {outer}");
+            assert_eq!(
+                inner.is_within(&outer),
+                *want,
+                "{rule}: {inner} within {outer}"
+            );
         }
     }
 
     #[test]
     fn names() {
         assert!(check_topic("orders.created").is_ok());
-        assert!(check_topic("orders.*").is_err(), "guests publish to concrete topics");
+        assert!(
+            check_topic("orders.*").is_err(),
+            "guests publish to concrete topics"
+        );
         assert!(check_bucket("counters").is_ok());
         for bad in ["", "Counters", "-x", "a/b", "a.b", &"a".repeat(64)] {
             assert!(check_bucket(bad).is_err(), "bucket {bad:?}");
