@@ -73,8 +73,9 @@ pub struct TrustSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_root: Option<TrustRoot>,
     /// Pinned digests; an entry naming components is a manual approval for exactly those.
+    /// At most 128 per source (keep one approvals source per namespace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = 128))]
     pub digests: Vec<DigestEntry>,
     /// Namespaces the source applies to; all namespaces when unset (DevMode requires it).
     #[serde(default, skip_serializing_if = "Option::is_none")]

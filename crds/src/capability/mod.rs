@@ -76,28 +76,31 @@ pub enum MessagingAccess {
 
 /// The capabilities a component requests, as written in `spec.capabilities`, and the same
 /// shape for a `TrustSource` ceiling and a manual approval. Everything is denied unless listed.
+///
+/// List bounds are what keeps the API server's CEL cost estimate within budget where this type
+/// is nested in a `TrustSource`'s approvals; raise them only with that test passing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Capabilities {
     /// Directories the component may open, through WASI preopens.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 16))]
     pub filesystem: Vec<FilesystemCapability>,
     /// Outgoing connections (HTTP and sockets), checked after DNS resolution.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub network: Vec<NetworkCapability>,
     /// Key-value buckets in the node's store, private to the component.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 16))]
     pub storage: Vec<StorageCapability>,
     /// Topics to publish or subscribe to, and components to send to directly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub messaging: Vec<MessagingCapability>,
     /// Config keys (from `spec.config`) exposed to the guest as environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub env: Vec<EnvCapability>,
 }
 
