@@ -271,6 +271,18 @@ pub struct TrustSourceStatus {
 /// the cryptographic checks (keys, certificates) and reports both as `Accepted=False`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
+    #[error("a TrustSource must match something: set registries, keys, identities or digests")]
+    MatchesNothing,
+    #[error("a DevMode source must select namespaces with namespaceSelector")]
+    DevModeWithoutSelector,
+    #[error("a Deny source takes no capabilityCeiling")]
+    DenyWithCeiling,
+    #[error("certificate identities need a trustRoot to verify certificates against")]
+    IdentitiesWithoutRoot,
+    #[error(
+        "minimumSignatures is {minimum}, but the source lists only {signers} keys and identities"
+    )]
+    MinimumSignatures { minimum: i32, signers: usize },
     #[error(transparent)]
     Registry(#[from] RepositoryGlobError),
     #[error("capabilityCeiling: {0}")]
@@ -280,6 +292,10 @@ pub enum SourceError {
         index: usize,
         source: crate::artifact::DigestError,
     },
+    #[error(
+        "digests[{index}] names components but records no capabilities; an approval must say what it approves"
+    )]
+    ApprovalWithoutCapabilities { index: usize },
     #[error("digests[{index}].capabilities: {source}")]
     Approval {
         index: usize,
@@ -288,8 +304,33 @@ pub enum SourceError {
 }
 
 impl TrustSourceSpec {
-    /// Parses the registry globs, the ceiling and every digest entry.
+    /// Checks everything but the cryptography (keys and certificates are parsed by the
+    /// operator): the cross-field rules the CRD's CEL also states (checked again here so a
+    /// decision never depends on admission having run them), the registry globs, the ceiling
+    /// and every digest entry.
     pub fn validate(&self) -> Result<(), SourceError> {
+        if self.registries.is_empty()
+            && self.keys.is_empty()
+            && self.identities.is_empty()
+            && self.digests.is_empty()
+        {
+            return Err(SourceError::MatchesNothing);
+        }
+        if self.decision == Decision::DevMode && self.namespace_selector.is_none() {
+            return Err(SourceError::DevModeWithoutSelector);
+        }
+        if self.decision == Decision::Deny && self.capability_ceiling.is_some() {
+            return Err(SourceError::DenyWithCeiling);
+        }
+        if !self.identities.is_empty() && self.trust_root.is_none() {
+            return Err(SourceError::IdentitiesWithoutRoot);
+        }
+        let signers = self.keys.len() + self.identities.len();
+        if let Some(minimum) = self.minimum_signatures {
+            if minimum < 1 || usize::try_from(minimum).unwrap_or(usize::MAX) > signers {
+                return Err(SourceError::MinimumSignatures { minimum, signers });
+            }
+        }
         for pattern in &self.registries {
             RepositoryGlob::parse(&pattern.repository)?;
         }
@@ -299,6 +340,9 @@ impl TrustSourceSpec {
         for (index, entry) in self.digests.iter().enumerate() {
             crate::artifact::Digest::parse(&entry.digest)
                 .map_err(|source| SourceError::Digest { index, source })?;
+            if !entry.components.is_empty() && entry.capabilities.is_none() {
+                return Err(SourceError::ApprovalWithoutCapabilities { index });
+            }
             if let Some(caps) = &entry.capabilities {
                 crate::capability::CapabilitySet::parse(caps)
                     .map_err(|source| SourceError::Approval { index, source })?;
@@ -405,6 +449,38 @@ mod tests {
             "ghcr.io//x",
         ] {
             assert!(RepositoryGlob::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validate_spec() {
+        let key = "keys: [{ name: k, publicKey: \"-----BEGIN PUBLIC KEY-----\" }]";
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let cases: Vec<(&str, String, Option<&str>)> = vec![
+            ("registry source is valid", "decision: Trust\nregistries: [{ repository: r.io/a/** }]".into(), None),
+            ("matches nothing", "decision: Trust".into(), Some("must match something")),
+            ("dev mode needs a selector", "decision: DevMode\nregistries: [{ repository: r.io/** }]".into(), Some("namespaceSelector")),
+            ("dev mode with a selector", "decision: DevMode\nregistries: [{ repository: r.io/** }]\nnamespaceSelector: { matchLabels: { a: b } }".into(), None),
+            ("deny takes no ceiling", "decision: Deny\nregistries: [{ repository: r.io/** }]\ncapabilityCeiling: {}".into(), Some("no capabilityCeiling")),
+            ("identities need a root", "decision: Trust\nidentities: [{ issuer: i, subject: s }]".into(), Some("trustRoot")),
+            ("minimum above signers", format!("decision: Trust\nminimumSignatures: 2\n{key}"), Some("lists only 1")),
+            ("minimum within signers", format!("decision: Trust\nminimumSignatures: 1\n{key}"), None),
+            ("bad glob", "decision: Trust\nregistries: [{ repository: 'r.io/**/x' }]".into(), Some("last segment")),
+            ("bad digest", "decision: Trust\ndigests: [{ digest: sha256:x }]".into(), Some("digests[0]")),
+            ("approval without capabilities", format!("decision: Trust\ndigests: [{{ digest: {digest}, components: [{{ namespace: n, name: c }}] }}]"), Some("records no capabilities")),
+            ("approval with capabilities", format!("decision: Trust\ndigests: [{{ digest: {digest}, components: [{{ namespace: n, name: c }}], capabilities: {{}} }}]"), None),
+            ("bad ceiling", "decision: Trust\nregistries: [{ repository: r.io/** }]\ncapabilityCeiling: { filesystem: [{ path: x, access: [read] }] }".into(), Some("capabilityCeiling")),
+        ];
+        for (rule, yaml, want) in cases {
+            let spec: TrustSourceSpec =
+                serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{rule}: {e}"));
+            match (spec.validate(), want) {
+                (Ok(()), None) => {}
+                (Err(err), Some(needle)) => {
+                    assert!(err.to_string().contains(needle), "{rule}: {err}")
+                }
+                (got, want) => panic!("{rule}: got {got:?}, want error containing {want:?}"),
+            }
         }
     }
 
