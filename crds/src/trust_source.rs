@@ -326,10 +326,10 @@ impl TrustSourceSpec {
             return Err(SourceError::IdentitiesWithoutRoot);
         }
         let signers = self.keys.len() + self.identities.len();
-        if let Some(minimum) = self.minimum_signatures {
-            if minimum < 1 || usize::try_from(minimum).unwrap_or(usize::MAX) > signers {
-                return Err(SourceError::MinimumSignatures { minimum, signers });
-            }
+        if let Some(minimum) = self.minimum_signatures
+            && (minimum < 1 || usize::try_from(minimum).unwrap_or(usize::MAX) > signers)
+        {
+            return Err(SourceError::MinimumSignatures { minimum, signers });
         }
         for pattern in &self.registries {
             RepositoryGlob::parse(&pattern.repository)?;
