@@ -1,0 +1,32 @@
+//! Test harness for airssys-wasm: a real control plane (etcd, kube-apiserver with TLS and RBAC,
+//! kube-controller-manager) on loopback ports, the harness-built `kubectl`, `helm`, `cosign`
+//! and `oras`, and a local OCI registry.
+//!
+//! The Go binaries come from the pinned modules in `tests/cluster/`, built once by
+//! `tests/cluster/build.sh` into a cache outside the source tree (see [`tools`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), airssys_test_support::Error> {
+//! use airssys_test_support::ControlPlane;
+//! let cp = ControlPlane::shared().await?;
+//! let ns = cp.create_namespace("demo").await?;
+//! let out = cp.kubectl(["get", "namespace", ns.as_str()]).await?;
+//! assert!(out.status.success());
+//! # Ok(()) }
+//! ```
+
+mod control_plane;
+mod error;
+mod pki;
+mod ports;
+mod process;
+mod registry;
+pub mod tools;
+mod wait;
+
+pub use control_plane::{ControlPlane, ControlPlaneOptions, client_from, repo_root};
+pub use error::Error;
+pub use process::Supervised;
+pub use registry::Registry;
+pub use tools::tool_path;
+pub use wait::{condition_status, wait_for};
