@@ -1,0 +1,877 @@
+//! The controllers end to end: the real `airssys-operator run` binary against the real
+//! control plane (`tests/support`), with components pushed by real `oras` into a real OCI
+//! registry and signed by real `cosign`, and TrustSources applied with real `kubectl`.
+//!
+//! One operator process serves the whole test binary (it watches every namespace, as in a
+//! cluster); each test owns a namespace, a registry, its repositories and uniquely named
+//! TrustSources. The operator re-resolves references every 2 s so a re-pushed tag is seen.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use airssys_crds::{TrustSource, WasmComponent};
+use airssys_test_support::{ControlPlane, Registry, Supervised, tool_path, wait_for};
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+static OPERATOR: tokio::sync::OnceCell<Mutex<Supervised>> = tokio::sync::OnceCell::const_new();
+
+/// The control plane and the one operator process (started on first use; stopped by the
+/// harness's watchdog when the test process exits).
+async fn setup() -> (&'static ControlPlane, &'static Mutex<Supervised>) {
+    let cp = ControlPlane::shared().await.unwrap();
+    let operator = OPERATOR
+        .get_or_init(|| async {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_airssys-operator"));
+            cmd.args([
+                "run",
+                "--insecure-registry",
+                "127.0.0.1",
+                "--recheck-seconds",
+                "2",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                // Only the DevMode test's source selects a namespace for dev mode.
+                "--dev-mode",
+            ])
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("RUST_LOG", "info,airssys_operator=debug");
+            let log = cp.dir().join("operator.log");
+            Mutex::new(Supervised::spawn("airssys-operator", cmd, &log).unwrap())
+        })
+        .await;
+    assert_running(operator);
+    (cp, operator)
+}
+
+fn assert_running(operator: &Mutex<Supervised>) {
+    let mut op = operator.lock().unwrap();
+    if let Err(e) = op.check_running() {
+        panic!("the operator is not running: {e}");
+    }
+}
+
+/// GETs `path` from the operator's metrics endpoint (its address is in the start-up log).
+fn scrape(operator: &Mutex<Supervised>, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let log = std::fs::read_to_string(operator.lock().unwrap().log_path()).unwrap();
+    let addr = log
+        .split("\"bound\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no metrics address in the operator log:\n{log}"));
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: operator\r\n\r\n").unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Runs a harness tool in `dir`; fails the test with its output if it fails.
+fn run(dir: &Path, tool: &str, args: &[&str]) -> String {
+    let bin = tool_path(tool).unwrap_or_else(|e| panic!("test tool {tool}: {e}"));
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", "")
+        .env("COSIGN_YES", "true")
+        .env("HOME", dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Pushes `payload` as a single-layer wasm artifact with oras; returns the manifest digest.
+fn push(dir: &Path, reference: &str, payload: &str) -> String {
+    let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+    bytes.extend_from_slice(payload.as_bytes());
+    std::fs::write(dir.join("component.wasm"), bytes).unwrap();
+    run(
+        dir,
+        "oras",
+        &[
+            "push",
+            "--plain-http",
+            reference,
+            "component.wasm:application/wasm",
+        ],
+    );
+    run(dir, "oras", &["resolve", "--plain-http", reference])
+}
+
+/// Signs `reference@digest` with the cosign key pair in `keydir`.
+fn sign(keydir: &Path, pinned: &str) {
+    run(
+        keydir,
+        "cosign",
+        &[
+            "sign",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            "--yes",
+            "--key",
+            "cosign.key",
+            pinned,
+        ],
+    );
+}
+
+/// `kubectl apply -f` of `yaml`, as a person or a GitOps tool does.
+async fn apply(cp: &ControlPlane, dir: &Path, yaml: &str) {
+    let file = dir.join("manifest.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = cp
+        .kubectl(["apply", "-f", file.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed:\n{yaml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn delete_source(cp: &ControlPlane, name: &str) {
+    let api: Api<TrustSource> = Api::all(cp.client().await.unwrap());
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_for_gone(&api, name).await;
+}
+
+async fn wait_for_gone(api: &Api<TrustSource>, name: &str) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while api.get_opt(name).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TrustSource {name} was not deleted (finalizer not removed?)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn component_yaml(ns: &str, name: &str, reference: &str, env: &[&str]) -> String {
+    let env: Vec<String> = env.iter().map(|e| format!("{{ name: {e} }}")).collect();
+    format!(
+        "apiVersion: wasm.airssys.dev/v1alpha1\nkind: WasmComponent\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  artifact:\n    oci:\n      reference: {reference}\n      insecure: true\n  capabilities:\n    env: [{}]\n",
+        env.join(", ")
+    )
+}
+
+/// A `Trust` source for every repository under `{addr}/{path}/`.
+fn registry_source_yaml(name: &str, addr: &str, path: &str) -> String {
+    format!(
+        "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata:\n  name: {name}\nspec:\n  decision: Trust\n  registries:\n    - repository: '{addr}/{path}/**'\n  capabilityCeiling:\n    env: [{{ name: LOG_LEVEL }}]\n"
+    )
+}
+
+fn approval_source_yaml(name: &str, digest: &str, ns: &str, component: &str) -> String {
+    format!(
+        "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata:\n  name: {name}\nspec:\n  decision: Trust\n  digests:\n    - digest: {digest}\n      components: [{{ namespace: {ns}, name: {component} }}]\n      capabilities:\n        env: [{{ name: LOG_LEVEL }}]\n      approvedBy: alice@example.com\n      reason: reviewed in PR 42\n"
+    )
+}
+
+fn condition(c: &WasmComponent, type_: &str) -> Option<(String, String, String)> {
+    let v = serde_json::to_value(c).unwrap();
+    let conds = v.pointer("/status/conditions")?.as_array()?.clone();
+    conds.iter().find(|c| c["type"] == type_).map(|c| {
+        (
+            c["status"].as_str().unwrap_or_default().to_owned(),
+            c["reason"].as_str().unwrap_or_default().to_owned(),
+            c["message"].as_str().unwrap_or_default().to_owned(),
+        )
+    })
+}
+
+fn approved_is(c: &WasmComponent, status: &str, reason: &str) -> bool {
+    condition(c, "Approved").is_some_and(|(s, r, _)| s == status && r == reason)
+}
+
+async fn wait_approved(
+    api: &Api<WasmComponent>,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> WasmComponent {
+    wait_for(api, name, |c| approved_is(c, status, reason), TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: Approved={status}/{reason} never came: {e}"))
+}
+
+/// events.k8s.io/v1 Events about component `name`, as (type, reason), one entry per
+/// occurrence: the recorder folds repeats into one Event with a series count.
+async fn events_about(cp: &ControlPlane, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<Event> = Api::namespaced(cp.client().await.unwrap(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.name.as_deref() == Some(name) && r.kind.as_deref() == Some("WasmComponent")
+            })
+        })
+        .flat_map(|e| {
+            let n = e.series.as_ref().map_or(1, |s| s.count).max(1);
+            let item = (e.type_.unwrap_or_default(), e.reason.unwrap_or_default());
+            std::iter::repeat_n(item, usize::try_from(n).unwrap())
+        })
+        .collect()
+}
+
+/// Waits until an Event of `type_`/`reason` about `name` exists.
+async fn wait_event(cp: &ControlPlane, ns: &str, name: &str, type_: &str, reason: &str) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let events = events_about(cp, ns, name).await;
+        if events.iter().any(|(t, r)| t == type_ && r == reason) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {type_} Event {reason} about {ns}/{name}; saw {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn status(c: &WasmComponent) -> airssys_crds::WasmComponentStatus {
+    c.status.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn trusted_registry_source_approves_within_its_ceiling_without_a_person() {
+    let (cp, op) = setup().await;
+    let ns = cp.create_namespace("ctl-trusted").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = registry.address();
+    let reference = format!("{addr}/{ns}/echo:v1");
+    let digest = push(dir.path(), &reference, "echo v1");
+
+    let source = format!("{ns}-platform");
+    apply(cp, dir.path(), &registry_source_yaml(&source, addr, &ns)).await;
+    apply(
+        cp,
+        dir.path(),
+        &component_yaml(&ns, "echo", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let c = wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
+    let s = status(&c);
+    assert_eq!(
+        s.trust_level.map(|t| t.to_string()).as_deref(),
+        Some("Trusted")
+    );
+    assert_eq!(s.resolved_digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(s.approved_digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(s.matched_sources, std::slice::from_ref(&source));
+    assert_eq!(s.observed_generation, c.metadata.generation);
+    let (v, r, _) = condition(&c, "Verified").unwrap();
+    assert_eq!((v.as_str(), r.as_str()), ("True", "ArtifactVerified"));
+    assert!(
+        c.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == "wasm.airssys.dev/cleanup")),
+        "the component carries the operator's finalizer"
+    );
+    wait_event(cp, &ns, "echo", "Normal", "Approved").await;
+
+    // Another writer's condition (the placement step's `Scheduled`) survives the operator's
+    // status writes: it applies only the fields it owns.
+    let scheduled = serde_json::json!({
+        "apiVersion": "wasm.airssys.dev/v1alpha1",
+        "kind": "WasmComponent",
+        "status": { "conditions": [{
+            "type": "Scheduled", "status": "True", "reason": "Placed",
+            "message": "placed by another writer", "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]},
+    });
+    api.patch_status(
+        "echo",
+        &kube::api::PatchParams::apply("placement-writer"),
+        &kube::api::Patch::Apply(&scheduled),
+    )
+    .await
+    .unwrap();
+    apply(
+        cp,
+        dir.path(),
+        &component_yaml(&ns, "echo", &reference, &[]),
+    )
+    .await;
+    let c = wait_for(
+        &api,
+        "echo",
+        |c| c.metadata.generation == Some(2) && status(c).observed_generation == Some(2),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(approved_is(&c, "True", "TrustSourceMatched"), "{c:?}");
+    assert_eq!(
+        condition(&c, "Scheduled").map(|(s, r, _)| (s, r)),
+        Some(("True".to_owned(), "Placed".to_owned())),
+        "{c:?}"
+    );
+
+    // The source reports that it is in use and how many components it decides for.
+    let sources: Api<TrustSource> = Api::all(cp.client().await.unwrap());
+    wait_for(
+        &sources,
+        &source,
+        |s| {
+            let st = s.status.clone().unwrap_or_default();
+            airssys_test_support::condition_status(s, "Accepted").as_deref() == Some("True")
+                && st.components == 1
+                && st.observed_generation == s.metadata.generation
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+
+    // Asking for more than the ceiling: not approved automatically.
+    apply(
+        cp,
+        dir.path(),
+        &component_yaml(&ns, "greedy", &reference, &["LOG_LEVEL", "AWS_SECRET"]),
+    )
+    .await;
+    let g = wait_approved(&api, "greedy", "False", "RequestExceedsCeiling").await;
+    assert_eq!(status(&g).approved_digest, None);
+    wait_event(cp, &ns, "greedy", "Warning", "RequestExceedsCeiling").await;
+
+    // The decisions are counted on the metrics endpoint.
+    let page = scrape(op, "/metrics");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    for reason in ["TrustSourceMatched", "RequestExceedsCeiling"] {
+        assert!(
+            page.contains(&format!(
+                "airssys_operator_decisions_total{{reason=\"{reason}\"}}"
+            )),
+            "{page}"
+        );
+    }
+    assert!(
+        page.contains("airssys_operator_reconciles_total{controller=\"wasmcomponent\"}"),
+        "{page}"
+    );
+    assert!(scrape(op, "/healthz").ends_with("ok\n"));
+
+    delete_source(cp, &source).await;
+    drop(registry);
+}
+
+#[tokio::test]
+async fn unknown_source_waits_for_a_gitops_approval() {
+    let (cp, _op) = setup().await;
+    let ns = cp.create_namespace("ctl-pending").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("{}/{ns}/kv:v1", registry.address());
+    let digest = push(dir.path(), &reference, "kv v1");
+    apply(
+        cp,
+        dir.path(),
+        &component_yaml(&ns, "kv", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let c = wait_approved(&api, "kv", "False", "PendingApproval").await;
+    let s = status(&c);
+    assert_eq!(
+        s.trust_level.map(|t| t.to_string()).as_deref(),
+        Some("Unknown")
+    );
+    assert_eq!(s.resolved_digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(s.approved_digest, None, "nothing approved without a person");
+    let (_, _, msg) = condition(&c, "Approved").unwrap();
+    assert!(msg.contains("kubectl wasm approve"), "{msg}");
+
+    // The approver's reviewed commit lands: a digest entry naming the component.
+    let source = format!("{ns}-approvals");
+    apply(
+        cp,
+        dir.path(),
+        &approval_source_yaml(&source, &digest, &ns, "kv"),
+    )
+    .await;
+    let c = wait_approved(&api, "kv", "True", "ManuallyApproved").await;
+    let s = status(&c);
+    assert_eq!(s.approved_digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        s.trust_level.map(|t| t.to_string()).as_deref(),
+        Some("Trusted")
+    );
+    assert_eq!(s.matched_sources, std::slice::from_ref(&source));
+    wait_event(cp, &ns, "kv", "Normal", "Approved").await;
+
+    // Deleting the component passes the operator's finalizer (the index forgets it).
+    api.delete("kv", &DeleteParams::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while api.get_opt("kv").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "component kept by its finalizer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    delete_source(cp, &source).await;
+    drop(registry);
+}
+
+#[tokio::test]
+async fn an_approval_binds_to_the_digest_and_the_capability_set() {
+    let (cp, _op) = setup().await;
+    let ns = cp.create_namespace("ctl-binding").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("{}/{ns}/report:v1", registry.address());
+    let digest = push(dir.path(), &reference, "report v1");
+    let source = format!("{ns}-approvals");
+    apply(
+        cp,
+        dir.path(),
+        &approval_source_yaml(&source, &digest, &ns, "report"),
+    )
+    .await;
+    let component = |env: &[&str]| component_yaml(&ns, "report", &reference, env);
+    apply(cp, dir.path(), &component(&["LOG_LEVEL"])).await;
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    wait_approved(&api, "report", "True", "ManuallyApproved").await;
+
+    // Narrower: still approved.
+    apply(cp, dir.path(), &component(&[])).await;
+    let c = wait_for(
+        &api,
+        "report",
+        |c| {
+            status(c).observed_generation == c.metadata.generation
+                && c.metadata.generation > Some(1)
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(approved_is(&c, "True", "ManuallyApproved"), "{c:?}");
+
+    // Wider: back to pending, approval revoked.
+    apply(cp, dir.path(), &component(&["LOG_LEVEL", "HOME"])).await;
+    let c = wait_approved(&api, "report", "False", "PendingApproval").await;
+    assert_eq!(status(&c).approved_digest, None);
+    wait_event(cp, &ns, "report", "Warning", "ApprovalRevoked").await;
+
+    // Back within the approved set: approved again.
+    apply(cp, dir.path(), &component(&["LOG_LEVEL"])).await;
+    wait_approved(&api, "report", "True", "ManuallyApproved").await;
+
+    // The tag moves to new bytes: a new digest the approval does not cover.
+    let moved = push(dir.path(), &reference, "report v2");
+    assert_ne!(moved, digest);
+    let c = wait_approved(&api, "report", "False", "PendingApproval").await;
+    let s = status(&c);
+    assert_eq!(s.resolved_digest.as_deref(), Some(moved.as_str()));
+    assert_eq!(s.approved_digest, None);
+
+    delete_source(cp, &source).await;
+    drop(registry);
+}
+
+#[tokio::test]
+async fn deny_wins_and_deleting_a_source_revokes() {
+    let (cp, _op) = setup().await;
+    let ns = cp.create_namespace("ctl-revoke").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = registry.address();
+    let reference = format!("{addr}/{ns}/echo:v1");
+    let digest = push(dir.path(), &reference, "echo v1");
+    let trust = format!("{ns}-platform");
+    let deny = format!("{ns}-deny");
+    apply(cp, dir.path(), &registry_source_yaml(&trust, addr, &ns)).await;
+    apply(
+        cp,
+        dir.path(),
+        &component_yaml(&ns, "echo", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
+
+    apply(
+        cp,
+        dir.path(),
+        &format!(
+            "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata:\n  name: {deny}\nspec:\n  decision: Deny\n  digests:\n    - digest: {digest}\n      reason: CVE-2026-0001\n"
+        ),
+    )
+    .await;
+    let c = wait_approved(&api, "echo", "False", "Denied").await;
+    let s = status(&c);
+    assert_eq!(
+        s.trust_level.map(|t| t.to_string()).as_deref(),
+        Some("Denied")
+    );
+    assert_eq!(
+        s.approved_digest, None,
+        "approvedDigest cleared on revocation"
+    );
+    assert_eq!(s.matched_sources, std::slice::from_ref(&deny));
+    wait_event(cp, &ns, "echo", "Warning", "Denied").await;
+    wait_event(cp, &ns, "echo", "Warning", "ApprovalRevoked").await;
+
+    // Lifting the denial restores the automatic approval.
+    delete_source(cp, &deny).await;
+    let c = wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
+    assert_eq!(status(&c).approved_digest.as_deref(), Some(digest.as_str()));
+
+    // Deleting the only trusting source revokes.
+    let revoked_before = events_about(cp, &ns, "echo")
+        .await
+        .iter()
+        .filter(|(_, r)| r == "ApprovalRevoked")
+        .count();
+    delete_source(cp, &trust).await;
+    let c = wait_approved(&api, "echo", "False", "PendingApproval").await;
+    assert_eq!(status(&c).approved_digest, None);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let revoked = events_about(cp, &ns, "echo")
+            .await
+            .iter()
+            .filter(|(t, r)| t == "Warning" && r == "ApprovalRevoked")
+            .count();
+        if revoked > revoked_before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second revocation Event"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(registry);
+}
+
+#[tokio::test]
+async fn failures_have_their_own_condition_and_approve_nothing() {
+    let (cp, op) = setup().await;
+    let ns = cp.create_namespace("ctl-failures").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = registry.address().to_owned();
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+
+    // A signature by a key no source trusts does not count.
+    std::fs::create_dir(d.join("trusted")).unwrap();
+    std::fs::create_dir(d.join("other")).unwrap();
+    run(&d.join("trusted"), "cosign", &["generate-key-pair"]);
+    run(&d.join("other"), "cosign", &["generate-key-pair"]);
+    let trusted_pub = std::fs::read_to_string(d.join("trusted/cosign.pub")).unwrap();
+    let reference = format!("{addr}/{ns}/signed:v1");
+    let digest = push(d, &reference, "signed v1");
+    let pinned = format!("{addr}/{ns}/signed@{digest}");
+    sign(&d.join("other"), &pinned);
+    let keyed = format!("{ns}-signers");
+    let key_block: String = trusted_pub
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    apply(
+        cp,
+        d,
+        &format!(
+            "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata:\n  name: {keyed}\nspec:\n  decision: Trust\n  keys:\n    - name: release\n      publicKey: |\n{key_block}  capabilityCeiling:\n    env: [{{ name: LOG_LEVEL }}]\n"
+        ),
+    )
+    .await;
+    apply(
+        cp,
+        d,
+        &component_yaml(&ns, "signed", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+    let c = wait_approved(&api, "signed", "False", "PendingApproval").await;
+    let (v, r, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!((v.as_str(), r.as_str()), ("True", "ArtifactVerified"));
+    assert!(msg.contains("0 verified signer(s)"), "{msg}");
+    assert!(msg.contains("matches no key"), "{msg}");
+
+    // Signed with the trusted key, it is approved on the next check.
+    sign(&d.join("trusted"), &pinned);
+    let c = wait_approved(&api, "signed", "True", "TrustSourceMatched").await;
+    assert_eq!(status(&c).matched_sources, std::slice::from_ref(&keyed));
+
+    // Bytes that do not match the pinned digest: VerificationFailed, nothing approved.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    apply(
+        cp,
+        d,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tampered\n  namespace: {ns}\nbinaryData:\n  component.wasm: AGFzbQ0AAQA=\n---\napiVersion: wasm.airssys.dev/v1alpha1\nkind: WasmComponent\nmetadata:\n  name: tampered\n  namespace: {ns}\nspec:\n  artifact:\n    configMap: {{ name: tampered, key: component.wasm, digest: '{wrong}' }}\n"
+        ),
+    )
+    .await;
+    let c = wait_approved(&api, "tampered", "False", "VerificationFailed").await;
+    let (v, r, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!((v.as_str(), r.as_str()), ("False", "VerificationFailed"));
+    assert!(msg.contains("tampered"), "{msg}");
+    assert_eq!(status(&c).approved_digest, None);
+    wait_event(cp, &ns, "tampered", "Warning", "VerificationFailed").await;
+
+    // A registry nobody answers on: retrying, never a verdict.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    apply(
+        cp,
+        d,
+        &component_yaml(
+            &ns,
+            "unreachable",
+            &format!("127.0.0.1:{port}/{ns}/gone:v1"),
+            &[],
+        ),
+    )
+    .await;
+    let c = wait_for(
+        &api,
+        "unreachable",
+        |c| condition(c, "Verified").is_some_and(|(_, r, _)| r == "ArtifactUnreachable"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let (v, _, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!(v, "Unknown");
+    assert!(msg.contains("retrying"), "{msg}");
+    let (a, _, _) = condition(&c, "Approved").unwrap();
+    assert_ne!(a, "True", "nothing approved while unreachable");
+    assert_eq!(status(&c).approved_digest, None);
+
+    // The registry goes down under an approved component: the approval stays.
+    drop(registry);
+    let c = wait_for(
+        &api,
+        "signed",
+        |c| condition(c, "Verified").is_some_and(|(_, r, _)| r == "ArtifactUnreachable"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(approved_is(&c, "True", "TrustSourceMatched"), "{c:?}");
+    assert_eq!(status(&c).approved_digest.as_deref(), Some(digest.as_str()));
+    let (_, _, msg) = condition(&c, "Verified").unwrap();
+    assert!(msg.contains("approval is kept"), "{msg}");
+
+    assert_running(op);
+    delete_source(cp, &keyed).await;
+}
+
+#[tokio::test]
+async fn dev_mode_runs_only_in_selected_namespaces_with_a_warning() {
+    let (cp, _op) = setup().await;
+    let ns = cp.create_namespace("ctl-dev").await.unwrap();
+    let other = cp.create_namespace("ctl-notdev").await.unwrap();
+    let out = cp
+        .kubectl([
+            "label",
+            "namespace",
+            &ns,
+            &format!("airssys.dev/dev-lane={ns}"),
+        ])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = registry.address();
+    let reference = format!("{addr}/{ns}/scratch:latest");
+    let digest = push(dir.path(), &reference, "scratch");
+    let source = format!("{ns}-dev");
+    apply(
+        cp,
+        dir.path(),
+        &format!(
+            "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata:\n  name: {source}\nspec:\n  decision: DevMode\n  registries:\n    - repository: '{addr}/{ns}/**'\n  namespaceSelector:\n    matchLabels: {{ airssys.dev/dev-lane: {ns} }}\n  capabilityCeiling:\n    env: [{{ name: LOG_LEVEL }}]\n"
+        ),
+    )
+    .await;
+    apply(
+        cp,
+        dir.path(),
+        &component_yaml(&ns, "scratch", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+    apply(
+        cp,
+        dir.path(),
+        &component_yaml(&other, "scratch", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let c = wait_approved(&api, "scratch", "True", "DevModeBypass").await;
+    let s = status(&c);
+    assert_eq!(
+        s.trust_level.map(|t| t.to_string()).as_deref(),
+        Some("DevMode")
+    );
+    assert_eq!(s.approved_digest.as_deref(), Some(digest.as_str()));
+    wait_event(cp, &ns, "scratch", "Warning", "DevModeBypass").await;
+
+    // The same artifact in a namespace the source does not select is not approved.
+    let other_api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &other);
+    let c = wait_approved(&other_api, "scratch", "False", "PendingApproval").await;
+    assert_eq!(status(&c).approved_digest, None);
+
+    delete_source(cp, &source).await;
+    drop(registry);
+}
+
+#[tokio::test]
+async fn an_invalid_trust_source_is_reported_and_ignored() {
+    let (cp, _op) = setup().await;
+    let ns = cp.create_namespace("ctl-invalid").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = registry.address();
+    let reference = format!("{addr}/{ns}/echo:v1");
+    push(dir.path(), &reference, "echo v1");
+    // Passes the schema (a PEM header) but is no key: the operator rejects the whole source.
+    let source = format!("{ns}-broken");
+    apply(
+        cp,
+        dir.path(),
+        &format!(
+            "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata:\n  name: {source}\nspec:\n  decision: Trust\n  registries:\n    - repository: '{addr}/{ns}/**'\n  keys:\n    - name: release\n      publicKey: |\n        -----BEGIN PUBLIC KEY-----\n        bm90IGEga2V5\n        -----END PUBLIC KEY-----\n  capabilityCeiling:\n    env: [{{ name: LOG_LEVEL }}]\n"
+        ),
+    )
+    .await;
+    let sources: Api<TrustSource> = Api::all(cp.client().await.unwrap());
+    let s = wait_for(
+        &sources,
+        &source,
+        |s| airssys_test_support::condition_status(s, "Accepted").as_deref() == Some("False"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let accepted = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == airssys_crds::ConditionType::Accepted)
+        .unwrap();
+    assert_eq!(accepted.reason, "InvalidSource");
+    assert!(accepted.message.contains("ignored"), "{}", accepted.message);
+
+    // Its registry pattern would match, but an ignored source approves nothing.
+    apply(
+        cp,
+        dir.path(),
+        &component_yaml(&ns, "echo", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let c = wait_approved(&api, "echo", "False", "PendingApproval").await;
+    assert!(status(&c).matched_sources.is_empty());
+
+    // The rejection is an Event on the source (cluster-scoped: in "default").
+    let events: Api<Event> = Api::namespaced(cp.client().await.unwrap(), "default");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("InvalidSource")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(source.as_str())
+            });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no InvalidSource Event"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    delete_source(cp, &source).await;
+    drop(registry);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_operator_gracefully() {
+    let (cp, _op) = setup().await;
+    // A second operator that may only read, so it cannot disturb the shared one's work.
+    let user = "airssys-readonly-operator";
+    let dir = tempfile::tempdir().unwrap();
+    apply(
+        cp,
+        dir.path(),
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {user}\nrules:\n  - apiGroups: [wasm.airssys.dev]\n    resources: [trustsources, wasmcomponents]\n    verbs: [get, list, watch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {user}\nroleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {user} }}\nsubjects:\n  - {{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}\n"
+        ),
+    )
+    .await;
+    let kubeconfig = cp.user_kubeconfig(user, None).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_airssys-operator"));
+    cmd.arg("run").env("KUBECONFIG", &kubeconfig);
+    let log = dir.path().join("operator.log");
+    let mut op = Supervised::spawn("readonly-operator", cmd, &log).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("trust index loaded")
+    {
+        op.check_running().unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "operator did not start:\n{}",
+            op.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // stop() sends SIGTERM and only escalates to SIGKILL after its grace period.
+    op.stop();
+    let status = op.exited().expect("stopped");
+    assert!(
+        status.success(),
+        "exit {status} after SIGTERM:\n{}",
+        op.log_tail(40)
+    );
+    assert!(
+        op.log_tail(5).contains("controllers stopped"),
+        "{}",
+        op.log_tail(20)
+    );
+}
