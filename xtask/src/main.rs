@@ -51,7 +51,8 @@ struct DevArgs {
     /// Keep the control plane's directory (logs, etcd data) after stopping.
     #[arg(long)]
     keep: bool,
-    /// An argument for the operator binary (repeat for several), e.g. its run subcommand.
+    /// An argument for the operator binary (repeat for several). Default: `run --dev-mode`
+    /// (a local cluster is a development cluster: DevMode sources may apply).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
     /// An argument for each agent binary (repeat for several).
@@ -100,7 +101,12 @@ async fn dev(args: DevArgs) -> Result<(), Error> {
     }
     let mut running = Vec::new();
     let operator = target_binary("airssys-operator");
-    if let Some(p) = start_binary(&cp, &operator, "operator", &args.operator_args, &[]).await? {
+    let operator_args = if args.operator_args.is_empty() {
+        vec!["run".to_owned(), "--dev-mode".to_owned()]
+    } else {
+        args.operator_args.clone()
+    };
+    if let Some(p) = start_binary(&cp, &operator, "operator", &operator_args, &[]).await? {
         running.push(p);
     }
     let agent = target_binary("airssys-agent");

@@ -1,0 +1,476 @@
+//! Runtime hot paths, each next to a bare-wasmtime baseline in the same run so every figure
+//! is also a ratio:
+//!
+//! - `instance_start`: a fresh instance (new Store, instantiate, `init`) from a cached
+//!   component. Goal ≤ 10 µs p50.
+//! - `message_3_host_calls`: a warm `handle-message` making three host calls. Goal ≤ 2 µs
+//!   p50 and ≤ 1.5× bare.
+//! - `round_trip_two_components`: agent → relay → echo → relay → agent on one node. Goal
+//!   ≤ 10 µs p50.
+//! - `broker_throughput`: messages/s from a publisher component to a subscriber component
+//!   (a Wasm handler on each end). Goal ≥ 200,000/s.
+//! - `infinite_loop_stop`: time from sending to a spinning guest to its kill, with a 10 ms
+//!   CPU budget. Goal ≤ deadline + one tick (20 ms).
+//!
+//! Run: `cargo bench -p airssys-agent --bench runtime -- --warm-up-time 1 --measurement-time 3`
+//! (guests are built by `tests/components/build.sh`; set AIRSSYS_GUEST_DIR to use others).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airssys_agent::actor::{ComponentId, LiveInstance};
+use airssys_agent::audit::AuditSink;
+use airssys_agent::broker::{Envelope, Origin};
+use airssys_agent::engine::{AgentEngine, EngineConfig, sha256_digest};
+use airssys_agent::host::bindings;
+use airssys_agent::host::bindings::airssys::component::{logging, messaging, storage, types};
+use airssys_agent::limits::Quotas;
+use airssys_agent::storage::KvStore;
+use airssys_agent::supervisor::{ComponentSpec, RestartPolicy, Supervisor};
+use airssys_crds::capability::{Capabilities, CapabilitySet};
+use criterion::{Criterion, criterion_group, criterion_main};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+fn guest(name: &str) -> Arc<[u8]> {
+    let dir = std::env::var_os("AIRSSYS_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/airssys-wasm/guests")
+        });
+    if !dir.join(format!("{name}.wasm")).exists() {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/components/build.sh");
+        let ok = std::process::Command::new("bash")
+            .arg(script)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    Arc::from(std::fs::read(dir.join(format!("{name}.wasm"))).unwrap())
+}
+
+fn caps(yaml: &str) -> CapabilitySet {
+    let caps: Capabilities = if yaml.is_empty() {
+        Capabilities::default()
+    } else {
+        serde_yaml::from_str(yaml).unwrap()
+    };
+    CapabilitySet::parse(&caps).unwrap()
+}
+
+fn spec(name: &str, wasm: &str, grant: CapabilitySet, quotas: Quotas) -> ComponentSpec {
+    let wasm = guest(wasm);
+    ComponentSpec {
+        id: ComponentId::new("bench", name),
+        digest: sha256_digest(&wasm),
+        wasm,
+        grant,
+        quotas,
+        env: Vec::new(),
+    }
+}
+
+fn bench_quotas() -> Quotas {
+    Quotas {
+        messages_per_second: 10_000_000,
+        mailbox_capacity: 4096,
+        ..Quotas::default()
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    supervisor: Supervisor,
+}
+
+fn world(rt: &tokio::runtime::Runtime) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        AgentEngine::new(EngineConfig::new(dir.path().join("cache")).with_capacity(256)).unwrap();
+    let storage = Arc::new(KvStore::open(dir.path().join("kv.redb")).unwrap());
+    let audit = rt.block_on(async { bench_audit(dir.path()) });
+    let supervisor = Supervisor::new(
+        engine,
+        storage,
+        audit,
+        dir.path().join("fs"),
+        // The loop-stop bench kills an instance per iteration; keep restarts immediate.
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            window: Duration::from_secs(1),
+            crash_loop_after: u32::MAX,
+        },
+    );
+    World {
+        _dir: dir,
+        supervisor,
+    }
+}
+
+fn bench_audit(dir: &std::path::Path) -> AuditSink {
+    support_audit::open(dir)
+}
+
+// ---- bare wasmtime baseline: same component, same WIT, host functions that do nothing ----
+
+struct Bare {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for Bare {}
+
+impl logging::Host for Bare {
+    async fn log(&mut self, _level: logging::Level, _message: String) {}
+}
+
+impl storage::Host for Bare {
+    async fn get(&mut self, _b: String, _k: String) -> Result<Option<Vec<u8>>, types::Error> {
+        Ok(None)
+    }
+    async fn set(&mut self, _b: String, _k: String, _v: Vec<u8>) -> Result<(), types::Error> {
+        Ok(())
+    }
+    async fn delete(&mut self, _b: String, _k: String) -> Result<(), types::Error> {
+        Ok(())
+    }
+    async fn list_keys(&mut self, _b: String) -> Result<Vec<String>, types::Error> {
+        Ok(Vec::new())
+    }
+}
+
+impl messaging::Host for Bare {
+    async fn publish(&mut self, _t: String, _p: Vec<u8>) -> Result<(), types::Error> {
+        Ok(())
+    }
+    async fn subscribe(&mut self, _p: String) -> Result<(), types::Error> {
+        Ok(())
+    }
+    async fn send(&mut self, _c: String, _p: Vec<u8>) -> Result<(), types::Error> {
+        Ok(())
+    }
+    async fn request(&mut self, _c: String, p: Vec<u8>, _t: u32) -> Result<Vec<u8>, types::Error> {
+        Ok(p)
+    }
+}
+
+struct BareRuntime {
+    engine: Engine,
+    pre: bindings::ComponentPre<Bare>,
+}
+
+fn bare_runtime(wasm: &[u8]) -> BareRuntime {
+    // Default wasmtime config with async and epochs, pooling like the agent: the baseline is
+    // "wasmtime as anyone would set it up", not a crippled one.
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(256)
+        .total_core_instances(2560)
+        .total_memories(512)
+        .total_tables(512)
+        .total_stacks(64)
+        .max_memory_size(256 << 20);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .memory_reservation(256 << 20)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0)
+        .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).unwrap();
+    let mut linker: Linker<Bare> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    bindings::Component::add_to_linker::<_, HasSelf<Bare>>(&mut linker, |s| s).unwrap();
+    let component = wasmtime::component::Component::new(&engine, wasm).unwrap();
+    let pre = bindings::ComponentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    BareRuntime { engine, pre }
+}
+
+impl BareRuntime {
+    async fn start(&self) -> (Store<Bare>, bindings::Component) {
+        let mut store = Store::new(
+            &self.engine,
+            Bare {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        store.set_epoch_deadline(1000);
+        let b = self.pre.instantiate_async(&mut store).await.unwrap();
+        b.airssys_component_lifecycle()
+            .call_init(&mut store)
+            .await
+            .unwrap()
+            .unwrap();
+        (store, b)
+    }
+}
+
+fn envelope(payload: &[u8]) -> Envelope {
+    Envelope {
+        origin: Origin::Direct(None),
+        payload: Arc::from(payload),
+        reply: None,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn instance_start(c: &mut Criterion) {
+    let rt = runtime();
+    let w = world(&rt);
+    let s = spec("echo", "echo", caps(""), bench_quotas());
+    let (revision, _rx) = rt.block_on(w.supervisor.revision(&s)).unwrap();
+    let engine = w.supervisor.engine().clone();
+    let bare = bare_runtime(&s.wasm);
+
+    let mut g = c.benchmark_group("instance_start");
+    g.bench_function("airssys", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let live = LiveInstance::start(&revision, &engine).await.unwrap();
+                drop(live);
+            })
+        })
+    });
+    g.bench_function("bare_wasmtime", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let live = bare.start().await;
+                drop(live);
+            })
+        })
+    });
+    g.finish();
+}
+
+fn message_3_host_calls(c: &mut Criterion) {
+    let rt = runtime();
+    let w = world(&rt);
+    let s = spec(
+        "echo",
+        "echo",
+        caps("storage: [{ bucket: bench, access: [read] }]"),
+        bench_quotas(),
+    );
+    let (revision, _rx) = rt.block_on(w.supervisor.revision(&s)).unwrap();
+    let engine = w.supervisor.engine().clone();
+    let mut live = rt
+        .block_on(LiveInstance::start(&revision, &engine))
+        .unwrap();
+    let bare = bare_runtime(&s.wasm);
+    let (mut store, bare_instance) = rt.block_on(bare.start());
+    let message = bindings::airssys::component::types::Message {
+        origin: types::Origin::Direct("agent".into()),
+        payload: b"host3".to_vec(),
+    };
+
+    let mut g = c.benchmark_group("message_3_host_calls");
+    g.bench_function("airssys", |b| {
+        b.iter(|| rt.block_on(live.handle(envelope(b"host3"))).unwrap())
+    });
+    g.bench_function("bare_wasmtime", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                store.set_epoch_deadline(1000);
+                bare_instance
+                    .airssys_component_lifecycle()
+                    .call_handle_message(&mut store, &message)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+    });
+    g.finish();
+}
+
+fn round_trip(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let w = world(&rt);
+    rt.block_on(async {
+        w.supervisor
+            .add(spec("echo", "echo", caps(""), bench_quotas()))
+            .await
+            .unwrap();
+        w.supervisor
+            .add(spec(
+                "relay",
+                "relay",
+                caps("messaging: [{ component: echo, access: [send] }]"),
+                bench_quotas(),
+            ))
+            .await
+            .unwrap();
+    });
+    let relay = ComponentId::new("bench", "relay");
+    let echo = ComponentId::new("bench", "echo");
+    let mut g = c.benchmark_group("round_trip");
+    g.bench_function("agent_relay_echo", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                w.supervisor
+                    .request(&relay, &b"echo|x"[..], Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            })
+        })
+    });
+    g.bench_function("agent_echo", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                w.supervisor
+                    .request(&echo, &b"x"[..], Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            })
+        })
+    });
+    g.finish();
+}
+
+fn broker_throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let w = world(&rt);
+    rt.block_on(async {
+        w.supervisor
+            .add(spec(
+                "subscriber",
+                "subscriber",
+                caps("messaging: [{ topic: \"events.>\", access: [subscribe] }]"),
+                bench_quotas(),
+            ))
+            .await
+            .unwrap();
+        w.supervisor
+            .add(spec(
+                "publisher",
+                "publisher",
+                caps("messaging: [{ topic: \"events.*\", access: [publish] }]"),
+                bench_quotas(),
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    let publisher = ComponentId::new("bench", "publisher");
+    let subscriber = ComponentId::new("bench", "subscriber");
+    let mut g = c.benchmark_group("broker_throughput");
+    g.throughput(criterion::Throughput::Elements(1000));
+    g.bench_function("publisher_to_subscriber_1000", |b| {
+        b.iter_custom(|iters| {
+            let sup = &w.supervisor;
+            let publisher = publisher.clone();
+            let subscriber = subscriber.clone();
+            rt.block_on(async move {
+                let before = count(sup, &subscriber).await;
+                let start = Instant::now();
+                for _ in 0..iters * 1000 {
+                    sup.send(&publisher, &b"events.a|x"[..]).await.unwrap();
+                }
+                // Wait until the subscriber has handled them all.
+                let target = before + iters * 1000;
+                while count(sup, &subscriber).await < target {
+                    tokio::task::yield_now().await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+async fn count(sup: &Supervisor, id: &ComponentId) -> u64 {
+    let reply = sup
+        .request(id, &b"count"[..], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    text.split('|').next().unwrap().parse().unwrap()
+}
+
+fn infinite_loop_stop(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let w = world(&rt);
+    let q = Quotas {
+        cpu_time_per_message: Duration::from_millis(10),
+        ..bench_quotas()
+    };
+    rt.block_on(async {
+        w.supervisor
+            .add(spec("spinner", "infinite_loop", caps(""), q))
+            .await
+            .unwrap();
+    });
+    let spinner = ComponentId::new("bench", "spinner");
+    let mut g = c.benchmark_group("infinite_loop_stop");
+    g.sample_size(10);
+    g.bench_function("cpu_budget_10ms", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let err = w
+                    .supervisor
+                    .request(&spinner, &b"spin"[..], Duration::from_secs(5))
+                    .await;
+                assert!(err.is_err());
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    instance_start,
+    message_3_host_calls,
+    round_trip,
+    broker_throughput,
+    infinite_loop_stop
+);
+criterion_main!(benches);
+
+mod support_audit {
+    use airssys_agent::audit::{AuditConfig, AuditSink, Auditor};
+
+    /// The real pipeline without a log file (counters only); the handle is leaked so the
+    /// writer thread lives as long as the bench.
+    pub fn open(_dir: &std::path::Path) -> AuditSink {
+        let metrics = airssys_agent::metrics::Metrics::new();
+        let (sink, handle) = Auditor::start(AuditConfig::new("bench", &metrics.audit)).unwrap();
+        std::mem::forget(handle);
+        sink
+    }
+}

@@ -1,0 +1,523 @@
+//! Messages between actors on the node: topics (publish/subscribe), direct sends and
+//! request/response.
+//!
+//! Every mailbox is bounded. A guest never waits for room: a full mailbox is an immediate
+//! `quota-exceeded` answer (back-pressure), so a slow or stuck receiver cannot stall its
+//! senders and a flood cannot grow memory. The agent itself (CLI, tests, benches) may wait
+//! for room with [`Broker::send_wait`].
+//!
+//! Capability checks on both ends: the sender's grant is checked by the host function before
+//! the broker is called; the broker checks each subscriber's grant for the concrete topic at
+//! delivery, so a subscription can never deliver more than its owner may receive.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use airssys_crds::capability::TopicPattern;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::ComponentId;
+use crate::grant::GrantTable;
+use crate::host::WitError;
+
+/// A reply to a request: the handler's bytes, or why there are none.
+pub type Reply = Result<Vec<u8>, WitError>;
+
+/// Who sent a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Published to `topic` by `publisher`.
+    Topic {
+        topic: String,
+        publisher: ComponentId,
+    },
+    /// Sent directly by a component, or by the agent itself (`None`).
+    Direct(Option<ComponentId>),
+}
+
+/// One message in a mailbox.
+#[derive(Debug)]
+pub struct Envelope {
+    pub origin: Origin,
+    /// Shared between the subscribers of one publish.
+    pub payload: Arc<[u8]>,
+    /// Present for a request: where the handler's answer goes.
+    pub reply: Option<oneshot::Sender<Reply>>,
+}
+
+/// The sending half of an actor's mailbox, with the grant its owner runs under.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    pub tx: mpsc::Sender<Envelope>,
+    pub grants: Arc<GrantTable>,
+}
+
+/// Why the broker did not deliver.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("component {0} is not running on this node")]
+    NotFound(String),
+    #[error("mailbox of {0} is full")]
+    MailboxFull(String),
+    #[error("{delivered} of {matched} subscribers got the message; the other mailboxes are full")]
+    Partial { delivered: usize, matched: usize },
+    #[error("no reply from {0} within {1:?}")]
+    Timeout(String, Duration),
+    #[error("{0} stopped before replying")]
+    NoReply(String),
+    #[error("a component cannot send a request to itself")]
+    SelfRequest,
+    #[error("{0}")]
+    Remote(WitError),
+}
+
+impl From<BrokerError> for WitError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::NotFound(_) => WitError::NotFound(e.to_string()),
+            BrokerError::MailboxFull(_) | BrokerError::Partial { .. } => {
+                WitError::QuotaExceeded(e.to_string())
+            }
+            BrokerError::Timeout(..) => WitError::Timeout(e.to_string()),
+            BrokerError::NoReply(_) => WitError::Internal(e.to_string()),
+            BrokerError::SelfRequest => WitError::InvalidInput(e.to_string()),
+            BrokerError::Remote(inner) => inner,
+        }
+    }
+}
+
+struct Subscription {
+    subscriber: ComponentId,
+    pattern: TopicPattern,
+    mailbox: Mailbox,
+}
+
+/// Counters the metrics endpoint and tests read.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    pub delivered: AtomicU64,
+    pub rejected_full: AtomicU64,
+    pub denied_at_delivery: AtomicU64,
+}
+
+/// The node's message broker. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// namespace → name → mailbox; nested so lookups by `&str` allocate nothing.
+    mailboxes: RwLock<HashMap<String, HashMap<String, Mailbox>>>,
+    subscriptions: RwLock<Vec<Subscription>>,
+    stats: BrokerStats,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("stats", &self.inner.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn stats(&self) -> &BrokerStats {
+        &self.inner.stats
+    }
+
+    /// Makes `id` reachable by direct sends.
+    pub fn register(&self, id: &ComponentId, mailbox: Mailbox) {
+        self.inner
+            .mailboxes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.namespace.clone())
+            .or_default()
+            .insert(id.name.clone(), mailbox);
+    }
+
+    /// Removes `id` and all its subscriptions.
+    pub fn unregister(&self, id: &ComponentId) {
+        let mut boxes = self
+            .inner
+            .mailboxes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(ns) = boxes.get_mut(&id.namespace) {
+            ns.remove(&id.name);
+            if ns.is_empty() {
+                boxes.remove(&id.namespace);
+            }
+        }
+        drop(boxes);
+        self.unsubscribe_all(id);
+    }
+
+    /// Adds a subscription (idempotent per subscriber and pattern). The caller has checked
+    /// the subscriber's grant for the pattern.
+    pub fn subscribe(&self, subscriber: &ComponentId, pattern: TopicPattern, mailbox: Mailbox) {
+        let mut subs = self
+            .inner
+            .subscriptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if subs
+            .iter()
+            .any(|s| s.subscriber == *subscriber && s.pattern == pattern)
+        {
+            return;
+        }
+        subs.push(Subscription {
+            subscriber: subscriber.clone(),
+            pattern,
+            mailbox,
+        });
+    }
+
+    /// Drops every subscription of `subscriber` (a restarted instance subscribes again).
+    pub fn unsubscribe_all(&self, subscriber: &ComponentId) {
+        self.inner
+            .subscriptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|s| s.subscriber != *subscriber);
+    }
+
+    /// Number of subscriptions `subscriber` holds.
+    pub fn subscription_count(&self, subscriber: &ComponentId) -> usize {
+        self.inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.subscriber == *subscriber)
+            .count()
+    }
+
+    fn mailbox(&self, namespace: &str, name: &str) -> Option<Mailbox> {
+        self.inner
+            .mailboxes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(namespace)
+            .and_then(|ns| ns.get(name))
+            .cloned()
+    }
+
+    /// Publishes to every subscriber whose pattern matches and whose grant allows `topic`.
+    /// Returns how many got it; a full mailbox is skipped and reported as [`BrokerError::Partial`].
+    pub fn publish(
+        &self,
+        publisher: &ComponentId,
+        topic: &str,
+        payload: Arc<[u8]>,
+    ) -> Result<usize, BrokerError> {
+        let subs = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stats = &self.inner.stats;
+        let (mut matched, mut delivered) = (0usize, 0usize);
+        for sub in subs.iter().filter(|s| s.pattern.matches(topic)) {
+            if !sub.mailbox.grants.check_subscribe(topic) {
+                stats.denied_at_delivery.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            matched += 1;
+            let envelope = Envelope {
+                origin: Origin::Topic {
+                    topic: topic.to_string(),
+                    publisher: publisher.clone(),
+                },
+                payload: payload.clone(),
+                reply: None,
+            };
+            if sub.mailbox.tx.try_send(envelope).is_ok() {
+                delivered += 1;
+            } else {
+                stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        stats
+            .delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        if delivered < matched {
+            return Err(BrokerError::Partial { delivered, matched });
+        }
+        Ok(delivered)
+    }
+
+    /// One-way message to `namespace/name`; never waits.
+    pub fn send(
+        &self,
+        from: Option<&ComponentId>,
+        namespace: &str,
+        name: &str,
+        payload: Arc<[u8]>,
+    ) -> Result<(), BrokerError> {
+        let mailbox = self
+            .mailbox(namespace, name)
+            .ok_or_else(|| BrokerError::NotFound(format!("{namespace}/{name}")))?;
+        self.try_enqueue(&mailbox, namespace, name, from, payload, None)
+    }
+
+    /// One-way message from the agent, waiting for room in the mailbox.
+    pub async fn send_wait(
+        &self,
+        namespace: &str,
+        name: &str,
+        payload: Arc<[u8]>,
+    ) -> Result<(), BrokerError> {
+        let mailbox = self
+            .mailbox(namespace, name)
+            .ok_or_else(|| BrokerError::NotFound(format!("{namespace}/{name}")))?;
+        mailbox
+            .tx
+            .send(Envelope {
+                origin: Origin::Direct(None),
+                payload,
+                reply: None,
+            })
+            .await
+            .map_err(|_| BrokerError::NotFound(format!("{namespace}/{name}")))?;
+        self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends and waits up to `timeout` for the handler's reply. `from == None` is the agent,
+    /// which waits for mailbox room; a component never does.
+    pub async fn request(
+        &self,
+        from: Option<&ComponentId>,
+        namespace: &str,
+        name: &str,
+        payload: Arc<[u8]>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BrokerError> {
+        if from.is_some_and(|f| f.namespace == namespace && f.name == name) {
+            return Err(BrokerError::SelfRequest);
+        }
+        let target = || format!("{namespace}/{name}");
+        let mailbox = self
+            .mailbox(namespace, name)
+            .ok_or_else(|| BrokerError::NotFound(target()))?;
+        let (tx, rx) = oneshot::channel();
+        let work = async {
+            match from {
+                Some(_) => self.try_enqueue(&mailbox, namespace, name, from, payload, Some(tx))?,
+                None => {
+                    mailbox
+                        .tx
+                        .send(Envelope {
+                            origin: Origin::Direct(None),
+                            payload,
+                            reply: Some(tx),
+                        })
+                        .await
+                        .map_err(|_| BrokerError::NotFound(target()))?;
+                    self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            match rx.await {
+                Ok(reply) => reply.map_err(BrokerError::Remote),
+                Err(_) => Err(BrokerError::NoReply(target())),
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| BrokerError::Timeout(target(), timeout))?
+    }
+
+    fn try_enqueue(
+        &self,
+        mailbox: &Mailbox,
+        namespace: &str,
+        name: &str,
+        from: Option<&ComponentId>,
+        payload: Arc<[u8]>,
+        reply: Option<oneshot::Sender<Reply>>,
+    ) -> Result<(), BrokerError> {
+        let envelope = Envelope {
+            origin: Origin::Direct(from.cloned()),
+            payload,
+            reply,
+        };
+        match mailbox.tx.try_send(envelope) {
+            Ok(()) => {
+                self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner
+                    .stats
+                    .rejected_full
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(BrokerError::MailboxFull(format!("{namespace}/{name}")))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(BrokerError::NotFound(format!("{namespace}/{name}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airssys_crds::capability::{
+        Capabilities, CapabilitySet, MessagingAccess, MessagingCapability,
+    };
+
+    fn grants(topics: &[(&str, &[MessagingAccess])]) -> Arc<GrantTable> {
+        let caps = Capabilities {
+            messaging: topics
+                .iter()
+                .map(|(t, a)| MessagingCapability {
+                    topic: Some((*t).to_string()),
+                    component: None,
+                    access: a.to_vec(),
+                })
+                .collect(),
+            ..Capabilities::default()
+        };
+        Arc::new(GrantTable::compile(&CapabilitySet::parse(&caps).unwrap()))
+    }
+
+    fn mailbox(cap: usize, g: Arc<GrantTable>) -> (Mailbox, mpsc::Receiver<Envelope>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (Mailbox { tx, grants: g }, rx)
+    }
+
+    fn id(name: &str) -> ComponentId {
+        ComponentId::new("ns", name)
+    }
+
+    #[tokio::test]
+    async fn publish_reaches_matching_subscribers_only() {
+        let broker = Broker::new();
+        let g = grants(&[("events.>", &[MessagingAccess::Subscribe])]);
+        let (a, mut ra) = mailbox(4, g.clone());
+        let (b, mut rb) = mailbox(4, g);
+        broker.subscribe(&id("a"), TopicPattern::parse("events.*").unwrap(), a);
+        broker.subscribe(&id("b"), TopicPattern::parse("events.x.>").unwrap(), b);
+        assert_eq!(
+            broker
+                .publish(&id("p"), "events.y", Arc::from(&b"1"[..]))
+                .unwrap(),
+            1
+        );
+        assert!(ra.try_recv().is_ok());
+        assert!(rb.try_recv().is_err(), "events.x.> does not match events.y");
+        assert_eq!(
+            broker
+                .publish(&id("p"), "other", Arc::from(&b"1"[..]))
+                .unwrap(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn delivery_checks_the_subscribers_grant() {
+        let broker = Broker::new();
+        let narrow = grants(&[("events.public", &[MessagingAccess::Subscribe])]);
+        let (a, mut ra) = mailbox(4, narrow);
+        // Even if a subscription slipped through with a wide pattern, delivery re-checks.
+        broker.subscribe(&id("a"), TopicPattern::parse("events.>").unwrap(), a);
+        assert_eq!(
+            broker
+                .publish(&id("p"), "events.secret", Arc::from(&b"s"[..]))
+                .unwrap(),
+            0
+        );
+        assert!(ra.try_recv().is_err());
+        assert_eq!(
+            broker
+                .publish(&id("p"), "events.public", Arc::from(&b"p"[..]))
+                .unwrap(),
+            1
+        );
+        assert_eq!(broker.stats().denied_at_delivery.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn full_mailbox_pushes_back_instead_of_queueing() {
+        let broker = Broker::new();
+        let (a, _ra) = mailbox(1, grants(&[]));
+        broker.register(&id("a"), a);
+        assert!(broker.send(None, "ns", "a", Arc::from(&b"1"[..])).is_ok());
+        assert!(matches!(
+            broker.send(None, "ns", "a", Arc::from(&b"2"[..])),
+            Err(BrokerError::MailboxFull(t)) if t == "ns/a"
+        ));
+        assert!(matches!(
+            broker.send(None, "ns", "nobody", Arc::from(&b"2"[..])),
+            Err(BrokerError::NotFound(t)) if t == "ns/nobody"
+        ));
+    }
+
+    #[tokio::test]
+    async fn request_gets_the_reply_or_times_out() {
+        let broker = Broker::new();
+        let (a, mut ra) = mailbox(4, grants(&[]));
+        broker.register(&id("a"), a);
+        let responder = tokio::spawn(async move {
+            let env = ra.recv().await.unwrap();
+            env.reply.unwrap().send(Ok(env.payload.to_vec())).unwrap();
+            // Second request: never answered.
+            let _held = ra.recv().await;
+            std::future::pending::<()>().await;
+        });
+        let got = broker
+            .request(
+                Some(&id("b")),
+                "ns",
+                "a",
+                Arc::from(&b"hi"[..]),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(got.unwrap(), b"hi".to_vec());
+        let late = broker
+            .request(
+                Some(&id("b")),
+                "ns",
+                "a",
+                Arc::from(&b"x"[..]),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert!(matches!(late, Err(BrokerError::Timeout(..))), "{late:?}");
+        let own = broker
+            .request(
+                Some(&id("a")),
+                "ns",
+                "a",
+                Arc::from(&b"x"[..]),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert!(matches!(own, Err(BrokerError::SelfRequest)));
+        responder.abort();
+    }
+
+    #[test]
+    fn unregister_drops_subscriptions() {
+        let broker = Broker::new();
+        let (a, _ra) = mailbox(1, grants(&[]));
+        broker.register(&id("a"), a.clone());
+        broker.subscribe(&id("a"), TopicPattern::parse("t").unwrap(), a.clone());
+        broker.subscribe(&id("a"), TopicPattern::parse("t").unwrap(), a);
+        assert_eq!(broker.subscription_count(&id("a")), 1, "idempotent");
+        broker.unregister(&id("a"));
+        assert_eq!(broker.subscription_count(&id("a")), 0);
+    }
+}

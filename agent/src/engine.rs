@@ -1,0 +1,547 @@
+//! The agent's one wasmtime [`Engine`]: pooling allocator, epoch interruption with a ticker
+//! thread, the [`Linker`] built once, and the on-disk compile cache.
+//!
+//! Compile cache: `<cache_dir>/<engine hash>/<digest>.cwasm`, where the engine hash covers
+//! the wasmtime version and every setting that changes generated code. Each file carries a
+//! header with the digest, the engine hash and the SHA-256 of the serialized artifact; a
+//! file whose header or checksum does not match, or that anyone but the agent could have
+//! written, is deleted and rebuilt. Only artifacts this agent compiled from `.wasm` it
+//! verified are ever loaded; nothing precompiled comes from outside the node.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use crate::error::Error;
+use crate::host::HostState;
+
+/// Magic bytes at the start of every cache file (format version in the last byte).
+const CACHE_MAGIC: &[u8; 8] = b"AIRSWC\0\x01";
+
+/// Sizes of the engine and its instance pool.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where compiled components are cached (created 0700).
+    pub cache_dir: PathBuf,
+    /// Epoch length; CPU budgets and the infinite-loop stop are measured in these.
+    pub epoch_tick: Duration,
+    /// Count fuel as well as epochs (slower code; only when some component sets fuel).
+    pub consume_fuel: bool,
+    /// Largest `.wasm` the agent will compile.
+    pub max_wasm_bytes: usize,
+    /// Largest linear memory any instance may have (the per-component quota is lower).
+    pub max_memory_bytes: u64,
+    /// Wasm stack per call; unbounded recursion traps here.
+    pub max_wasm_stack: usize,
+    /// Component instances alive at once (one per actor).
+    pub total_component_instances: u32,
+    /// Core module instances alive at once (a Rust component has a handful each).
+    pub total_core_instances: u32,
+    /// Linear memories alive at once.
+    pub total_memories: u32,
+    /// Tables alive at once.
+    pub total_tables: u32,
+    /// Async stacks in the pool. wasmtime 48 lets each `Store` keep the stack of its last
+    /// call for reuse until the store is dropped, so this must cover every live instance,
+    /// not just the calls executing at once (measured: 64 stacks stop the 65th actor).
+    pub total_stacks: u32,
+}
+
+impl EngineConfig {
+    /// Defaults sized for a small node: 1,000 instances.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            epoch_tick: Duration::from_millis(10),
+            consume_fuel: false,
+            max_wasm_bytes: 32 << 20,
+            max_memory_bytes: 256 << 20,
+            max_wasm_stack: 512 << 10,
+            total_component_instances: 1000,
+            total_core_instances: 10_000,
+            total_memories: 2000,
+            total_tables: 2000,
+            total_stacks: 1000,
+        }
+    }
+
+    /// Pool sized for `instances` actors.
+    pub fn with_capacity(mut self, instances: u32) -> Self {
+        self.total_component_instances = instances;
+        self.total_core_instances = instances.saturating_mul(10);
+        self.total_memories = instances.saturating_mul(2);
+        self.total_tables = instances.saturating_mul(2);
+        self.total_stacks = instances;
+        self
+    }
+}
+
+/// Builds the wasmtime [`Config`] the agent runs with.
+pub fn wasmtime_config(cfg: &EngineConfig) -> Config {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(cfg.total_component_instances)
+        .total_core_instances(cfg.total_core_instances)
+        .total_memories(cfg.total_memories)
+        .total_tables(cfg.total_tables)
+        .total_stacks(cfg.total_stacks)
+        .max_memory_size(usize::try_from(cfg.max_memory_bytes).unwrap_or(usize::MAX))
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .table_elements(20_000)
+        // Keep a little of each slot resident so a restart does not fault everything again.
+        .linear_memory_keep_resident(64 << 10)
+        .async_stack_keep_resident(16 << 10);
+
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .consume_fuel(cfg.consume_fuel)
+        .cranelift_opt_level(OptLevel::Speed)
+        .max_wasm_stack(cfg.max_wasm_stack)
+        .async_stack_size(cfg.max_wasm_stack + (256 << 10))
+        // Reserve only what an instance may use: with thousands of slots a 4 GiB
+        // reservation each would exhaust the address space.
+        .memory_reservation(cfg.max_memory_bytes)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0)
+        .memory_init_cow(true)
+        // Component-model async is not used by our WIT; turning it off halves call overhead.
+        .concurrency_support(false)
+        .parallel_compilation(false)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// One compiled and linked component, its exports resolved, ready to instantiate.
+pub type Prepared = crate::host::bindings::ComponentPre<HostState>;
+
+/// The engine, its linker, the epoch ticker and the compile cache.
+#[derive(Clone)]
+pub struct AgentEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: EngineConfig,
+    engine_hash: String,
+    prepared: Mutex<HashMap<String, Prepared>>,
+    /// Compiles are CPU-heavy; one at a time keeps the node responsive.
+    compile_slots: Semaphore,
+
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AgentEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentEngine")
+            .field("engine_hash", &self.inner.engine_hash)
+            .field("cache_dir", &self.inner.config.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where a compiled component came from (tests and metrics look at this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileSource {
+    /// Already prepared in memory.
+    Memory,
+    /// Loaded from a verified cache file.
+    Disk,
+    /// Compiled now (cache missing, stale, foreign or corrupt).
+    Compiled,
+}
+
+impl AgentEngine {
+    /// Creates the engine, links WASI and the airssys interfaces, and starts the epoch ticker.
+    pub fn new(config: EngineConfig) -> Result<Self, Error> {
+        let engine =
+            Engine::new(&wasmtime_config(&config)).map_err(Error::wasm("create engine"))?;
+        let linker = crate::host::linker(&engine)?;
+        let engine_hash = engine_hash(&engine);
+        create_private_dir(&config.cache_dir.join(&engine_hash))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.weak(), config.epoch_tick, ticker_stop.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config,
+                engine_hash,
+                prepared: Mutex::new(HashMap::new()),
+                compile_slots: Semaphore::new(1),
+                ticker_stop,
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn linker(&self) -> &Linker<HostState> {
+        &self.inner.linker
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The hash of everything that makes compiled code compatible with this engine.
+    pub fn engine_hash(&self) -> &str {
+        &self.inner.engine_hash
+    }
+
+    /// Path of the cache file for `digest`.
+    pub fn cache_path(&self, digest: &str) -> PathBuf {
+        self.inner
+            .config
+            .cache_dir
+            .join(&self.inner.engine_hash)
+            .join(format!("{}.cwasm", sanitize_digest(digest)))
+    }
+
+    /// The prepared component for `digest`: from memory, from the disk cache, or compiled
+    /// from `wasm` (which must hash to `digest`).
+    pub async fn prepare(
+        &self,
+        digest: &str,
+        wasm: &[u8],
+    ) -> Result<(Prepared, CompileSource), Error> {
+        if let Some(pre) = self.cached(digest) {
+            return Ok((pre, CompileSource::Memory));
+        }
+        let actual = sha256_digest(wasm);
+        if actual != digest {
+            return Err(Error::DigestMismatch {
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        if wasm.len() > self.inner.config.max_wasm_bytes {
+            return Err(Error::TooLarge {
+                size: wasm.len(),
+                limit: self.inner.config.max_wasm_bytes,
+            });
+        }
+        let _slot = self
+            .inner
+            .compile_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        // Another task may have finished the same digest while we waited.
+        if let Some(pre) = self.cached(digest) {
+            return Ok((pre, CompileSource::Memory));
+        }
+        let this = self.clone();
+        let digest_owned = digest.to_string();
+        let wasm = wasm.to_vec();
+        let (component, source) =
+            tokio::task::spawn_blocking(move || this.load_or_compile(&digest_owned, &wasm))
+                .await
+                .map_err(|e| Error::Internal(format!("compile worker failed: {e}")))??;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .and_then(Prepared::new)
+            .map_err(Error::wasm("link component"))?;
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest.to_string(), pre.clone());
+        Ok((pre, source))
+    }
+
+    /// Forgets the in-memory prepared component (the disk cache stays).
+    pub fn evict(&self, digest: &str) {
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(digest);
+    }
+
+    fn cached(&self, digest: &str) -> Option<Prepared> {
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .cloned()
+    }
+
+    /// Blocking: verified cache hit, else compile and write the cache.
+    fn load_or_compile(
+        &self,
+        digest: &str,
+        wasm: &[u8],
+    ) -> Result<(Component, CompileSource), Error> {
+        let path = self.cache_path(digest);
+        match read_cache_file(&path, digest, &self.inner.engine_hash) {
+            Ok(Some(artifact)) => {
+                // SAFETY: `artifact` was produced by `Component::serialize` on this node by
+                // this agent: the file lives in the agent-only cache directory, is not
+                // writable by anyone else, and its header binds it to this digest and this
+                // engine's compatibility hash and carries the SHA-256 of the bytes we just
+                // verified. wasmtime additionally checks its own version header.
+                #[allow(unsafe_code)]
+                let loaded = unsafe { Component::deserialize(&self.inner.engine, &artifact) };
+                match loaded {
+                    Ok(component) => return Ok((component, CompileSource::Disk)),
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "cached component rejected by wasmtime; recompiling");
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                tracing::warn!(%digest, path = %path.display(), %reason, "discarding cache entry");
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        let component =
+            Component::new(&self.inner.engine, wasm).map_err(Error::wasm("compile component"))?;
+        match component.serialize() {
+            Ok(artifact) => {
+                if let Err(e) = write_cache_file(&path, digest, &self.inner.engine_hash, &artifact)
+                {
+                    tracing::warn!(%digest, error = %e, "could not write compile cache");
+                }
+            }
+            Err(e) => tracing::warn!(%digest, error = %e, "could not serialize component"),
+        }
+        Ok((component, CompileSource::Compiled))
+    }
+}
+
+/// `sha256:<hex>` of some bytes, the form digests take everywhere.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn sanitize_digest(digest: &str) -> String {
+    digest
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn engine_hash(engine: &Engine) -> String {
+    // DefaultHasher's algorithm may change between Rust releases; that only causes a
+    // one-off recompilation, never a wrong load (wasmtime re-checks its own header).
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    env!("CARGO_PKG_VERSION").hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+fn spawn_ticker(
+    engine: wasmtime::EngineWeak,
+    tick: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<(), Error> {
+    // A plain thread, not a tokio task: a busy runtime must not delay the tick that stops
+    // a runaway guest.
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error::Io {
+            what: "start the epoch ticker".into(),
+            source: e,
+        })
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::Io {
+            what: format!("create cache directory {}", dir.display()),
+            source: e,
+        })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::Io {
+        what: format!("restrict cache directory {}", dir.display()),
+        source: e,
+    })
+}
+
+/// Header: magic, then three length-prefixed fields (digest, engine hash, sha256 of the
+/// artifact), then the artifact.
+fn encode_cache_file(digest: &str, engine_hash: &str, artifact: &[u8]) -> Vec<u8> {
+    let checksum = Sha256::digest(artifact);
+    let mut out = Vec::with_capacity(artifact.len() + 128);
+    out.extend_from_slice(CACHE_MAGIC);
+    for field in [
+        digest.as_bytes(),
+        engine_hash.as_bytes(),
+        checksum.as_slice(),
+    ] {
+        out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        out.extend_from_slice(field);
+    }
+    out.extend_from_slice(artifact);
+    out
+}
+
+/// Checks a cache file's header and checksum and returns the artifact. `Err` says why a
+/// file was rejected.
+fn decode_cache_file(bytes: &[u8], digest: &str, engine_hash: &str) -> Result<Vec<u8>, String> {
+    let rest = bytes
+        .strip_prefix(CACHE_MAGIC.as_slice())
+        .ok_or("bad magic")?;
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(3);
+    let mut rest = rest;
+    for _ in 0..3 {
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err("truncated header".into());
+        }
+        let (field, tail) = tail.split_at(len);
+        fields.push(field);
+        rest = tail;
+    }
+    if fields[0] != digest.as_bytes() {
+        return Err("entry is for another digest".into());
+    }
+    if fields[1] != engine_hash.as_bytes() {
+        return Err("entry is from another engine".into());
+    }
+    if fields[2] != Sha256::digest(rest).as_slice() {
+        return Err("checksum mismatch (corrupt entry)".into());
+    }
+    Ok(rest.to_vec())
+}
+
+fn read_cache_file(
+    path: &Path,
+    digest: &str,
+    engine_hash: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    // Only files this process's user wrote, writable by nobody else.
+    if meta.mode() & 0o022 != 0 || meta.uid() != current_uid() {
+        return Err("file is writable by others or owned by another user".into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    decode_cache_file(&bytes, digest, engine_hash).map(Some)
+}
+
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of our own cache root: created by this process, so it is our uid,
+    // without reaching for libc.
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+fn write_cache_file(
+    path: &Path,
+    digest: &str,
+    engine_hash: &str,
+    artifact: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Write to a private temporary file, then rename: readers never see half a file.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(&encode_cache_file(digest, engine_hash, artifact))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_file_round_trips() {
+        let file = encode_cache_file("sha256:ab", "e1", b"artifact");
+        assert_eq!(
+            decode_cache_file(&file, "sha256:ab", "e1").unwrap(),
+            b"artifact"
+        );
+    }
+
+    #[test]
+    fn cache_file_rejects_what_it_must() {
+        let file = encode_cache_file("sha256:ab", "e1", b"artifact");
+        let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+            ("another digest", file.clone(), "sha256:cd", "e1"),
+            ("another engine", file.clone(), "sha256:ab", "e2"),
+            (
+                "flipped artifact byte",
+                {
+                    let mut f = file.clone();
+                    let last = f.len() - 1;
+                    f[last] ^= 1;
+                    f
+                },
+                "sha256:ab",
+                "e1",
+            ),
+            ("truncated", file[..12].to_vec(), "sha256:ab", "e1"),
+            ("no magic", b"\x7fELF....".to_vec(), "sha256:ab", "e1"),
+        ];
+        for (name, bytes, digest, engine) in cases {
+            assert!(
+                decode_cache_file(&bytes, digest, engine).is_err(),
+                "{name} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn digest_is_prefixed_hex() {
+        assert_eq!(
+            sha256_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,664 @@
+//! The immutable, per-instance capability table: the hot-path form of a grant.
+//!
+//! [`GrantTable::compile`] runs once when an instance is set up and turns the granted
+//! [`CapabilitySet`] (request ∩ approval, already parsed and validated by `airssys_crds`)
+//! into sorted, de-duplicated arrays split by access mode, so every check is a binary search
+//! or a short scan: no locks, no allocation (a non-normalized path is the one exception, see
+//! [`GrantTable::check_path`]). Matching rules are the crds ones (`HostPattern::matches`,
+//! `Cidr::contains`, `TopicPattern::matches`, `is_restricted`); this module only chooses the
+//! shape. Tests compare every check with the `CapabilitySet::allows_*` oracle.
+//!
+//! The table only answers; the caller records the outcome (denials through
+//! `audit::AuditSink::record`, grants through `audit::AuditSink::count_grant`).
+
+use std::net::IpAddr;
+
+use airssys_crds::capability::{
+    AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern, is_restricted,
+};
+
+/// Read or write, for files and buckets.
+pub use airssys_crds::capability::FsAccess as Access;
+
+/// What a capability check was about; the label of the denial and grant counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CapabilityKind {
+    Filesystem,
+    Network,
+    Storage,
+    Publish,
+    Subscribe,
+    Send,
+    Env,
+}
+
+impl CapabilityKind {
+    /// Every kind, in counter-array order (`kind as usize`).
+    pub const ALL: [CapabilityKind; 7] = [
+        Self::Filesystem,
+        Self::Network,
+        Self::Storage,
+        Self::Publish,
+        Self::Subscribe,
+        Self::Send,
+        Self::Env,
+    ];
+
+    /// Stable lower-case name used in the audit log and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filesystem => "filesystem",
+            Self::Network => "network",
+            Self::Storage => "storage",
+            Self::Publish => "publish",
+            Self::Subscribe => "subscribe",
+            Self::Send => "send",
+            Self::Env => "env",
+        }
+    }
+}
+
+/// A directory the guest may open, for WASI preopens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsGrant {
+    /// Normalized absolute guest path (no trailing slash except `/`).
+    pub path: Box<str>,
+    pub read: bool,
+    pub write: bool,
+}
+
+/// One network grant, flattened.
+#[derive(Debug, Clone)]
+struct HostRule {
+    pattern: HostPattern,
+    ports: PortRange,
+}
+
+#[derive(Debug, Clone)]
+struct CidrRule {
+    cidr: Cidr,
+    ports: PortRange,
+}
+
+/// De-duplicated names sorted by (length, bytes): a lookup finds the run of names of the
+/// right length by binary search on lengths, then compares only those.
+#[derive(Debug, Clone, Default)]
+struct NameSet(Box<[Box<str>]>);
+
+impl NameSet {
+    fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut v: Vec<Box<str>> = names.into_iter().map(Box::from).collect();
+        v.sort_unstable_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+        v.dedup();
+        Self(v.into_boxed_slice())
+    }
+
+    #[inline]
+    fn contains(&self, name: &str) -> bool {
+        let first = self.0.partition_point(|n| n.len() < name.len());
+        self.0[first..]
+            .iter()
+            .take_while(|n| n.len() == name.len())
+            .any(|n| n.as_bytes() == name.as_bytes())
+    }
+}
+
+/// Topic patterns for one direction: literal topics looked up in a [`NameSet`], wildcard
+/// patterns scanned, each behind the literal tokens it starts with (`orders.` for
+/// `orders.>`) so most non-matching patterns cost one `starts_with`.
+#[derive(Debug, Clone, Default)]
+struct TopicRules {
+    literal: NameSet,
+    wildcard: Box<[(Box<str>, TopicPattern)]>,
+}
+
+impl TopicRules {
+    fn new<'a>(patterns: impl IntoIterator<Item = &'a TopicPattern>) -> Self {
+        let mut literal = Vec::new();
+        let mut wildcard: Vec<(Box<str>, TopicPattern)> = Vec::new();
+        for p in patterns {
+            // The canonical text of a pattern without `*` or `>` tokens is the one topic it
+            // matches; keep only those as strings.
+            let text = p.to_string();
+            let tokens: Vec<&str> = text.split('.').collect();
+            let literal_tokens = tokens
+                .iter()
+                .take_while(|t| **t != "*" && **t != ">")
+                .count();
+            if literal_tokens == tokens.len() {
+                literal.push(text);
+            } else if !wildcard.iter().any(|(_, w)| w == p) {
+                // A wildcard token needs a non-empty token in its place, so a match always
+                // continues past a `.` after the literal tokens.
+                let prefix = if literal_tokens == 0 {
+                    String::new()
+                } else {
+                    format!("{}.", tokens[..literal_tokens].join("."))
+                };
+                wildcard.push((prefix.into(), p.clone()));
+            }
+        }
+        Self {
+            literal: NameSet::new(literal.iter().map(String::as_str)),
+            wildcard: wildcard.into_boxed_slice(),
+        }
+    }
+
+    #[inline]
+    fn allows(&self, topic: &str) -> bool {
+        self.literal.contains(topic)
+            || self
+                .wildcard
+                .iter()
+                .any(|(prefix, p)| topic.starts_with(&**prefix) && p.matches(topic))
+    }
+}
+
+/// The compiled grant of one instance. `Send + Sync`; share it in an `Arc`.
+#[derive(Debug, Clone, Default)]
+pub struct GrantTable {
+    /// Sorted by path; duplicates merged (modes OR-ed).
+    filesystem: Box<[FsGrant]>,
+    /// Address grants: checked first, they are the only way to restricted addresses.
+    cidrs: Box<[CidrRule]>,
+    /// Host-name grants: only for public addresses reached by name.
+    hosts: Box<[HostRule]>,
+    buckets_read: NameSet,
+    buckets_write: NameSet,
+    publish: TopicRules,
+    subscribe: TopicRules,
+    send: NameSet,
+    env: NameSet,
+}
+
+impl GrantTable {
+    /// Compiles the granted set. Never fails: the set is already validated.
+    pub fn compile(grant: &CapabilitySet) -> Self {
+        let mut filesystem: Vec<FsGrant> = Vec::with_capacity(grant.filesystem.len());
+        for g in &grant.filesystem {
+            let path = g.prefix.as_str();
+            match filesystem.iter_mut().find(|f| &*f.path == path) {
+                Some(f) => {
+                    f.read |= g.read;
+                    f.write |= g.write;
+                }
+                None => filesystem.push(FsGrant {
+                    path: path.into(),
+                    read: g.read,
+                    write: g.write,
+                }),
+            }
+        }
+        filesystem.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+
+        let mut cidrs = Vec::new();
+        let mut hosts = Vec::new();
+        for g in &grant.network {
+            match &g.target {
+                NetTarget::Cidr(cidr) => cidrs.push(CidrRule {
+                    cidr: *cidr,
+                    ports: g.ports,
+                }),
+                NetTarget::Host(pattern) => hosts.push(HostRule {
+                    pattern: pattern.clone(),
+                    ports: g.ports,
+                }),
+            }
+        }
+
+        let buckets = |write: bool| {
+            NameSet::new(
+                grant
+                    .storage
+                    .iter()
+                    .filter(|b| if write { b.write } else { b.read })
+                    .map(|b| b.bucket.as_str()),
+            )
+        };
+        Self {
+            filesystem: filesystem.into_boxed_slice(),
+            cidrs: cidrs.into_boxed_slice(),
+            hosts: hosts.into_boxed_slice(),
+            buckets_read: buckets(false),
+            buckets_write: buckets(true),
+            publish: TopicRules::new(
+                grant
+                    .topics
+                    .iter()
+                    .filter(|t| t.publish)
+                    .map(|t| &t.pattern),
+            ),
+            subscribe: TopicRules::new(
+                grant
+                    .topics
+                    .iter()
+                    .filter(|t| t.subscribe)
+                    .map(|t| &t.pattern),
+            ),
+            send: NameSet::new(grant.send.iter().map(String::as_str)),
+            env: NameSet::new(grant.env.iter().map(String::as_str)),
+        }
+    }
+
+    /// The directories to preopen, sorted by guest path, one entry per path.
+    pub fn filesystem_grants(&self) -> &[FsGrant] {
+        &self.filesystem
+    }
+
+    /// Whether the guest may use `path` with `access`. Component-wise prefix match
+    /// (`/app` covers `/app/x`, never `/application`); relative paths and `..` are denied.
+    /// The usual case, a normalized path under a grant, costs a prefix scan plus a check of
+    /// the part after the prefix, without allocating; any other form is decided on the form
+    /// `AbsPath::parse` normalizes it to.
+    pub fn check_path(&self, path: &str, access: Access) -> bool {
+        for g in self.filesystem.iter() {
+            let mode = match access {
+                Access::Read => g.read,
+                Access::Write => g.write,
+            };
+            if !mode {
+                continue;
+            }
+            if let Some(tail) = component_tail(&g.path, path) {
+                // The prefix part is the grant's own normalized text; if the tail is normalized
+                // too, so is the whole path, and this grant covers it.
+                if tail.is_empty() || (tail != "/" && is_normalized(tail)) {
+                    return true;
+                }
+                return self.check_parsed(path, access);
+            }
+        }
+        // No grant covers the raw text; a path that is not normalized may still normalize
+        // into one.
+        !is_normalized(path) && self.check_parsed(path, access)
+    }
+
+    /// The exact rule on the normalized form (allocates; only for unusual paths).
+    fn check_parsed(&self, path: &str, access: Access) -> bool {
+        let Ok(path) = AbsPath::parse(path) else {
+            return false;
+        };
+        self.filesystem.iter().any(|g| {
+            let mode = match access {
+                Access::Read => g.read,
+                Access::Write => g.write,
+            };
+            mode && component_tail(&g.path, path.as_str()).is_some()
+        })
+    }
+
+    /// Whether the guest may connect to `ip:port`, reached through the name `host` if it used
+    /// one. Call it with the resolved address, after DNS. Loopback, private and link-local
+    /// addresses need an address (CIDR) grant; a host-name grant only reaches public ones.
+    pub fn check_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
+        if self
+            .cidrs
+            .iter()
+            .any(|r| r.ports.contains(port) && r.cidr.contains(ip))
+        {
+            return true;
+        }
+        match host {
+            Some(host) if !self.hosts.is_empty() && !is_restricted(ip) => self
+                .hosts
+                .iter()
+                .any(|r| r.ports.contains(port) && r.pattern.matches(host)),
+            _ => false,
+        }
+    }
+
+    /// Whether the guest may use `bucket` with `access`.
+    #[inline]
+    pub fn check_bucket(&self, bucket: &str, access: Access) -> bool {
+        match access {
+            Access::Read => self.buckets_read.contains(bucket),
+            Access::Write => self.buckets_write.contains(bucket),
+        }
+    }
+
+    /// Whether the guest may publish to `topic` (a concrete topic, no wildcards).
+    #[inline]
+    pub fn check_publish(&self, topic: &str) -> bool {
+        self.publish.allows(topic)
+    }
+
+    /// Whether the guest may subscribe to, and so receive messages on, `topic`.
+    #[inline]
+    pub fn check_subscribe(&self, topic: &str) -> bool {
+        self.subscribe.allows(topic)
+    }
+
+    /// Whether the guest may send directly to (or request from) the component `name`.
+    #[inline]
+    pub fn check_send(&self, name: &str) -> bool {
+        self.send.contains(name)
+    }
+
+    /// Whether the config key `name` is exposed to the guest.
+    #[inline]
+    pub fn check_env(&self, name: &str) -> bool {
+        self.env.contains(name)
+    }
+}
+
+/// Whether `raw` is already in the form `AbsPath::parse` produces (so parsing would return it
+/// unchanged): absolute, at most `MAX_PATH_LEN` bytes, no NUL or backslash, no empty, `.` or
+/// `..` components, no trailing slash except the root. Anything else takes the parsing path.
+fn is_normalized(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') || bytes.len() > airssys_crds::capability::MAX_PATH_LEN {
+        return false;
+    }
+    if bytes.len() == 1 {
+        return true;
+    }
+    // Fast screen, one branch-free pass over byte pairs so it vectorizes: no NUL or
+    // backslash, no `//` or `/.`, no trailing slash. A path passing it has only non-empty
+    // components that do not start with a dot, so it is normalized.
+    if bytes.ends_with(b"/") {
+        return false;
+    }
+    let (bad_byte, suspicious) =
+        bytes
+            .iter()
+            .zip(&bytes[1..])
+            .fold((false, false), |(bad, sus), (&prev, &next)| {
+                (
+                    bad | (next == 0) | (next == b'\\'),
+                    sus | ((prev == b'/') & ((next == b'/') | (next == b'.'))),
+                )
+            });
+    if bad_byte {
+        return false;
+    }
+    if !suspicious {
+        return true;
+    }
+    // Exact pass for paths with dot-files or doubled slashes: every component non-empty and
+    // not `.` or `..`.
+    let bad = |len: usize, dots: usize| len == 0 || (len == dots && dots <= 2);
+    let (mut len, mut dots) = (0usize, 0usize);
+    for &c in &bytes[1..] {
+        match c {
+            b'/' => {
+                if bad(len, dots) {
+                    return false;
+                }
+                (len, dots) = (0, 0);
+            }
+            b'.' => (len, dots) = (len + 1, dots + 1),
+            _ => len += 1,
+        }
+    }
+    !bad(len, dots)
+}
+
+/// If `prefix` covers `path` component-wise (the `AbsPath::covers` rule), the rest of `path`
+/// after it: empty or starting with `/`. The root covers every absolute path.
+#[inline]
+fn component_tail<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    if prefix == "/" {
+        return path.starts_with('/').then_some(path);
+    }
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use airssys_crds::capability::Capabilities;
+
+    fn set(yaml: &str) -> CapabilitySet {
+        let api: Capabilities = serde_yaml::from_str(yaml).expect("test YAML");
+        CapabilitySet::parse(&api).expect("test capabilities parse")
+    }
+
+    const GRANT: &str = r#"
+filesystem:
+  - { path: /data, access: [read, write] }
+  - { path: /etc/app, access: [read] }
+  - { path: /etc/app, access: [write] }
+  - { path: /srv/ro/, access: [read] }
+network:
+  - { host: "*.example.com", port: 443 }
+  - { host: API.Partner.io, port: 8000, endPort: 8100 }
+  - { host: 10.0.0.0/8, port: 5432 }
+  - { host: "::1", port: 9000 }
+storage:
+  - { bucket: counters, access: [read, write] }
+  - { bucket: cache, access: [read] }
+  - { bucket: inbox, access: [write] }
+messaging:
+  - { topic: "orders.>", access: [publish, subscribe] }
+  - { topic: "audit.*", access: [subscribe] }
+  - { topic: "events.login", access: [publish] }
+  - { topic: "events.login", access: [subscribe] }
+  - { topic: "*.health", access: [subscribe] }
+  - { component: billing, access: [send] }
+env: [{ name: LOG_LEVEL }, { name: REGION }]
+"#;
+
+    #[test]
+    fn check_path_spec() {
+        let set = set(GRANT);
+        let t = GrantTable::compile(&set);
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, Access, bool)] = &[
+            ("read in rw dir", "/data/x", Access::Read, true),
+            ("write in rw dir", "/data/x/y", Access::Write, true),
+            ("the granted dir itself", "/data", Access::Read, true),
+            ("merged duplicate grants OR their modes", "/etc/app/conf", Access::Write, true),
+            ("read-only dir denies write", "/srv/ro/file", Access::Write, false),
+            ("read-only dir allows read", "/srv/ro/file", Access::Read, true),
+            ("prefix lookalike is not covered", "/database", Access::Read, false),
+            ("parent of a grant is not covered", "/etc", Access::Read, false),
+            ("root is not covered", "/", Access::Read, false),
+            ("traversal out of a grant", "/data/../etc/passwd", Access::Read, false),
+            ("traversal staying inside is still denied", "/data/x/../y", Access::Read, false),
+            ("relative path", "data/x", Access::Read, false),
+            ("empty path", "", Access::Read, false),
+            ("doubled slashes normalize", "//data//x", Access::Read, true),
+            ("dot components normalize", "/data/./x", Access::Write, true),
+            ("trailing slash normalizes", "/data/", Access::Read, true),
+            ("NUL byte", "/data/x\0y", Access::Read, false),
+            ("backslash", "/data\\x", Access::Read, false),
+            ("outside any grant", "/etc/passwd", Access::Read, false),
+            ("granted prefix with traversal tail", "/data/..", Access::Read, false),
+            ("granted prefix with dot tail", "/data/.", Access::Read, true),
+            ("granted prefix with trailing slash tail", "/data/x/", Access::Write, true),
+            ("granted prefix with doubled slash tail", "/data//x", Access::Read, true),
+            ("dot-file under a grant", "/data/.env", Access::Read, true),
+            ("unnormalized path into a read-only grant", "/srv//ro/./f", Access::Write, false),
+            ("unnormalized path outside any grant", "//etc/passwd", Access::Read, false),
+        ];
+        for (rule, path, access, want) in cases {
+            assert_eq!(t.check_path(path, *access), *want, "{rule}");
+            assert_eq!(
+                set.allows_path(path, *access),
+                *want,
+                "{rule}: crds oracle agrees"
+            );
+        }
+    }
+
+    #[test]
+    fn root_grant_covers_everything_absolute() {
+        let t = GrantTable::compile(&set("filesystem: [{ path: /, access: [read] }]"));
+        assert!(t.check_path("/", Access::Read));
+        assert!(t.check_path("/anything/at/all", Access::Read));
+        assert!(!t.check_path("/anything", Access::Write));
+        assert!(!t.check_path("relative", Access::Read));
+    }
+
+    #[test]
+    fn check_connect_spec() {
+        let set = set(GRANT);
+        let t = GrantTable::compile(&set);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        #[rustfmt::skip]
+        let cases: &[(&str, Option<&str>, &str, u16, bool)] = &[
+            ("suffix grant, public address", Some("api.example.com"), "93.184.216.34", 443, true),
+            ("suffix grant, deeper name", Some("a.b.example.com"), "93.184.216.34", 443, true),
+            ("suffix grant, upper-case name", Some("API.EXAMPLE.COM"), "93.184.216.34", 443, true),
+            ("suffix grant, trailing dot", Some("api.example.com."), "93.184.216.34", 443, true),
+            ("suffix grant never matches apex", Some("example.com"), "93.184.216.34", 443, false),
+            ("suffix lookalike", Some("evilexample.com"), "93.184.216.34", 443, false),
+            ("wrong port", Some("api.example.com"), "93.184.216.34", 80, false),
+            ("exact grant, port in range", Some("api.partner.io"), "93.184.216.35", 8080, true),
+            ("exact grant, range end", Some("api.partner.io"), "93.184.216.35", 8100, true),
+            ("exact grant, past range", Some("api.partner.io"), "93.184.216.35", 8101, false),
+            ("name resolving to loopback", Some("api.example.com"), "127.0.0.1", 443, false),
+            ("name resolving to metadata", Some("api.example.com"), "169.254.169.254", 443, false),
+            ("name resolving to private", Some("api.example.com"), "192.168.1.5", 443, false),
+            ("name resolving to v6 ULA", Some("api.example.com"), "fd00::1", 443, false),
+            ("name resolving to mapped loopback", Some("api.example.com"), "::ffff:127.0.0.1", 443, false),
+            ("cidr grant, private address", None, "10.2.3.4", 5432, true),
+            ("cidr grant reached by any name", Some("db.internal"), "10.2.3.4", 5432, true),
+            ("cidr grant, wrong port", None, "10.2.3.4", 5433, false),
+            ("cidr grant, v4-mapped address", None, "::ffff:10.2.3.4", 5432, true),
+            ("v6 loopback literal grant", None, "::1", 9000, true),
+            ("v4 loopback not granted", None, "127.0.0.1", 9000, false),
+            ("bare public address without a name", None, "93.184.216.34", 443, false),
+        ];
+        for (rule, host, addr, port, want) in cases {
+            assert_eq!(t.check_connect(*host, ip(addr), *port), *want, "{rule}");
+            assert_eq!(
+                set.allows_connect(*host, ip(addr), *port),
+                *want,
+                "{rule}: crds oracle agrees"
+            );
+        }
+    }
+
+    #[test]
+    fn bucket_messaging_env_spec() {
+        let set = set(GRANT);
+        let t = GrantTable::compile(&set);
+        #[rustfmt::skip]
+        let buckets: &[(&str, &str, Access, bool)] = &[
+            ("rw bucket read", "counters", Access::Read, true),
+            ("rw bucket write", "counters", Access::Write, true),
+            ("read-only bucket write", "cache", Access::Write, false),
+            ("write-only bucket read", "inbox", Access::Read, false),
+            ("write-only bucket write", "inbox", Access::Write, true),
+            ("name prefix is not the bucket", "counter", Access::Read, false),
+            ("unknown bucket", "secrets", Access::Read, false),
+        ];
+        for (rule, bucket, access, want) in buckets {
+            assert_eq!(t.check_bucket(bucket, *access), *want, "{rule}");
+            assert_eq!(set.allows_bucket(bucket, *access), *want, "{rule}: oracle");
+        }
+        #[rustfmt::skip]
+        let topics: &[(&str, &str, bool, bool)] = &[
+            // (rule, topic, publish, subscribe)
+            ("tail pattern, one more token", "orders.eu", true, true),
+            ("tail pattern, many tokens", "orders.eu.new", true, true),
+            ("tail needs at least one token", "orders", false, false),
+            ("star is subscribe-only here", "audit.login", false, true),
+            ("star is exactly one token", "audit.a.b", false, false),
+            ("literal granted twice, once per mode", "events.login", true, true),
+            ("literal does not match a longer topic", "events.login.x", false, false),
+            ("empty token", "orders..x", false, false),
+            ("unknown topic", "payments.eu", false, false),
+            ("leading star", "db.health", false, true),
+            ("leading star is one token", "db.x.health", false, false),
+            ("literal prefix without its wildcard token", "orders.", false, false),
+            ("prefix lookalike of a literal token", "ordersx.eu", false, false),
+        ];
+        for (rule, topic, publish, subscribe) in topics {
+            assert_eq!(t.check_publish(topic), *publish, "{rule}: publish");
+            assert_eq!(t.check_subscribe(topic), *subscribe, "{rule}: subscribe");
+            assert_eq!(
+                set.allows_publish(topic),
+                *publish,
+                "{rule}: publish oracle"
+            );
+            assert_eq!(
+                set.allows_subscribe(topic),
+                *subscribe,
+                "{rule}: subscribe oracle"
+            );
+        }
+        assert!(t.check_send("billing"));
+        assert!(!t.check_send("billing2"));
+        assert!(!t.check_send("Billing"));
+        assert!(t.check_env("LOG_LEVEL"));
+        assert!(t.check_env("REGION"));
+        assert!(!t.check_env("log_level"));
+        assert!(!t.check_env("AWS_SECRET_ACCESS_KEY"));
+    }
+
+    #[test]
+    fn empty_grant_denies_everything() {
+        let t = GrantTable::compile(&CapabilitySet::default());
+        let ip: IpAddr = "93.184.216.34".parse().unwrap();
+        assert!(!t.check_path("/", Access::Read));
+        assert!(!t.check_connect(Some("example.com"), ip, 443));
+        assert!(!t.check_bucket("b", Access::Read));
+        assert!(!t.check_publish("a"));
+        assert!(!t.check_subscribe("a"));
+        assert!(!t.check_send("a"));
+        assert!(!t.check_env("A"));
+        assert!(t.filesystem_grants().is_empty());
+    }
+
+    #[test]
+    fn filesystem_grants_are_sorted_and_merged_for_preopens() {
+        let t = GrantTable::compile(&set(GRANT));
+        let got: Vec<(&str, bool, bool)> = t
+            .filesystem_grants()
+            .iter()
+            .map(|g| (&*g.path, g.read, g.write))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/data", true, true),
+                ("/etc/app", true, true),
+                ("/srv/ro", true, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn is_normalized_matches_what_abspath_produces() {
+        for raw in [
+            "/",
+            "/a",
+            "/a/b",
+            "//a",
+            "/a/",
+            "/a/./b",
+            "/a/../b",
+            "a",
+            "",
+            "/a\\b",
+            "/.",
+            "/..",
+            "/a/.hidden",
+            "/a/..b",
+            "/a//b",
+            "/...",
+            "/a/...",
+            "/a/.",
+            "/a/..",
+            "/a/b/",
+            "/a\0b",
+            "/.a",
+            "/a.",
+            "/a..",
+        ] {
+            let parsed = AbsPath::parse(raw).ok();
+            let identity = parsed.as_ref().is_some_and(|p| p.as_str() == raw);
+            assert_eq!(is_normalized(raw), identity, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn table_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<GrantTable>();
+    }
+}

@@ -1,0 +1,140 @@
+//! The host side of the `airssys:component` WIT package plus the WASI 0.2 context.
+//!
+//! One module per interface: [`messaging`], [`storage`], [`logging`]; [`wasi`] builds the
+//! per-instance WASI context (preopens, sockets, outgoing HTTP) from the grant. Every
+//! capability check happens in these modules, against the instance's immutable
+//! [`crate::grant::GrantTable`]; a denial is a WIT `access-denied` value, never a trap.
+
+pub mod logging;
+pub mod messaging;
+pub mod storage;
+pub mod wasi;
+
+use std::sync::Arc;
+
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::actor::ComponentContext;
+use crate::error::Error;
+use crate::limits::{CpuBudget, InstanceLimiter, Quota, RateLimiter};
+
+/// Generated bindings for the `component` world.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "component",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+pub use bindings::airssys::component::types::{
+    Error as WitError, Message as WitMessage, Origin as WitOrigin, TopicMessage as WitTopicMessage,
+};
+
+/// Everything one instance's host functions can reach. Lives in the instance's `Store`.
+pub struct HostState {
+    /// The component this instance belongs to (shared across restarts).
+    pub ctx: Arc<ComponentContext>,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) http_hooks: wasi::GrantedHttp,
+    pub(crate) limiter: InstanceLimiter,
+    pub(crate) cpu: CpuBudget,
+    pub(crate) rate: RateLimiter,
+    /// Quota that stopped the current call, if any (the trap that follows is reported as it).
+    pub(crate) breach: Option<Quota>,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("component", &self.ctx.id)
+            .field("cpu", &self.cpu)
+            .field("breach", &self.breach)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    /// A fresh state for a new instance of `ctx`'s component.
+    pub fn new(ctx: Arc<ComponentContext>) -> Result<Self, Error> {
+        let wasi = wasi::build_ctx(&ctx)?;
+        let quotas = &ctx.quotas;
+        Ok(Self {
+            limiter: InstanceLimiter::new(quotas.memory_bytes, quotas.table_elements),
+            rate: RateLimiter::new(quotas.messages_per_second),
+            http_hooks: wasi::GrantedHttp::new(ctx.clone()),
+            ctx,
+            wasi,
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            cpu: CpuBudget::default(),
+            breach: None,
+        })
+    }
+
+    /// Takes one token from the outgoing-message rate limit; audits a refusal.
+    pub(crate) fn take_rate_token(&mut self) -> Result<(), WitError> {
+        if self.rate.try_acquire(std::time::Instant::now()) {
+            Ok(())
+        } else {
+            self.ctx.quota_exceeded(Quota::MessageRate);
+            Err(WitError::QuotaExceeded(format!(
+                "more than {} messages per second",
+                self.ctx.quotas.messages_per_second
+            )))
+        }
+    }
+
+    /// Refuses payloads over the component's message size limit.
+    pub(crate) fn check_size(&self, len: usize) -> Result<(), WitError> {
+        let max = self.ctx.quotas.max_message_bytes as usize;
+        if len > max {
+            self.ctx.quota_exceeded(Quota::MessageSize);
+            Err(WitError::InvalidInput(format!(
+                "message of {len} bytes is over the {max}-byte limit"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+impl bindings::airssys::component::types::Host for HostState {}
+
+/// The linker every instance is created from: WASI 0.2 (with the audited filesystem
+/// open), `wasi:http`, and the airssys interfaces. Built once per engine.
+pub fn linker(engine: &Engine) -> Result<Linker<HostState>, Error> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::wasm("link WASI"))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(Error::wasm("link wasi:http"))?;
+    wasi::shadow_open_at(&mut linker)?;
+    bindings::Component::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(Error::wasm("link airssys interfaces"))?;
+    Ok(linker)
+}

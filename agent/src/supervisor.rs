@@ -1,0 +1,442 @@
+//! Supervision: restart with exponential backoff, crash-loop detection, and the set of
+//! actors running on this node (add, update to a new digest, remove while running).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use airssys_crds::capability::CapabilitySet;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::actor::{ActorStatus, ComponentActor, ComponentContext, ComponentId, Control, Revision};
+use crate::audit::{AuditSink, InstanceIdentity};
+use crate::broker::{Broker, BrokerError, Mailbox};
+use crate::engine::{AgentEngine, CompileSource};
+use crate::error::Error;
+use crate::grant::GrantTable;
+use crate::limits::Quotas;
+use crate::storage::KvStore;
+
+/// How restarts are paced and when a component counts as crash-looping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Delay before the first restart after a healthy run.
+    pub initial_backoff: Duration,
+    /// The delay doubles per consecutive crash up to this.
+    pub max_backoff: Duration,
+    /// Crashes counted for crash-loop detection are those within this window.
+    pub window: Duration,
+    /// This many crashes within `window` mark the component crash-looping.
+    pub crash_loop_after: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            window: Duration::from_secs(60),
+            crash_loop_after: 5,
+        }
+    }
+}
+
+/// What to do after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartDecision {
+    /// Wait this long, then start a fresh instance.
+    pub delay: Duration,
+    /// Crashes within the window, this one included.
+    pub recent: u32,
+    /// The component is crash-looping (keeps restarting at the backoff, reported Degraded).
+    pub crash_looping: bool,
+}
+
+/// Pure restart bookkeeping for one actor.
+#[derive(Debug, Clone)]
+pub struct RestartTracker {
+    policy: RestartPolicy,
+    recent: VecDeque<Instant>,
+    consecutive: u32,
+}
+
+impl RestartTracker {
+    pub fn new(policy: RestartPolicy) -> Self {
+        Self {
+            policy,
+            recent: VecDeque::new(),
+            consecutive: 0,
+        }
+    }
+
+    /// Records a crash at `now` and decides the backoff.
+    pub fn on_crash(&mut self, now: Instant) -> RestartDecision {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > self.policy.window)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        let exponent = self.consecutive.min(20);
+        self.consecutive = self.consecutive.saturating_add(1);
+        let delay = self
+            .policy
+            .initial_backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.policy.max_backoff);
+        let recent = u32::try_from(self.recent.len()).unwrap_or(u32::MAX);
+        RestartDecision {
+            delay,
+            recent,
+            crash_looping: recent >= self.policy.crash_loop_after,
+        }
+    }
+
+    /// A message was handled: the next crash starts the backoff from the beginning.
+    pub fn healthy(&mut self) {
+        self.consecutive = 0;
+    }
+
+    /// A new revision: forget the old one's crashes.
+    pub fn reset(&mut self) {
+        self.consecutive = 0;
+        self.recent.clear();
+    }
+}
+
+/// What the agent is asked to run: one component revision.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    pub id: ComponentId,
+    /// `sha256:<hex>` the bytes must hash to.
+    pub digest: String,
+    pub wasm: Arc<[u8]>,
+    /// The grant: request ∩ approval, already intersected.
+    pub grant: CapabilitySet,
+    pub quotas: Quotas,
+    /// Values of the env keys the grant exposes.
+    pub env: Vec<(String, String)>,
+}
+
+struct ActorEntry {
+    control: mpsc::Sender<Control>,
+    status: Arc<ActorStatus>,
+    task: tokio::task::JoinHandle<()>,
+    digest: String,
+    mailbox: Mailbox,
+}
+
+/// The node's running components.
+pub struct Supervisor {
+    engine: AgentEngine,
+    broker: Broker,
+    storage: Arc<KvStore>,
+    audit: AuditSink,
+    fs_root: PathBuf,
+    policy: RestartPolicy,
+    actors: Mutex<HashMap<ComponentId, ActorEntry>>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("engine", &self.engine)
+            .field("fs_root", &self.fs_root)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// `fs_root` holds each component's granted directories (`<fs_root>/<ns>/<name>/<path>`).
+    pub fn new(
+        engine: AgentEngine,
+        storage: Arc<KvStore>,
+        audit: AuditSink,
+        fs_root: impl Into<PathBuf>,
+        policy: RestartPolicy,
+    ) -> Self {
+        Self {
+            engine,
+            broker: Broker::new(),
+            storage,
+            audit,
+            fs_root: fs_root.into(),
+            policy,
+            actors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn engine(&self) -> &AgentEngine {
+        &self.engine
+    }
+
+    pub fn storage(&self) -> &Arc<KvStore> {
+        &self.storage
+    }
+
+    /// The host directory backing `guest_path` for `id` (created on start).
+    pub fn host_dir(&self, id: &ComponentId, guest_path: &str) -> PathBuf {
+        crate::host::wasi::host_dir(&self.component_fs_root(id), guest_path)
+    }
+
+    fn component_fs_root(&self, id: &ComponentId) -> PathBuf {
+        self.fs_root.join(&id.namespace).join(&id.name)
+    }
+
+    fn context(&self, spec: &ComponentSpec, mailbox: Mailbox) -> Arc<ComponentContext> {
+        Arc::new(ComponentContext {
+            id: spec.id.clone(),
+            component_key: spec.id.to_string(),
+            digest: spec.digest.clone(),
+            grant: Arc::new(spec.grant.clone()),
+            grants: mailbox.grants.clone(),
+            quotas: spec.quotas.clone(),
+            broker: self.broker.clone(),
+            storage: self.storage.clone(),
+            audit: self.audit.clone(),
+            mailbox,
+            fs_root: self.component_fs_root(&spec.id),
+            env: spec.env.clone(),
+            epoch_tick: self.engine.config().epoch_tick,
+            instance: AtomicU64::new(0),
+            identity: std::sync::RwLock::new(InstanceIdentity::new(
+                &spec.id.namespace,
+                &spec.id.name,
+                0,
+                &spec.digest,
+            )),
+        })
+    }
+
+    /// Compiles (or loads) `spec` and builds the context its instances run in, without
+    /// starting an actor: for benches and tools that drive [`crate::actor::LiveInstance`] directly.
+    /// Messages to the returned revision's own mailbox go to `mailbox`.
+    pub async fn revision(
+        &self,
+        spec: &ComponentSpec,
+    ) -> Result<(Revision, mpsc::Receiver<crate::broker::Envelope>), Error> {
+        let (pre, _) = self.engine.prepare(&spec.digest, &spec.wasm).await?;
+        let grants = Arc::new(GrantTable::compile(&spec.grant));
+        let capacity = usize::try_from(spec.quotas.mailbox_capacity.max(1)).unwrap_or(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let ctx = self.context(spec, Mailbox { tx, grants });
+        self.storage
+            .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+        Ok((Revision { ctx, pre }, rx))
+    }
+
+    /// Starts a component that is not running yet.
+    pub async fn add(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
+        let mut actors = self.actors.lock().await;
+        if actors.contains_key(&spec.id) {
+            return Err(Error::AlreadyRunning(spec.id.to_string()));
+        }
+        let (pre, source) = self.engine.prepare(&spec.digest, &spec.wasm).await?;
+        let grants = Arc::new(GrantTable::compile(&spec.grant));
+        let capacity = usize::try_from(spec.quotas.mailbox_capacity.max(1)).unwrap_or(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let mailbox = Mailbox { tx, grants };
+        let ctx = self.context(&spec, mailbox.clone());
+        self.storage
+            .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let status = Arc::new(ActorStatus::default());
+        let actor = ComponentActor::new(
+            Revision { ctx, pre },
+            self.engine.clone(),
+            rx,
+            control_rx,
+            status.clone(),
+            self.policy,
+        );
+        self.broker.register(&spec.id, mailbox.clone());
+        let task = tokio::spawn(actor.run());
+        tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component added");
+        actors.insert(
+            spec.id.clone(),
+            ActorEntry {
+                control: control_tx,
+                status,
+                task,
+                digest: spec.digest.clone(),
+                mailbox,
+            },
+        );
+        Ok(source)
+    }
+
+    /// Moves a running component to a new revision (digest, grant, quotas). Queued messages
+    /// are kept and handled by the new revision. The mailbox capacity stays as it was.
+    pub async fn update(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
+        let mut actors = self.actors.lock().await;
+        let entry = actors
+            .get_mut(&spec.id)
+            .ok_or_else(|| Error::UnknownComponent(spec.id.to_string()))?;
+        let (pre, source) = self.engine.prepare(&spec.digest, &spec.wasm).await?;
+        let grants = Arc::new(GrantTable::compile(&spec.grant));
+        let mailbox = Mailbox {
+            tx: entry.mailbox.tx.clone(),
+            grants,
+        };
+        let ctx = self.context(&spec, mailbox.clone());
+        self.storage
+            .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+        entry
+            .control
+            .send(Control::Upgrade(Box::new(Revision { ctx, pre })))
+            .await
+            .map_err(|_| Error::UnknownComponent(spec.id.to_string()))?;
+        self.broker.register(&spec.id, mailbox.clone());
+        entry.mailbox = mailbox;
+        entry.digest = spec.digest.clone();
+        tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component updated");
+        Ok(source)
+    }
+
+    /// Adds the component, or updates it if it runs with another digest or grant.
+    pub async fn apply(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
+        let running = self.actors.lock().await.contains_key(&spec.id);
+        if running {
+            self.update(spec).await
+        } else {
+            self.add(spec).await
+        }
+    }
+
+    /// Stops a component: it finishes its current message, `shutdown` is called, queued
+    /// messages are dropped (their requesters get no reply).
+    pub async fn remove(&self, id: &ComponentId) -> Result<(), Error> {
+        let entry = self
+            .actors
+            .lock()
+            .await
+            .remove(id)
+            .ok_or_else(|| Error::UnknownComponent(id.to_string()))?;
+        self.broker.unregister(id);
+        let _ = entry.control.send(Control::Stop).await;
+        if let Err(e) = entry.task.await {
+            tracing::warn!(component = %id, error = %e, "actor task ended abnormally");
+        }
+        tracing::info!(component = %id, "component removed");
+        Ok(())
+    }
+
+    /// Stops every component.
+    pub async fn shutdown(&self) {
+        let ids: Vec<ComponentId> = self.actors.lock().await.keys().cloned().collect();
+        for id in ids {
+            let _ = self.remove(&id).await;
+        }
+    }
+
+    pub async fn status(&self, id: &ComponentId) -> Option<Arc<ActorStatus>> {
+        self.actors.lock().await.get(id).map(|e| e.status.clone())
+    }
+
+    pub async fn digest(&self, id: &ComponentId) -> Option<String> {
+        self.actors.lock().await.get(id).map(|e| e.digest.clone())
+    }
+
+    pub async fn components(&self) -> Vec<ComponentId> {
+        let mut ids: Vec<_> = self.actors.lock().await.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// A request from the agent itself (CLI, tests): waits for mailbox room and the reply.
+    pub async fn request(
+        &self,
+        id: &ComponentId,
+        payload: impl Into<Arc<[u8]>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BrokerError> {
+        self.broker
+            .request(None, &id.namespace, &id.name, payload.into(), timeout)
+            .await
+    }
+
+    /// A one-way message from the agent itself, waiting for mailbox room.
+    pub async fn send(
+        &self,
+        id: &ComponentId,
+        payload: impl Into<Arc<[u8]>>,
+    ) -> Result<(), BrokerError> {
+        self.broker
+            .send_wait(&id.namespace, &id.name, payload.into())
+            .await
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Actor tasks hold only clones of shared handles; abort them so a dropped
+        // supervisor leaves nothing running.
+        let actors = std::mem::take(self.actors.get_mut());
+        for (_, entry) in actors {
+            entry.task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RestartPolicy {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            window: Duration::from_secs(10),
+            crash_loop_after: 3,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut t = RestartTracker::new(policy());
+        let now = Instant::now();
+        let delays: Vec<_> = (0..6).map(|_| t.on_crash(now).delay.as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn a_handled_message_resets_the_backoff() {
+        let mut t = RestartTracker::new(policy());
+        let now = Instant::now();
+        t.on_crash(now);
+        t.on_crash(now);
+        t.healthy();
+        assert_eq!(t.on_crash(now).delay, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn crashes_within_the_window_mark_a_crash_loop() {
+        let mut t = RestartTracker::new(policy());
+        let now = Instant::now();
+        assert!(!t.on_crash(now).crash_looping);
+        assert!(!t.on_crash(now).crash_looping);
+        let third = t.on_crash(now + Duration::from_secs(1));
+        assert!(third.crash_looping);
+        assert_eq!(third.recent, 3);
+    }
+
+    #[test]
+    fn crashes_outside_the_window_are_forgotten() {
+        let mut t = RestartTracker::new(policy());
+        let now = Instant::now();
+        t.on_crash(now);
+        t.on_crash(now);
+        let later = t.on_crash(now + Duration::from_secs(11));
+        assert_eq!(later.recent, 1);
+        assert!(!later.crash_looping);
+    }
+}

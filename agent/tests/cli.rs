@@ -1,0 +1,113 @@
+//! The `airssys-agent run --manifest` binary, as a user runs it: local manifest, real
+//! guests, state in a data directory that survives a restart of the agent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::Command;
+
+fn run_agent(
+    manifest: &std::path::Path,
+    data: &std::path::Path,
+    requests: &[&str],
+) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_airssys-agent"));
+    cmd.arg("run")
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "info");
+    for r in requests {
+        cmd.arg("--request").arg(r);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_manifest_serves_requests_and_keeps_state_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let guests = support::guest_dir();
+    for g in ["echo", "kv_counter"] {
+        std::fs::copy(
+            guests.join(format!("{g}.wasm")),
+            dir.path().join(format!("{g}.wasm")),
+        )
+        .unwrap();
+    }
+    let manifest = dir.path().join("agent.yaml");
+    std::fs::write(
+        &manifest,
+        r#"
+components:
+  - name: echo
+    wasm: echo.wasm
+  - namespace: shop
+    name: counter
+    wasm: kv_counter.wasm
+    capabilities:
+      storage: [{ bucket: counters, access: [read, write] }]
+    limits: { timeout: 2s, memory: 32Mi }
+"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+
+    let (ok, stdout, stderr) = run_agent(
+        &manifest,
+        &data,
+        &["default/echo=hello", "shop/counter=incr:visits"],
+    );
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("default/echo: hello"), "{stdout}");
+    assert!(stdout.contains("shop/counter: 1"), "{stdout}");
+    assert!(stderr.contains("Compiled"), "first run compiles: {stderr}");
+
+    // Restart: the database keeps the counter, the cache spares the compile.
+    let (ok, stdout, stderr) = run_agent(&manifest, &data, &["shop/counter=incr:visits"]);
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("shop/counter: 2"), "{stdout}");
+    assert!(
+        stderr.contains("Disk"),
+        "second run loads from the cache: {stderr}"
+    );
+    assert!(!stderr.contains("Compiled"), "{stderr}");
+
+    // The audit log recorded the starts, one JSON object per line.
+    let audit = std::fs::read_to_string(data.join("audit.jsonl")).unwrap();
+    let starts = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "Started" && e["component"] == "shop/counter")
+        .count();
+    assert_eq!(starts, 2, "{audit}");
+
+    // A request the component refuses makes the command fail, with the reason printed.
+    let (ok, stdout, _) = run_agent(&manifest, &data, &["shop/counter=bogus"]);
+    assert!(!ok);
+    assert!(stdout.contains("shop/counter: error:"), "{stdout}");
+}
+
+#[test]
+fn run_refuses_a_manifest_whose_digest_does_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        support::guest_dir().join("echo.wasm"),
+        dir.path().join("echo.wasm"),
+    )
+    .unwrap();
+    let manifest = dir.path().join("agent.yaml");
+    std::fs::write(
+        &manifest,
+        "components:\n  - name: echo\n    wasm: echo.wasm\n    digest: sha256:0000000000000000000000000000000000000000000000000000000000000000\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = run_agent(&manifest, &dir.path().join("data"), &["default/echo=x"]);
+    assert!(!ok);
+    assert!(stderr.contains("digest mismatch"), "{stderr}");
+}

@@ -1,0 +1,395 @@
+//! Hostile guests are contained: denied or killed, audited, counted, while a well-behaved
+//! neighbour keeps answering. Every guest here is a real wasm32-wasip2 component.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use airssys_agent::actor::{ActorState, ComponentId};
+use support::{Harness, caps, quotas, spec};
+
+fn id(name: &str) -> ComponentId {
+    ComponentId::new("test", name)
+}
+
+/// Adds an echo neighbour and checks it answers.
+async fn neighbour(h: &Harness) {
+    h.add(spec("neighbour", "echo", caps(""), quotas())).await;
+    assert_eq!(h.ask("neighbour", "hello").await.unwrap(), "hello");
+}
+
+async fn neighbour_still_answers(h: &Harness) {
+    let started = Instant::now();
+    assert_eq!(
+        h.ask("neighbour", "still there?").await.unwrap(),
+        "still there?",
+        "the neighbour must keep answering"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// The neighbour answers *while* `busy` is being handled elsewhere.
+async fn neighbour_answers_during(h: &Harness, busy: impl Future<Output = ()>) {
+    let probe = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        neighbour_still_answers(h).await;
+    };
+    tokio::join!(busy, probe);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_is_stopped_by_its_cpu_budget_and_restarted() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    let q = support::Quotas {
+        cpu_time_per_message: std::time::Duration::from_millis(100),
+        timeout: Duration::from_secs(10),
+        ..quotas()
+    };
+    h.add(spec("spinner", "infinite-loop", caps(""), q)).await;
+    assert_eq!(h.ask("spinner", "ping").await.unwrap(), "pong");
+
+    neighbour_answers_during(&h, async {
+        let started = Instant::now();
+        let err = h.ask("spinner", "spin").await.unwrap_err();
+        assert!(err.contains("cpu quota exceeded"), "{err}");
+        // Deadline 100 ms plus tick granularity; far below the 10 s wall-clock timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+
+    support::wait_kind(&h, "spinner", support::Expect::Quota("cpu-time")).await;
+    support::wait_kind(&h, "spinner", support::Expect::Killed).await;
+    // A fresh instance answers again.
+    assert_eq!(h.ask("spinner", "ping").await.unwrap(), "pong");
+    let status = h.supervisor.status(&id("spinner")).await.unwrap();
+    assert_eq!(status.kills.load(Ordering::Relaxed), 1);
+    assert!(status.restarts.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_timeout_kills_a_message_even_with_cpu_budget_left() {
+    let h = Harness::new();
+    let q = support::Quotas {
+        cpu_time_per_message: Duration::from_secs(60),
+        timeout: Duration::from_millis(300),
+        ..quotas()
+    };
+    h.add(spec("slow", "infinite-loop", caps(""), q)).await;
+    let started = Instant::now();
+    let err = h.ask("slow", "spin").await.unwrap_err();
+    assert!(err.contains("Timeout"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    support::wait_kind(&h, "slow", support::Expect::Quota("timeout")).await;
+    assert_eq!(h.ask("slow", "ping").await.unwrap(), "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_limit_stops_a_loop_when_the_engine_counts_fuel() {
+    let h = Harness::with_engine(|mut c| {
+        c.consume_fuel = true;
+        c
+    });
+    let q = support::Quotas {
+        fuel_per_message: Some(5_000_000),
+        cpu_time_per_message: Duration::from_secs(60),
+        timeout: Duration::from_secs(30),
+        ..quotas()
+    };
+    h.add(spec("fueled", "infinite-loop", caps(""), q)).await;
+    assert_eq!(h.ask("fueled", "ping").await.unwrap(), "pong");
+    let err = h.ask("fueled", "spin").await.unwrap_err();
+    assert!(err.contains("fuel quota exceeded"), "{err}");
+    support::wait_kind(&h, "fueled", support::Expect::Quota("fuel")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_hits_the_memory_quota_and_only_it_dies() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    h.add(spec("bomb", "memory-bomb", caps(""), quotas())).await;
+    let err = h.ask("bomb", "boom").await.unwrap_err();
+    assert!(err.contains("memory quota exceeded"), "{err}");
+    support::wait_kind(&h, "bomb", support::Expect::Quota("memory")).await;
+    support::wait_kind(&h, "bomb", support::Expect::Killed).await;
+    neighbour_still_answers(&h).await;
+    assert_eq!(h.ask("bomb", "ping").await.unwrap(), "pong", "restarted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_recursion_traps_on_the_stack_limit() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    h.add(spec("diver", "deep-recursion", caps(""), quotas()))
+        .await;
+    let err = h.ask("diver", "dive").await.unwrap_err();
+    assert!(err.contains("killed"), "{err}");
+    // Rust keeps its stack in linear memory: overflowing it runs off the bottom of memory
+    // (out of bounds) unless wasmtime's own stack limit (max_wasm_stack) is hit first.
+    let trap = support::wait_kind(&h, "diver", support::Expect::Trap).await;
+    let message = trap["detail"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("stack overflow") || message.contains("out of bounds"),
+        "{trap}"
+    );
+    support::wait_kind(&h, "diver", support::Expect::Killed).await;
+    neighbour_still_answers(&h).await;
+    assert_eq!(h.ask("diver", "ping").await.unwrap(), "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_never_leaves_the_preopened_directory() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    let grant = caps("filesystem: [{ path: /data, access: [read] }]");
+    let s = spec("traverser", "path-traversal", grant, quotas());
+    // A secret next to the component's directory, and symlinks pointing at it.
+    let data = h.supervisor.host_dir(&s.id, "/data");
+    std::fs::create_dir_all(&data).unwrap();
+    let outside = data.parent().unwrap().join("outside.txt");
+    std::fs::write(&outside, "SECRET").unwrap();
+    std::os::unix::fs::symlink(data.parent().unwrap(), data.join("escape")).unwrap();
+    std::os::unix::fs::symlink(&outside, data.join("escape-abs")).unwrap();
+    h.add(s).await;
+
+    let report = h.ask("traverser", "attack").await.unwrap();
+    assert!(!report.contains("SECRET"), "{report}");
+    assert!(!report.contains("READ"), "{report}");
+    assert_eq!(report.lines().count(), 6, "{report}");
+    // The host saw and refused the `..` and symlink attempts: audited.
+    support::wait_kind(&h, "traverser", support::Expect::Denied("filesystem")).await;
+    let denials = support::count(&h, "traverser", support::Expect::Denied("filesystem")).await;
+    assert!(
+        denials >= 3,
+        "expected the .. and both symlink escapes audited, got {denials}"
+    );
+    neighbour_still_answers(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_reader_reads_and_writes_only_where_granted() {
+    let h = Harness::new();
+    let grant = caps(
+        "filesystem: [{ path: /data, access: [read, write] }, { path: /config, access: [read] }]",
+    );
+    let s = spec("reader", "file-reader", grant, quotas());
+    let config = h.supervisor.host_dir(&s.id, "/config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("app.toml"), "mode = 1").unwrap();
+    h.add(s).await;
+    assert_eq!(
+        h.ask("reader", "read:/config/app.toml").await.unwrap(),
+        "mode = 1"
+    );
+    assert_eq!(
+        h.ask("reader", "write:/data/out.txt:hi").await.unwrap(),
+        "written"
+    );
+    assert_eq!(
+        std::fs::read_to_string(
+            h.supervisor
+                .host_dir(&id("reader"), "/data")
+                .join("out.txt")
+        )
+        .unwrap(),
+        "hi"
+    );
+    let denied = h.ask("reader", "write:/config/new.txt:x").await.unwrap();
+    assert!(
+        denied.starts_with("error:"),
+        "read-only grant must refuse writes: {denied}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_http_is_checked_on_host_port_and_resolved_address() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    // A real HTTP server on loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                break;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+                    )
+                    .await;
+            });
+        }
+    });
+
+    // Granted: exactly this loopback address and port.
+    let grant = caps(&format!("network: [{{ host: 127.0.0.1, port: {port} }}]"));
+    h.add(spec("fetcher", "http-fetch", grant, quotas())).await;
+    let ok = h
+        .ask("fetcher", &format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(ok, "200|hello");
+
+    // Same host, other port: denied.
+    let other = h
+        .ask(
+            "fetcher",
+            &format!("http://127.0.0.1:{}/", port.wrapping_add(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other, "error:ErrorCode::HttpRequestDenied");
+    // An undeclared host: denied before any DNS query.
+    let undeclared = h
+        .ask("fetcher", "http://exfiltrate.example.com/")
+        .await
+        .unwrap();
+    assert_eq!(undeclared, "error:ErrorCode::HttpRequestDenied");
+    // A private address nobody granted.
+    let private = h.ask("fetcher", "http://10.1.2.3/").await.unwrap();
+    assert_eq!(private, "error:ErrorCode::HttpRequestDenied");
+
+    // A public-host grant does not open loopback: `localhost` resolves to 127.0.0.1,
+    // which needs an explicit address grant.
+    let wide = caps(&format!("network: [{{ host: localhost, port: {port} }}]"));
+    h.add(spec("sneaky", "http-fetch", wide, quotas())).await;
+    let sneaky = h
+        .ask("sneaky", &format!("http://localhost:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(sneaky, "error:ErrorCode::HttpRequestDenied");
+
+    let denials = support::count(&h, "fetcher", support::Expect::Denied("network")).await;
+    assert_eq!(denials, 3, "each refused request is audited");
+    support::wait_kind(&h, "sneaky", support::Expect::Denied("network")).await;
+    neighbour_still_answers(&h).await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capability_escalation_gets_access_denied_values_and_audits() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    let grant = caps("messaging: [{ topic: events.public, access: [publish] }]");
+    h.add(spec("escalator", "escalation", grant, quotas()))
+        .await;
+    for (attempt, capability) in [
+        ("publish", "publish"),
+        ("subscribe", "subscribe"),
+        ("send", "send"),
+        ("storage", "storage"),
+    ] {
+        let answer = h.ask("escalator", attempt).await.unwrap();
+        assert!(answer.starts_with("access-denied:"), "{attempt}: {answer}");
+        support::wait_kind(&h, "escalator", support::Expect::Denied(capability)).await;
+    }
+    // Denials are values, not traps: the instance never died.
+    let status = h.supervisor.status(&id("escalator")).await.unwrap();
+    assert_eq!(status.kills.load(Ordering::Relaxed), 0);
+    assert_eq!(h.ask("escalator", "ping").await.unwrap(), "pong");
+    neighbour_still_answers(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_flood_is_pushed_back_by_rate_and_mailbox_limits() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    let grant = caps("messaging: [{ component: neighbour, access: [send] }]");
+    // Rate limit below the neighbour's mailbox (64): the rate limit answers first.
+    let q = support::Quotas {
+        messages_per_second: 40,
+        ..quotas()
+    };
+    h.add(spec("flooder", "message-flood", grant.clone(), q))
+        .await;
+    let answer = h.ask("flooder", "neighbour").await.unwrap();
+    let (sent, error) = answer.split_once('|').unwrap();
+    let sent: u64 = sent.parse().unwrap();
+    assert!(
+        sent <= 41,
+        "at most one second's burst gets through: {answer}"
+    );
+    assert!(error.contains("QuotaExceeded"), "{answer}");
+    support::wait_kind(&h, "flooder", support::Expect::Quota("message-rate")).await;
+    neighbour_still_answers(&h).await;
+    // The neighbour's mailbox stayed bounded (64 by default): the flood hit back-pressure or
+    // the rate limit, never an unbounded queue.
+    let status = h.supervisor.status(&id("neighbour")).await.unwrap();
+    assert!(status.handled.load(Ordering::Relaxed) <= sent + 2);
+
+    // A rate limit above the mailbox: the full mailbox pushes back (no unbounded queue).
+    let q = support::Quotas {
+        messages_per_second: 1_000_000,
+        ..quotas()
+    };
+    h.add(spec("flooder2", "message-flood", grant, q)).await;
+    let answer = h.ask("flooder2", "neighbour").await.unwrap();
+    let (sent, error) = answer.split_once('|').unwrap();
+    let sent: u64 = sent.parse().unwrap();
+    assert!(
+        error.contains("mailbox") && error.contains("full"),
+        "{answer}"
+    );
+    assert!(sent < 1_000_000, "{answer}");
+    support::wait_kind(&h, "flooder2", support::Expect::Quota("mailbox")).await;
+    neighbour_still_answers(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_storm_marks_the_component_crash_looping() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    h.add(spec("storm", "trap-storm", caps(""), quotas())).await;
+    for _ in 0..5 {
+        let err = h.ask("storm", "x").await.unwrap_err();
+        assert!(err.contains("killed"), "{err}");
+    }
+    let status = h.supervisor.status(&id("storm")).await.unwrap();
+    // The reply goes out before the supervisor books the kill; wait for the books.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status.kills.load(Ordering::Relaxed) < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status.kills.load(Ordering::Relaxed), 5);
+    assert!(status.is_crash_looping(), "{status:?}");
+    support::wait_kind(&h, "storm", support::Expect::CrashLoop).await;
+    support::wait_kind(&h, "storm", support::Expect::Trap).await;
+    neighbour_still_answers(&h).await;
+    assert_ne!(
+        status.state(),
+        ActorState::Stopped,
+        "crash-looping components keep retrying"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_messages_are_refused_at_both_ends() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    let grant = caps(
+        "messaging: [{ component: neighbour, access: [send] }, { topic: events.huge, access: [publish] }]",
+    );
+    h.add(spec("whale", "huge-message", grant, quotas())).await;
+    let answer = h.ask("whale", "neighbour").await.unwrap();
+    assert!(answer.contains("send=Err(Error::InvalidInput"), "{answer}");
+    assert!(
+        answer.contains("publish=Err(Error::InvalidInput"),
+        "{answer}"
+    );
+    support::wait_kind(&h, "whale", support::Expect::Quota("message-size")).await;
+    // From the agent side too: the receiver refuses a payload over its limit.
+    let err = h.ask("neighbour", &"x".repeat(2 << 20)).await.unwrap_err();
+    assert!(err.contains("InvalidInput"), "{err}");
+    neighbour_still_answers(&h).await;
+}
