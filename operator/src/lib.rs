@@ -7,12 +7,14 @@
 //! - [`controller`]: the `TrustSource` and `WasmComponent` controllers (reconcile, error policy,
 //!   status by server-side apply, Events).
 //! - [`metrics`]: Prometheus metrics and the `/metrics` + `/healthz` endpoint.
+//! - [`plugin`]: the `kubectl wasm` plugin's logic (pending, approve, deny, explain).
 
 pub mod artifact;
 pub mod controller;
 pub mod events;
 pub mod index;
 pub mod metrics;
+pub mod plugin;
 pub mod trust;
 
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,410 @@
+//! `kubectl wasm` end to end: the real plugin binary (run directly and through the real
+//! `kubectl` plugin lookup on PATH) against the real control plane, with the real operator
+//! binary deciding, components pushed by real `oras` into a real OCI registry, and the
+//! GitOps path taken by applying the plugin's `--dry-run -o yaml` with real `kubectl apply`.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use airssys_crds::trust_source::Decision;
+use airssys_crds::{TrustSource, WasmComponent};
+use airssys_test_support::{ControlPlane, Registry, Supervised, tool_path, wait_for};
+use kube::Api;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-wasm");
+
+static OPERATOR: tokio::sync::OnceCell<Mutex<Supervised>> = tokio::sync::OnceCell::const_new();
+
+/// The control plane and one operator process for this test binary.
+async fn setup() -> &'static ControlPlane {
+    let cp = ControlPlane::shared().await.unwrap();
+    let operator = OPERATOR
+        .get_or_init(|| async {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_airssys-operator"));
+            cmd.args([
+                "run",
+                "--insecure-registry",
+                "127.0.0.1",
+                "--recheck-seconds",
+                "2",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("RUST_LOG", "info,airssys_operator=debug");
+            let log = cp.dir().join("operator-plugin-tests.log");
+            Mutex::new(Supervised::spawn("airssys-operator", cmd, &log).unwrap())
+        })
+        .await;
+    if let Err(e) = operator.lock().unwrap().check_running() {
+        panic!("the operator is not running: {e}");
+    }
+    cp
+}
+
+/// Runs a harness tool in `dir`; fails the test with its output if it fails.
+fn run_tool(dir: &Path, tool: &str, args: &[&str]) -> String {
+    let bin = tool_path(tool).unwrap_or_else(|e| panic!("test tool {tool}: {e}"));
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Pushes `payload` as a single-layer wasm artifact with oras; returns the manifest digest.
+fn push(dir: &Path, reference: &str, payload: &str) -> String {
+    let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+    bytes.extend_from_slice(payload.as_bytes());
+    std::fs::write(dir.join("component.wasm"), bytes).unwrap();
+    run_tool(
+        dir,
+        "oras",
+        &[
+            "push",
+            "--plain-http",
+            reference,
+            "component.wasm:application/wasm",
+        ],
+    );
+    run_tool(dir, "oras", &["resolve", "--plain-http", reference])
+}
+
+/// `kubectl apply -f` of `yaml`, as a person or a GitOps tool does.
+async fn apply(cp: &ControlPlane, dir: &Path, yaml: &str) {
+    let file = dir.join("manifest.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = cp
+        .kubectl(["apply", "-f", file.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed:\n{yaml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn component_yaml(ns: &str, name: &str, reference: &str) -> String {
+    format!(
+        "apiVersion: wasm.airssys.dev/v1alpha1\nkind: WasmComponent\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  artifact:\n    oci:\n      reference: {reference}\n      insecure: true\n  capabilities:\n    env: [{{ name: LOG_LEVEL }}]\n    storage: [{{ bucket: counters, access: [read, write] }}]\n"
+    )
+}
+
+fn approved(c: &WasmComponent) -> Option<(String, String)> {
+    let v = serde_json::to_value(c).unwrap();
+    let conds = v.pointer("/status/conditions")?.as_array()?.clone();
+    conds.iter().find(|c| c["type"] == "Approved").map(|c| {
+        (
+            c["status"].as_str().unwrap_or_default().to_owned(),
+            c["reason"].as_str().unwrap_or_default().to_owned(),
+        )
+    })
+}
+
+async fn wait_approved(api: &Api<WasmComponent>, name: &str, status: &str, reason: &str) {
+    wait_for(
+        api,
+        name,
+        |c| approved(c).is_some_and(|(s, r)| s == status && r == reason),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name}: Approved={status}/{reason} never came: {e}"));
+}
+
+fn check(what: &str, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs the plugin binary as a user does, with the cluster's kubeconfig.
+fn plugin(cp: &ControlPlane, args: &[&str]) -> Output {
+    Command::new(PLUGIN)
+        .args(args)
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .output()
+        .unwrap()
+}
+
+/// Runs `kubectl wasm ...` with the plugin's directory first on PATH, as users install it.
+fn kubectl_wasm(cp: &ControlPlane, args: &[&str]) -> Output {
+    let bin_dir = Path::new(PLUGIN).parent().unwrap();
+    let mut path = OsString::from(bin_dir);
+    if let Some(rest) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(rest);
+    }
+    Command::new(tool_path("kubectl").unwrap())
+        .arg("wasm")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("KUBECACHEDIR", cp.dir().join("kubectl-cache"))
+        .output()
+        .unwrap()
+}
+
+async fn source_opt(cp: &ControlPlane, name: &str) -> Option<TrustSource> {
+    let api: Api<TrustSource> = Api::all(cp.client().await.unwrap());
+    api.get_opt(name).await.unwrap()
+}
+
+#[tokio::test]
+async fn pending_explain_approve_and_gitops_approval() {
+    let cp = setup().await;
+    let ns = cp.create_namespace("plugin-approve").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kv_ref = format!("{}/{ns}/kv:v1", registry.address());
+    let kv_digest = push(dir.path(), &kv_ref, "kv v1");
+    let report_ref = format!("{}/{ns}/report:v1", registry.address());
+    let report_digest = push(dir.path(), &report_ref, "report v1");
+    apply(cp, dir.path(), &component_yaml(&ns, "kv", &kv_ref)).await;
+    apply(cp, dir.path(), &component_yaml(&ns, "report", &report_ref)).await;
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    wait_approved(&api, "kv", "False", "PendingApproval").await;
+    wait_approved(&api, "report", "False", "PendingApproval").await;
+
+    // pending: both, with the short digest and the request in the grammar's words.
+    let table = check("pending", &plugin(cp, &["pending", "-n", &ns]));
+    let kv_line = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("kv"))
+        .unwrap_or_else(|| panic!("kv missing from:\n{table}"));
+    assert!(kv_line.starts_with(&ns), "{table}");
+    assert!(
+        kv_line.contains(&kv_digest["sha256:".len()..][..12]),
+        "{table}"
+    );
+    assert!(kv_line.contains("PendingApproval"), "{table}");
+    assert!(
+        kv_line.contains("LOG_LEVEL") && kv_line.contains("counters"),
+        "{table}"
+    );
+    assert!(
+        table.lines().next().unwrap().starts_with("NAMESPACE"),
+        "{table}"
+    );
+    // -A lists them too (among other tests' components).
+    let all = check("pending -A", &plugin(cp, &["pending", "-A"]));
+    assert!(all.contains(&ns), "{all}");
+
+    // The same through kubectl's plugin lookup on PATH.
+    let via_kubectl = check(
+        "kubectl wasm pending",
+        &kubectl_wasm(cp, &["pending", "-n", &ns]),
+    );
+    assert!(via_kubectl.contains("report"), "{via_kubectl}");
+
+    // explain: the reason and the exact line to run.
+    let text = check("explain", &plugin(cp, &["explain", &format!("{ns}/kv")]));
+    assert!(text.contains("PendingApproval"), "{text}");
+    assert!(
+        text.contains(&format!("kubectl wasm approve {ns}/kv")),
+        "{text}"
+    );
+    assert!(text.contains(&kv_digest), "{text}");
+
+    // approve --dry-run -o yaml: a TrustSource bound to the digest and request; nothing changes.
+    let source_name = format!("approvals-{ns}");
+    let yaml = check(
+        "approve --dry-run",
+        &plugin(
+            cp,
+            &[
+                "approve",
+                &format!("{ns}/kv"),
+                "--dry-run",
+                "-o",
+                "yaml",
+                "--approved-by",
+                "alice@example.com",
+                "--reason",
+                "SEC-1 reviewed",
+            ],
+        ),
+    );
+    let planned: TrustSource = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(planned.metadata.name.as_deref(), Some(source_name.as_str()));
+    assert_eq!(planned.spec.decision, Decision::Trust);
+    assert_eq!(planned.spec.digests.len(), 1, "{yaml}");
+    let entry = &planned.spec.digests[0];
+    assert_eq!(entry.digest, kv_digest);
+    assert_eq!(entry.components.len(), 1);
+    assert_eq!(
+        (
+            entry.components[0].namespace.as_str(),
+            entry.components[0].name.as_str()
+        ),
+        (ns.as_str(), "kv")
+    );
+    let kv = api.get("kv").await.unwrap();
+    assert_eq!(entry.capabilities.as_ref(), Some(&kv.spec.capabilities));
+    assert_eq!(entry.approved_by.as_deref(), Some("alice@example.com"));
+    assert!(
+        source_opt(cp, &source_name).await.is_none(),
+        "dry run wrote"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        approved(&api.get("kv").await.unwrap()),
+        Some(("False".to_owned(), "PendingApproval".to_owned()))
+    );
+
+    // approve: the operator approves it manually; approvedBy defaults to the API user.
+    let said = check(
+        "approve",
+        &plugin(cp, &["approve", &format!("{ns}/kv"), "--reason", "SEC-1"]),
+    );
+    assert!(said.contains(&source_name), "{said}");
+    wait_approved(&api, "kv", "True", "ManuallyApproved").await;
+    let written = source_opt(cp, &source_name).await.unwrap();
+    assert_eq!(written.spec.digests.len(), 1);
+    assert!(
+        written.spec.digests[0]
+            .approved_by
+            .as_deref()
+            .is_some_and(|who| !who.is_empty()),
+        "{written:?}"
+    );
+    let kv = api.get("kv").await.unwrap();
+    assert_eq!(
+        kv.status.unwrap().approved_digest.as_deref(),
+        Some(kv_digest.as_str())
+    );
+
+    // GitOps: the dry run for `report` merges into the live source; kubectl apply of it
+    // approves `report` and keeps `kv` approved.
+    let yaml = check(
+        "approve report --dry-run",
+        &kubectl_wasm(
+            cp,
+            &[
+                "approve",
+                &format!("{ns}/report"),
+                "--dry-run",
+                "-o",
+                "yaml",
+                "--approved-by",
+                "bob@example.com",
+            ],
+        ),
+    );
+    let planned: TrustSource = serde_yaml::from_str(&yaml).unwrap();
+    let digests: Vec<&str> = planned
+        .spec
+        .digests
+        .iter()
+        .map(|d| d.digest.as_str())
+        .collect();
+    assert_eq!(
+        digests,
+        [kv_digest.as_str(), report_digest.as_str()],
+        "{yaml}"
+    );
+    assert_eq!(
+        approved(&api.get("report").await.unwrap()),
+        Some(("False".to_owned(), "PendingApproval".to_owned()))
+    );
+    apply(cp, dir.path(), &yaml).await;
+    wait_approved(&api, "report", "True", "ManuallyApproved").await;
+    wait_approved(&api, "kv", "True", "ManuallyApproved").await;
+
+    let table = check("pending after", &plugin(cp, &["pending", "-n", &ns]));
+    assert!(
+        !table.contains("kv") && !table.contains("report"),
+        "{table}"
+    );
+    drop(registry);
+}
+
+#[tokio::test]
+async fn approve_of_an_unknown_component_says_so() {
+    let cp = setup().await;
+    let ns = cp.create_namespace("plugin-missing").await.unwrap();
+    let out = plugin(
+        cp,
+        &["approve", &format!("{ns}/ghost"), "--approved-by", "a"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{ns}/ghost not found")), "{err}");
+    let out = plugin(cp, &["explain", "no-slash"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NAMESPACE/NAME"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn deny_makes_a_pending_component_denied() {
+    let cp = setup().await;
+    let ns = cp.create_namespace("plugin-deny").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("{}/{ns}/shady:v1", registry.address());
+    let digest = push(dir.path(), &reference, &format!("shady {ns}"));
+    apply(cp, dir.path(), &component_yaml(&ns, "shady", &reference)).await;
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    wait_approved(&api, "shady", "False", "PendingApproval").await;
+
+    let yaml = check(
+        "deny --dry-run",
+        &plugin(
+            cp,
+            &["deny", &format!("{ns}/shady"), "--dry-run", "-o", "yaml"],
+        ),
+    );
+    let planned: TrustSource = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(planned.spec.decision, Decision::Deny);
+    assert_eq!(planned.spec.digests[0].digest, digest);
+    let source_name = format!("denied-{ns}");
+    assert!(
+        source_opt(cp, &source_name).await.is_none(),
+        "dry run wrote"
+    );
+
+    check(
+        "deny",
+        &plugin(
+            cp,
+            &["deny", &format!("{ns}/shady"), "--reason", "exfiltrates"],
+        ),
+    );
+    wait_approved(&api, "shady", "False", "Denied").await;
+    let written = source_opt(cp, &source_name).await.unwrap();
+    assert_eq!(written.spec.decision, Decision::Deny);
+    assert_eq!(
+        written.spec.digests[0].reason.as_deref(),
+        Some("exfiltrates")
+    );
+    let text = check("explain", &plugin(cp, &["explain", &format!("{ns}/shady")]));
+    assert!(
+        text.contains("Denied") && text.contains(&source_name),
+        "{text}"
+    );
+    assert!(!text.contains("kubectl wasm approve"), "{text}");
+    drop(registry);
+}
