@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use airssys_crds::{TrustSource, WasmComponent};
-use airssys_test_support::{ControlPlane, ControlPlaneOptions, Registry, Supervised, tool_path};
+use airssys_test_support::{ControlPlane, ControlPlaneOptions, Registry, Supervised, push_wasm};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use kube::Api;
@@ -203,29 +203,7 @@ fn operator_binary() -> anyhow::Result<PathBuf> {
 fn push(dir: &Path, reference: &str) -> anyhow::Result<String> {
     let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
     bytes.extend_from_slice(b"bench echo");
-    std::fs::write(dir.join("component.wasm"), bytes)?;
-    let oras = tool_path("oras")?;
-    let run = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(&oras)
-            .args(args)
-            .current_dir(dir)
-            .env("HOME", dir)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "oras {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
-    run(&[
-        "push",
-        "--plain-http",
-        reference,
-        "component.wasm:application/wasm",
-    ])?;
-    run(&["resolve", "--plain-http", reference])
+    Ok(push_wasm(dir, reference, &bytes)?)
 }
 
 /// (VmHWM, VmRSS) of `pid` in KiB.

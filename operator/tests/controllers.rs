@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use airssys_crds::{TrustSource, WasmComponent};
-use airssys_test_support::{ControlPlane, Registry, Supervised, tool_path, wait_for};
+use airssys_test_support::{ControlPlane, Registry, Supervised, push_wasm, run_tool, wait_for};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
@@ -75,41 +75,14 @@ fn scrape(operator: &Mutex<Supervised>, path: &str) -> String {
 
 /// Runs a harness tool in `dir`; fails the test with its output if it fails.
 fn run(dir: &Path, tool: &str, args: &[&str]) -> String {
-    let bin = tool_path(tool).unwrap_or_else(|e| panic!("test tool {tool}: {e}"));
-    let out = Command::new(&bin)
-        .args(args)
-        .current_dir(dir)
-        .env("COSIGN_PASSWORD", "")
-        .env("COSIGN_YES", "true")
-        .env("HOME", dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    run_tool(dir, tool, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Pushes `payload` as a single-layer wasm artifact with oras; returns the manifest digest.
 fn push(dir: &Path, reference: &str, payload: &str) -> String {
     let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
     bytes.extend_from_slice(payload.as_bytes());
-    std::fs::write(dir.join("component.wasm"), bytes).unwrap();
-    run(
-        dir,
-        "oras",
-        &[
-            "push",
-            "--plain-http",
-            reference,
-            "component.wasm:application/wasm",
-        ],
-    );
-    run(dir, "oras", &["resolve", "--plain-http", reference])
+    push_wasm(dir, reference, &bytes).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Signs `reference@digest` with the cosign key pair in `keydir`.

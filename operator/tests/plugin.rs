@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use airssys_crds::trust_source::Decision;
 use airssys_crds::{TrustSource, WasmComponent};
-use airssys_test_support::{ControlPlane, Registry, Supervised, tool_path, wait_for};
+use airssys_test_support::{ControlPlane, Registry, Supervised, push_wasm, tool_path, wait_for};
 use kube::Api;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,41 +47,11 @@ async fn setup() -> &'static ControlPlane {
     cp
 }
 
-/// Runs a harness tool in `dir`; fails the test with its output if it fails.
-fn run_tool(dir: &Path, tool: &str, args: &[&str]) -> String {
-    let bin = tool_path(tool).unwrap_or_else(|e| panic!("test tool {tool}: {e}"));
-    let out = Command::new(&bin)
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Pushes `payload` as a single-layer wasm artifact with oras; returns the manifest digest.
 fn push(dir: &Path, reference: &str, payload: &str) -> String {
     let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
     bytes.extend_from_slice(payload.as_bytes());
-    std::fs::write(dir.join("component.wasm"), bytes).unwrap();
-    run_tool(
-        dir,
-        "oras",
-        &[
-            "push",
-            "--plain-http",
-            reference,
-            "component.wasm:application/wasm",
-        ],
-    );
-    run_tool(dir, "oras", &["resolve", "--plain-http", reference])
+    push_wasm(dir, reference, &bytes).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `kubectl apply -f` of `yaml`, as a person or a GitOps tool does.

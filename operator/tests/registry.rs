@@ -7,7 +7,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airssys_crds::capability::CapabilitySet;
@@ -18,7 +17,7 @@ use airssys_operator::artifact::{
     ErrorClass, PublicKey, Resolver, ResolverOptions, RetryPolicy, Signer, digest_of,
 };
 use airssys_operator::{Applied, ComponentFacts, Reason, TrustIndex};
-use airssys_test_support::{Registry, tool_path};
+use airssys_test_support::{Registry, push_wasm, run_tool};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, SanType,
@@ -29,40 +28,12 @@ const SUBJECT: &str = "https://git.example.com/platform/echo/.pipeline/release.y
 
 /// Runs a harness tool in `dir`; fails the test with its output if it fails.
 fn run(dir: &Path, tool: &str, args: &[&str]) -> String {
-    let bin = tool_path(tool).unwrap_or_else(|e| panic!("test tool {tool}: {e}"));
-    let out = Command::new(&bin)
-        .args(args)
-        .current_dir(dir)
-        // Empty password for cosign's key files; no network services for signing.
-        .env("COSIGN_PASSWORD", "")
-        .env("COSIGN_YES", "true")
-        .env("HOME", dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    run_tool(dir, tool, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Pushes `bytes` as a single-layer wasm artifact with oras; returns oras's digest.
 fn push(dir: &Path, reference: &str, bytes: &[u8]) -> String {
-    std::fs::write(dir.join("component.wasm"), bytes).unwrap();
-    run(
-        dir,
-        "oras",
-        &[
-            "push",
-            "--plain-http",
-            reference,
-            "component.wasm:application/wasm",
-        ],
-    );
-    run(dir, "oras", &["resolve", "--plain-http", reference])
+    push_wasm(dir, reference, bytes).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn resolver() -> Resolver {

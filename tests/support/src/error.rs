@@ -11,6 +11,15 @@ pub enum Error {
     #[error("tool {name} not found in {dir}; rerun tests/cluster/build.sh")]
     ToolMissing { name: String, dir: PathBuf },
 
+    #[error("{name} {args:?} failed ({status}):\nstdout: {stdout}\nstderr: {stderr}")]
+    ToolFailed {
+        name: String,
+        args: Vec<String>,
+        status: ExitStatus,
+        stdout: String,
+        stderr: String,
+    },
+
     #[error("{what}: {source}")]
     Io {
         what: String,

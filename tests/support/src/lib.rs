@@ -28,5 +28,5 @@ pub use control_plane::{ControlPlane, ControlPlaneOptions, client_from, repo_roo
 pub use error::Error;
 pub use process::Supervised;
 pub use registry::Registry;
-pub use tools::tool_path;
+pub use tools::{push_wasm, run_tool, tool_path};
 pub use wait::{condition_status, wait_for};

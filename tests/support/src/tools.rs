@@ -77,3 +77,47 @@ pub fn tool_path(name: &str) -> Result<PathBuf, Error> {
         })
     }
 }
+
+/// Runs harness tool `name` in `dir` and returns its trimmed stdout. `HOME` is `dir` (tools keep
+/// no state between tests) and cosign runs non-interactively with empty key passwords. A
+/// non-zero exit is an error carrying both outputs.
+pub fn run_tool(dir: &Path, name: &str, args: &[&str]) -> Result<String, Error> {
+    let bin = tool_path(name)?;
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("COSIGN_PASSWORD", "")
+        .env("COSIGN_YES", "true")
+        .output()
+        .map_err(Error::io(format!("running {}", bin.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() {
+        return Err(Error::ToolFailed {
+            name: name.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            status: out.status,
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(stdout)
+}
+
+/// Pushes `bytes` to `reference` (a loopback registry, plain HTTP) as a single-layer
+/// `application/wasm` artifact with oras, working in `dir`; returns the manifest digest.
+pub fn push_wasm(dir: &Path, reference: &str, bytes: &[u8]) -> Result<String, Error> {
+    let file = dir.join("component.wasm");
+    std::fs::write(&file, bytes).map_err(Error::io(format!("writing {}", file.display())))?;
+    run_tool(
+        dir,
+        "oras",
+        &[
+            "push",
+            "--plain-http",
+            reference,
+            "component.wasm:application/wasm",
+        ],
+    )?;
+    run_tool(dir, "oras", &["resolve", "--plain-http", reference])
+}
