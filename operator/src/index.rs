@@ -420,7 +420,7 @@ impl TrustIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifact::keys::testkeys::TestKey;
+    use crate::artifact::keys::testkeys::{TestKey, indent_pem, trust_keys_yaml};
     use crate::trust::tests::{facts, spec};
 
     fn caps(yaml: &str) -> CapabilitySet {
@@ -447,12 +447,7 @@ mod tests {
     #[test]
     fn validation_spec() {
         let key = TestKey::p256().public_pem();
-        let indent = |pem: &str| {
-            pem.lines()
-                .map(|l| format!("      {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let indent = indent_pem;
         let cases: Vec<(&str, String, &str)> = vec![
             ("bad registry pattern", "decision: Trust\nregistries: [{ repository: 'ghcr.io/ac*' }]".into(), "'*' and '**' must be whole segments"),
             (
@@ -549,17 +544,7 @@ mod tests {
     fn signers_are_counted_per_source() {
         let a = TestKey::p256();
         let b = TestKey::ed25519();
-        let indent = |pem: &str| {
-            pem.lines()
-                .map(|l| format!("      {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        let yaml = format!(
-            "decision: Trust\nkeys:\n  - name: a\n    publicKey: |\n{}\n  - name: b\n    publicKey: |\n{}",
-            indent(&a.public_pem()),
-            indent(&b.public_pem())
-        );
+        let yaml = trust_keys_yaml(None, &[("a", &a), ("b", &b)]);
         let source = IndexedSource::parse("s", None, &spec(&yaml)).unwrap();
         let fp = |k: &TestKey| {
             PublicKey::from_pem(&k.public_pem())

@@ -406,7 +406,7 @@ pub(crate) mod tests {
     use airssys_crds::trust_source::TrustSourceSpec;
 
     use super::*;
-    use crate::artifact::keys::testkeys::TestKey;
+    use crate::artifact::keys::testkeys::{TestKey, trust_keys_yaml};
     use crate::artifact::{PublicKey, Signer};
     use crate::index::IndexedSource;
 
@@ -1002,17 +1002,7 @@ pub(crate) mod tests {
     fn two_signatures_needed() {
         let a = TestKey::p256();
         let b = TestKey::ed25519();
-        let indent = |pem: &str| {
-            pem.lines()
-                .map(|l| format!("      {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        let yaml = format!(
-            "decision: Trust\nminimumSignatures: 2\nkeys:\n  - name: a\n    publicKey: |\n{}\n  - name: b\n    publicKey: |\n{}",
-            indent(&a.public_pem()),
-            indent(&b.public_pem())
-        );
+        let yaml = trust_keys_yaml(Some(2), &[("a", &a), ("b", &b)]);
         let source = IndexedSource::parse("two", None, &spec(&yaml)).unwrap();
         let signer = |k: &TestKey| Signer::Key {
             fingerprint: PublicKey::from_pem(&k.public_pem())

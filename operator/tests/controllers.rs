@@ -7,6 +7,10 @@
 //! TrustSources. The operator re-resolves references every 2 s so a re-pushed tag is seen.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
+mod common;
+
+use common::{assert_running, spawn_operator};
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -28,33 +32,12 @@ async fn setup() -> (&'static ControlPlane, &'static Mutex<Supervised>) {
     let cp = ControlPlane::shared().await.unwrap();
     let operator = OPERATOR
         .get_or_init(|| async {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_airssys-operator"));
-            cmd.args([
-                "run",
-                "--insecure-registry",
-                "127.0.0.1",
-                "--recheck-seconds",
-                "2",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                // Only the DevMode test's source selects a namespace for dev mode.
-                "--dev-mode",
-            ])
-            .env("KUBECONFIG", cp.kubeconfig_path())
-            .env("RUST_LOG", "info,airssys_operator=debug");
-            let log = cp.dir().join("operator.log");
-            Mutex::new(Supervised::spawn("airssys-operator", cmd, &log).unwrap())
+            // Only the DevMode test's source selects a namespace for dev mode.
+            spawn_operator(cp, &["--dev-mode"], "operator.log")
         })
         .await;
     assert_running(operator);
     (cp, operator)
-}
-
-fn assert_running(operator: &Mutex<Supervised>) {
-    let mut op = operator.lock().unwrap();
-    if let Err(e) = op.check_running() {
-        panic!("the operator is not running: {e}");
-    }
 }
 
 /// GETs `path` from the operator's metrics endpoint (its address is in the start-up log).

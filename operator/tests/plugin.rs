@@ -4,6 +4,10 @@
 //! GitOps path taken by applying the plugin's `--dry-run -o yaml` with real `kubectl apply`.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
+mod common;
+
+use common::{assert_running, spawn_operator};
+
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -24,26 +28,9 @@ static OPERATOR: tokio::sync::OnceCell<Mutex<Supervised>> = tokio::sync::OnceCel
 async fn setup() -> &'static ControlPlane {
     let cp = ControlPlane::shared().await.unwrap();
     let operator = OPERATOR
-        .get_or_init(|| async {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_airssys-operator"));
-            cmd.args([
-                "run",
-                "--insecure-registry",
-                "127.0.0.1",
-                "--recheck-seconds",
-                "2",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .env("KUBECONFIG", cp.kubeconfig_path())
-            .env("RUST_LOG", "info,airssys_operator=debug");
-            let log = cp.dir().join("operator-plugin-tests.log");
-            Mutex::new(Supervised::spawn("airssys-operator", cmd, &log).unwrap())
-        })
+        .get_or_init(|| async { spawn_operator(cp, &[], "operator-plugin-tests.log") })
         .await;
-    if let Err(e) = operator.lock().unwrap().check_running() {
-        panic!("the operator is not running: {e}");
-    }
+    assert_running(operator);
     cp
 }
 

@@ -290,6 +290,30 @@ pub(crate) mod testkeys {
         0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
     ];
 
+    /// A PEM block indented to sit under `publicKey: |` in a TrustSource's key list.
+    pub fn indent_pem(pem: &str) -> String {
+        pem.lines()
+            .map(|l| format!("      {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A `decision: Trust` TrustSource spec listing `keys` as (name, key).
+    pub fn trust_keys_yaml(minimum_signatures: Option<u32>, keys: &[(&str, &TestKey)]) -> String {
+        let mut yaml = String::from("decision: Trust\n");
+        if let Some(n) = minimum_signatures {
+            yaml.push_str(&format!("minimumSignatures: {n}\n"));
+        }
+        yaml.push_str("keys:");
+        for (name, key) in keys {
+            yaml.push_str(&format!(
+                "\n  - name: {name}\n    publicKey: |\n{}",
+                indent_pem(&key.public_pem())
+            ));
+        }
+        yaml
+    }
+
     pub fn pem(label: &str, der: &[u8]) -> String {
         let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         let mut out = format!("-----BEGIN {label}-----\n");
