@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{assert_running, spawn_operator};
+use common::{assert_running, replace_signature, spawn_operator};
 
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +17,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use airssys_crds::{TrustSource, WasmComponent};
-use airssys_test_support::{ControlPlane, Registry, Supervised, push_wasm, run_tool, wait_for};
+use airssys_test_support::{
+    ControlPlane, Registry, RegistryAuth, RegistryOptions, Supervised, push_wasm, run_tool,
+    wait_for,
+};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
@@ -830,4 +833,378 @@ async fn sigterm_stops_the_operator_gracefully() {
         "{}",
         op.log_tail(20)
     );
+}
+
+/// A component pulled with the given pull secrets.
+fn private_component_yaml(ns: &str, name: &str, reference: &str, secrets: &[&str]) -> String {
+    let secrets: Vec<String> = secrets.iter().map(|s| format!("{{ name: {s} }}")).collect();
+    format!(
+        "apiVersion: wasm.airssys.dev/v1alpha1\nkind: WasmComponent\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  artifact:\n    oci:\n      reference: {reference}\n      insecure: true\n      pullSecrets: [{}]\n  capabilities:\n    env: [{{ name: LOG_LEVEL }}]\n",
+        secrets.join(", ")
+    )
+}
+
+/// A `kubernetes.io/dockerconfigjson` Secret, as `kubectl create secret docker-registry` makes.
+fn pull_secret_yaml(ns: &str, name: &str, docker_config: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{docker_config}'\n"
+    )
+}
+
+/// Waits for `Verified` to have `status`/`reason`; returns its message.
+async fn wait_verified(api: &Api<WasmComponent>, name: &str, want: &str, reason: &str) -> String {
+    let c = wait_for(
+        api,
+        name,
+        |c| condition(c, "Verified").is_some_and(|(s, r, _)| s == want && r == reason),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name}: Verified={want}/{reason} never came: {e}"));
+    assert_ne!(
+        condition(&c, "Approved").map(|(s, _, _)| s).as_deref(),
+        Some("True"),
+        "{name}: approved although {reason}"
+    );
+    assert_eq!(status(&c).approved_digest, None, "{name}");
+    condition(&c, "Verified").unwrap().2
+}
+
+#[tokio::test]
+async fn pull_secrets_open_private_registries_only_in_their_own_namespace() {
+    let (cp, op) = setup().await;
+    let ns = cp.create_namespace("ctl-private").await.unwrap();
+    let other = cp.create_namespace("ctl-borrower").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let robot = |auth: fn(String, String) -> RegistryAuth| RegistryOptions {
+        auth: Some(auth("robot".into(), "s3cret".into())),
+    };
+    // Token auth as Docker Hub, GHCR and Harbor do it.
+    let registry = Registry::start_with(robot(|user, password| RegistryAuth::Token {
+        user,
+        password,
+    }))
+    .await
+    .unwrap();
+    let addr = registry.address().to_owned();
+    registry.login(d).unwrap();
+    let reference = format!("{addr}/{ns}/echo:v1");
+    let digest = push(d, &reference, "private echo");
+    let source = format!("{ns}-private");
+    apply(cp, d, &registry_source_yaml(&source, &addr, &ns)).await;
+    apply(
+        cp,
+        d,
+        &format!(
+            "{}---\n{}",
+            pull_secret_yaml(&ns, "pull", &registry.docker_config("robot", "s3cret")),
+            pull_secret_yaml(
+                &ns,
+                "stale",
+                &registry.docker_config("robot", "old-password")
+            ),
+        ),
+    )
+    .await;
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+
+    // With the Secret: resolved, verified and approved by the registry's source.
+    apply(
+        cp,
+        d,
+        &private_component_yaml(&ns, "echo", &reference, &["pull"]),
+    )
+    .await;
+    let c = wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
+    assert_eq!(status(&c).approved_digest.as_deref(), Some(digest.as_str()));
+    let (v, r, _) = condition(&c, "Verified").unwrap();
+    assert_eq!((v.as_str(), r.as_str()), ("True", "ArtifactVerified"));
+
+    // Without one: the registry refuses, and the message says what to do.
+    apply(
+        cp,
+        d,
+        &private_component_yaml(&ns, "anonymous", &reference, &[]),
+    )
+    .await;
+    let msg = wait_verified(&api, "anonymous", "False", "ArtifactUnavailable").await;
+    assert!(
+        msg.contains("refused anonymous access") && msg.contains("pullSecrets"),
+        "{msg}"
+    );
+
+    // A wrong password: refused too, and the message names the user, never the password.
+    apply(
+        cp,
+        d,
+        &private_component_yaml(&ns, "stale", &reference, &["stale"]),
+    )
+    .await;
+    let msg = wait_verified(&api, "stale", "False", "ArtifactUnavailable").await;
+    assert!(
+        msg.contains("\"robot\"") && msg.contains("Fix the user name and password"),
+        "{msg}"
+    );
+    assert!(!msg.contains("old-password"), "{msg}");
+
+    // Another namespace cannot use this namespace's Secret, even by name...
+    let borrowed: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &other);
+    apply(
+        cp,
+        d,
+        &private_component_yaml(&other, "borrower", &reference, &["pull"]),
+    )
+    .await;
+    let msg = wait_verified(&borrowed, "borrower", "False", "ArtifactUnavailable").await;
+    assert!(
+        msg.contains("pull secret pull in namespace")
+            && msg.contains(&other)
+            && msg.contains("not found"),
+        "{msg}"
+    );
+    // ...and works once it has its own.
+    apply(
+        cp,
+        d,
+        &pull_secret_yaml(&other, "pull", &registry.docker_config("robot", "s3cret")),
+    )
+    .await;
+    wait_approved(&borrowed, "borrower", "True", "TrustSourceMatched").await;
+
+    // HTTP Basic on every request (distribution's htpasswd mode) works the same way.
+    let basic = Registry::start_with(robot(|user, password| RegistryAuth::Basic {
+        user,
+        password,
+    }))
+    .await
+    .unwrap();
+    let basic_dir = tempfile::tempdir().unwrap();
+    basic.login(basic_dir.path()).unwrap();
+    let basic_ref = format!("{}/{ns}/basic:v1", basic.address());
+    let basic_digest = push(basic_dir.path(), &basic_ref, "basic echo");
+    let basic_source = format!("{ns}-basic");
+    apply(
+        cp,
+        d,
+        &format!(
+            "{}---\n{}",
+            registry_source_yaml(&basic_source, basic.address(), &ns),
+            pull_secret_yaml(&ns, "basic", &basic.docker_config("robot", "s3cret")),
+        ),
+    )
+    .await;
+    apply(
+        cp,
+        d,
+        &private_component_yaml(&ns, "basic", &basic_ref, &["basic"]),
+    )
+    .await;
+    let c = wait_approved(&api, "basic", "True", "TrustSourceMatched").await;
+    assert_eq!(
+        status(&c).approved_digest.as_deref(),
+        Some(basic_digest.as_str())
+    );
+    apply(
+        cp,
+        d,
+        &private_component_yaml(&ns, "basic-anonymous", &basic_ref, &[]),
+    )
+    .await;
+    let msg = wait_verified(&api, "basic-anonymous", "False", "ArtifactUnavailable").await;
+    assert!(msg.contains("refused anonymous access"), "{msg}");
+
+    assert_running(op);
+    delete_source(cp, &source).await;
+    delete_source(cp, &basic_source).await;
+}
+
+#[tokio::test]
+async fn tampered_or_corrupted_signatures_fail_verification_and_revoke() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (cp, op) = setup().await;
+    let ns = cp.create_namespace("ctl-tamper").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = registry.address().to_owned();
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+
+    // A source that trusts only what its key signed; signed, so approved.
+    run(d, "cosign", &["generate-key-pair"]);
+    let key_block: String = std::fs::read_to_string(d.join("cosign.pub"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    let keyed = format!("{ns}-signers");
+    apply(
+        cp,
+        d,
+        &format!(
+            "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata:\n  name: {keyed}\nspec:\n  decision: Trust\n  keys:\n    - name: release\n      publicKey: |\n{key_block}  capabilityCeiling:\n    env: [{{ name: LOG_LEVEL }}]\n"
+        ),
+    )
+    .await;
+    let repository = format!("{addr}/{ns}/sealed");
+    let reference = format!("{repository}:v1");
+    let digest = push(d, &reference, "sealed v1");
+    let parsed = airssys_crds::Digest::parse(&digest).unwrap();
+    sign(d, &format!("{repository}@{digest}"));
+    apply(
+        cp,
+        d,
+        &component_yaml(&ns, "sealed", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+    wait_approved(&api, "sealed", "True", "TrustSourceMatched").await;
+
+    // Garbage where cosign's signature was: verification fails, the approval is revoked.
+    let original = replace_signature(d, &repository, &parsed, &b64.encode([0x5a_u8; 70]));
+    let c = wait_approved(&api, "sealed", "False", "VerificationFailed").await;
+    let (v, r, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!((v.as_str(), r.as_str()), ("False", "VerificationFailed"));
+    assert!(
+        msg.contains("signature does not verify") && msg.contains(&digest),
+        "{msg}"
+    );
+    assert_eq!(status(&c).approved_digest, None);
+    assert_eq!(
+        status(&c).resolved_digest.as_deref(),
+        Some(digest.as_str()),
+        "the artifact itself resolved"
+    );
+    wait_event(cp, &ns, "sealed", "Warning", "ApprovalRevoked").await;
+    wait_event(cp, &ns, "sealed", "Warning", "VerificationFailed").await;
+
+    // The real signature back: approved again.
+    replace_signature(d, &repository, &parsed, &original);
+    wait_approved(&api, "sealed", "True", "TrustSourceMatched").await;
+
+    // One flipped bit: a well-formed signature no key verifies, indistinguishable from a
+    // stranger's, so it just does not count and the source (which needs a signature) waits.
+    let mut flipped = b64.decode(&original).unwrap();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    replace_signature(d, &repository, &parsed, &b64.encode(&flipped));
+    let c = wait_approved(&api, "sealed", "False", "PendingApproval").await;
+    let (v, _, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!(v, "True");
+    assert!(msg.contains("matches no key"), "{msg}");
+    assert_eq!(status(&c).approved_digest, None);
+
+    replace_signature(d, &repository, &parsed, &original);
+    wait_approved(&api, "sealed", "True", "TrustSourceMatched").await;
+
+    // The signature payload changes at rest on the registry's disk, which keeps serving it
+    // under its old digest: the operator re-fetches signatures on every check and refuses it.
+    let tag = format!("{repository}:sha256-{}.sig", parsed.hex());
+    let sig_manifest: serde_json::Value = serde_json::from_str(&run(
+        d,
+        "oras",
+        &["manifest", "fetch", "--plain-http", &tag],
+    ))
+    .unwrap();
+    let payload_digest = sig_manifest["layers"][0]["digest"].as_str().unwrap();
+    let payload = std::fs::read(registry.blob_path(payload_digest).unwrap()).unwrap();
+    let forged = String::from_utf8(payload).unwrap().replace(
+        "cosign container image signature",
+        "cosign container image signaturE",
+    );
+    registry
+        .tamper_blob(payload_digest, forged.as_bytes())
+        .unwrap();
+    let c = wait_approved(&api, "sealed", "False", "VerificationFailed").await;
+    let (v, r, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!((v.as_str(), r.as_str()), ("False", "VerificationFailed"));
+    assert!(
+        msg.contains("tampered") && msg.contains(payload_digest),
+        "{msg}"
+    );
+    assert_eq!(status(&c).approved_digest, None);
+
+    // A new generation re-resolves too, with the same verdict; the operator keeps running.
+    apply(cp, d, &component_yaml(&ns, "sealed", &reference, &[])).await;
+    let c = wait_for(
+        &api,
+        "sealed",
+        |c| c.metadata.generation == Some(2) && status(c).observed_generation == Some(2),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(approved_is(&c, "False", "VerificationFailed"), "{c:?}");
+    assert_running(op);
+    delete_source(cp, &keyed).await;
+    drop(registry);
+}
+
+#[tokio::test]
+async fn a_component_layer_changed_at_rest_is_refused_on_the_next_evaluation() {
+    let (cp, op) = setup().await;
+    let ns = cp.create_namespace("ctl-at-rest").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = registry.address().to_owned();
+    let reference = format!("{addr}/{ns}/store:v1");
+    let digest = push(d, &reference, "store v1");
+    let source = format!("{ns}-platform");
+    apply(cp, d, &registry_source_yaml(&source, &addr, &ns)).await;
+    apply(
+        cp,
+        d,
+        &component_yaml(&ns, "store", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    wait_approved(&api, "store", "True", "TrustSourceMatched").await;
+
+    // The wasm layer's bytes change on the registry's disk (same length); the registry keeps
+    // serving them under the digest the manifest names.
+    let manifest: serde_json::Value = serde_json::from_str(&run(
+        d,
+        "oras",
+        &["manifest", "fetch", "--plain-http", &reference],
+    ))
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let original = std::fs::read(registry.blob_path(&layer).unwrap()).unwrap();
+    let mut evil = original.clone();
+    let last = evil.len() - 1;
+    evil[last] ^= 0x01;
+    registry.tamper_blob(&layer, &evil).unwrap();
+
+    // A new generation is evaluated afresh, bytes included: verification fails, revoked.
+    apply(cp, d, &component_yaml(&ns, "store", &reference, &[])).await;
+    let c = wait_approved(&api, "store", "False", "VerificationFailed").await;
+    let (v, r, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!((v.as_str(), r.as_str()), ("False", "VerificationFailed"));
+    assert!(
+        msg.contains("component layer") && msg.contains(&layer) && msg.contains("tampered"),
+        "{msg}"
+    );
+    assert_eq!(status(&c).approved_digest, None);
+    wait_event(cp, &ns, "store", "Warning", "ApprovalRevoked").await;
+
+    // A new component of the same artifact is not approved either.
+    apply(
+        cp,
+        d,
+        &component_yaml(&ns, "newcomer", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+    let c = wait_approved(&api, "newcomer", "False", "VerificationFailed").await;
+    assert_eq!(status(&c).approved_digest, None);
+
+    // The right bytes back: both verify and are approved again on the next check.
+    registry.tamper_blob(&layer, &original).unwrap();
+    let c = wait_approved(&api, "store", "True", "TrustSourceMatched").await;
+    assert_eq!(status(&c).approved_digest.as_deref(), Some(digest.as_str()));
+    wait_approved(&api, "newcomer", "True", "TrustSourceMatched").await;
+
+    assert_running(op);
+    delete_source(cp, &source).await;
+    drop(registry);
 }

@@ -1,10 +1,13 @@
-//! The artifact path against a real OCI registry (go-containerregistry's `registry`), with
-//! components pushed by real `oras` and signed by real `cosign`, as users do it.
+//! The artifact path against a real OCI registry (`tests/cluster/registry`: go-containerregistry's
+//! registry with blobs on disk and optional Basic or token authentication), with components
+//! pushed by real `oras` and signed by real `cosign`, as users do it.
 //!
 //! The tools come from `tests/cluster/build.sh` through `airssys-test-support` (built on first
 //! use; `AIRSSYS_TOOLS_BIN` points at a prebuilt bin directory). A missing tool fails the test
 //! with the harness's message; nothing is skipped.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
+
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,12 +15,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use airssys_crds::capability::CapabilitySet;
 use airssys_crds::component::TrustLevel;
 use airssys_crds::trust_source::TrustSourceSpec;
-use airssys_operator::artifact::cosign::verify;
+use airssys_operator::artifact::cosign::{signature_tag, verify};
+use airssys_operator::artifact::credentials::credentials_for;
 use airssys_operator::artifact::{
-    ErrorClass, PublicKey, Resolver, ResolverOptions, RetryPolicy, Signer, digest_of,
+    ErrorClass, PublicKey, RegistryCredentials, Resolver, ResolverOptions, RetryPolicy, Signer,
+    digest_of,
 };
-use airssys_operator::{Applied, ComponentFacts, Reason, TrustIndex};
-use airssys_test_support::{Registry, push_wasm, run_tool};
+use airssys_operator::{Applied, ArtifactError, ComponentFacts, Reason, TrustIndex};
+use airssys_test_support::{Registry, RegistryAuth, RegistryOptions, push_wasm, run_tool};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, SanType,
@@ -330,5 +335,279 @@ async fn failures_are_classed_so_that_none_denies() {
         .unwrap_err();
     assert!(err.to_string().contains("no WebAssembly layer"), "{err}");
     assert_eq!(err.class(), ErrorClass::NeedsAction);
+    drop(registry);
+}
+
+/// Signs `pinned` with the cosign key pair in `keydir` (tools there are logged in to the
+/// registry when it needs credentials).
+fn cosign_sign(keydir: &Path, pinned: &str) {
+    run(
+        keydir,
+        "cosign",
+        &[
+            "sign",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            "--yes",
+            "--key",
+            "cosign.key",
+            pinned,
+        ],
+    );
+}
+
+#[tokio::test]
+async fn pull_secrets_open_registries_that_demand_credentials() {
+    for (mode, auth) in [
+        (
+            "token",
+            RegistryAuth::Token {
+                user: "robot".into(),
+                password: "s3cret".into(),
+            },
+        ),
+        (
+            "basic",
+            RegistryAuth::Basic {
+                user: "robot".into(),
+                password: "s3cret".into(),
+            },
+        ),
+    ] {
+        let registry = Registry::start_with(RegistryOptions { auth: Some(auth) })
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let addr = registry.address();
+        let reference = format!("{addr}/private/echo:v1");
+
+        // The tools need the login too: without it the registry refuses oras.
+        let refused = push_wasm(d, &reference, &component_bytes(mode)).unwrap_err();
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("unauthorized") || refused.contains("credential"),
+            "{mode}: {refused}"
+        );
+        registry.login(d).unwrap();
+        let digest = push(d, &reference, &component_bytes(mode));
+        run(d, "cosign", &["generate-key-pair"]);
+        let pinned = format!("{addr}/private/echo@{digest}");
+        cosign_sign(d, &pinned);
+
+        // The credentials come from a pull secret's .dockerconfigjson, as the controller reads it.
+        let good = registry.docker_config("robot", "s3cret");
+        let creds = credentials_for(&[("pull", good.as_bytes())], addr)
+            .unwrap()
+            .unwrap();
+        let resolver = resolver();
+
+        let anonymous = resolver
+            .resolve_oci(&reference, true, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&anonymous, ArtifactError::Unauthorized { user: None, .. }),
+            "{mode}: {anonymous:?}"
+        );
+        assert_eq!(anonymous.class(), ErrorClass::NeedsAction, "{mode}");
+        let msg = anonymous.to_string();
+        assert!(
+            msg.contains("refused anonymous access") && msg.contains("pullSecrets"),
+            "{mode}: {msg}"
+        );
+
+        let wrong = RegistryCredentials {
+            username: "robot".into(),
+            password: "guess".into(),
+        };
+        let err = resolver
+            .resolve_oci(&reference, true, Some(&wrong))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ArtifactError::Unauthorized { user: Some(u), .. } if u == "robot"),
+            "{mode}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("Fix the user name and password") && !msg.contains("guess"),
+            "{mode}: {msg}"
+        );
+
+        // With the right credentials: tag, bytes and signatures, each over the authenticated
+        // connection.
+        let resolved = resolver
+            .resolve_oci(&reference, true, Some(&creds))
+            .await
+            .unwrap();
+        assert_eq!(resolved.digest.as_str(), digest, "{mode}");
+        assert_eq!(
+            resolver.fetch_oci(&resolved, Some(&creds)).await.unwrap(),
+            component_bytes(mode)
+        );
+        let layers = resolver
+            .fetch_signatures(&resolved, Some(&creds))
+            .await
+            .unwrap();
+        assert_eq!(layers.len(), 1, "{mode}: cosign's signature");
+
+        // A wrong password after a right one is still refused: no token or credential is shared
+        // between sets of credentials.
+        let err = resolver
+            .resolve_oci(&reference, true, Some(&wrong))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::Unauthorized { .. }),
+            "{mode}: {err:?}"
+        );
+        let err = resolver
+            .resolve_oci(&reference, true, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::Unauthorized { .. }),
+            "{mode}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn blobs_changed_at_rest_fail_their_digest_check() {
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = registry.address();
+    let reference = format!("{addr}/team/kv:v1");
+    let bytes = component_bytes("kv v1");
+    push(d, &reference, &bytes);
+    run(d, "cosign", &["generate-key-pair"]);
+    let resolver = resolver();
+    let resolved = resolver.resolve_oci(&reference, true, None).await.unwrap();
+    cosign_sign(d, &resolved.pinned_reference());
+    assert_eq!(resolver.fetch_oci(&resolved, None).await.unwrap(), bytes);
+    let signatures = resolver.fetch_signatures(&resolved, None).await.unwrap();
+    assert_eq!(signatures.len(), 1);
+
+    // The component's bytes change on the registry's disk; it still serves them under the
+    // old digest (same length, so no size check can catch it).
+    assert_eq!(
+        resolver.verify_oci_layer(&resolved, None).await.unwrap(),
+        bytes.len() as u64
+    );
+    let mut evil = bytes.clone();
+    let last = evil.len() - 1;
+    evil[last] ^= 0x20;
+    registry
+        .tamper_blob(resolved.layer_digest.as_str(), &evil)
+        .unwrap();
+    let err = resolver
+        .verify_oci_layer(&resolved, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ArtifactError::DigestMismatch { .. }),
+        "streamed through the hash and refused: {err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Integrity);
+    let err = resolver.fetch_oci(&resolved, None).await.unwrap_err();
+    assert!(
+        matches!(&err, ArtifactError::DigestMismatch { actual, .. } if *actual == digest_of(&evil).to_string()),
+        "the registry served the changed bytes and the resolver refused them: {err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Integrity);
+    assert!(err.to_string().contains("tampered"), "{err}");
+
+    // The same for the signature payload cosign stored as a blob.
+    let sig_manifest = run(
+        d,
+        "oras",
+        &[
+            "manifest",
+            "fetch",
+            "--plain-http",
+            &format!("{addr}/team/kv:{}", signature_tag(&resolved.digest)),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&sig_manifest).unwrap();
+    let payload_digest = manifest["layers"][0]["digest"].as_str().unwrap();
+    let mut payload = signatures[0].payload.clone();
+    payload[0] = b' ';
+    registry.tamper_blob(payload_digest, &payload).unwrap();
+    let err = resolver
+        .fetch_signatures(&resolved, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ArtifactError::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Integrity);
+
+    // The manifest itself is untouched and still resolves: the tag did not move.
+    let again = resolver.resolve_oci(&reference, true, None).await.unwrap();
+    assert_eq!(again.digest, resolved.digest);
+    drop(registry);
+}
+
+#[tokio::test]
+async fn a_corrupted_cosign_signature_is_reported_as_broken() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = registry.address();
+    let reference = format!("{addr}/team/signed:v1");
+    push(d, &reference, &component_bytes("signed"));
+    run(d, "cosign", &["generate-key-pair"]);
+    let key = PublicKey::from_pem(&std::fs::read_to_string(d.join("cosign.pub")).unwrap()).unwrap();
+    let resolver = resolver();
+    let resolved = resolver.resolve_oci(&reference, true, None).await.unwrap();
+    cosign_sign(d, &resolved.pinned_reference());
+
+    let keys = [&key];
+    let check = |layers: &[airssys_operator::artifact::SignatureLayer]| {
+        verify(
+            &resolved.digest,
+            layers,
+            airssys_operator::artifact::cosign::TrustMaterial {
+                keys: &keys,
+                roots: &[],
+            },
+            now(),
+        )
+    };
+    let layers = resolver.fetch_signatures(&resolved, None).await.unwrap();
+    let good = check(&layers);
+    assert_eq!(good.signers.len(), 1, "{good:?}");
+
+    // Garbage in place of cosign's signature: broken, and says so.
+    let repo = format!("{addr}/team/signed");
+    let original =
+        common::replace_signature(d, &repo, &resolved.digest, &b64.encode([0x5a_u8; 70]));
+    let layers = resolver.fetch_signatures(&resolved, None).await.unwrap();
+    let got = check(&layers);
+    assert!(got.signers.is_empty(), "{got:?}");
+    assert!(
+        got.broken.iter().any(|b| b.contains("does not verify")),
+        "{got:?}"
+    );
+
+    // One flipped bit inside the well-formed signature: it no longer verifies with the key,
+    // which cannot be told apart from another signer's signature, so it only does not count.
+    let mut flipped = b64.decode(&original).unwrap();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    common::replace_signature(d, &repo, &resolved.digest, &b64.encode(&flipped));
+    let layers = resolver.fetch_signatures(&resolved, None).await.unwrap();
+    let got = check(&layers);
+    assert!(got.signers.is_empty() && got.broken.is_empty(), "{got:?}");
+    assert!(
+        got.problems.iter().any(|p| p.contains("matches no key")),
+        "{got:?}"
+    );
     drop(registry);
 }

@@ -19,7 +19,7 @@ targets=(
     "k8s:k8s.io/kubernetes/cmd/kubectl:kubectl"
     "etcd:go.etcd.io/etcd/server/v3:etcd"
     "helm:helm.sh/helm/v3/cmd/helm:helm"
-    "registry:github.com/google/go-containerregistry/cmd/registry:registry"
+    "registry:airssys.dev/tests/cluster/registry:registry"
     "oras:oras.land/oras/cmd/oras:oras"
     "cosign:github.com/sigstore/cosign/v2/cmd/cosign:cosign"
 )

@@ -14,6 +14,14 @@
 //! no extended key usage other than code signing, and names an OIDC issuer (Fulcio extension
 //! 1.3.6.1.4.1.57264.1.8, or the older .1.1) and a subject (SAN email or URI).
 //!
+//! A layer that no configured key or CA vouches for (another signer's, an expired Fulcio
+//! certificate) simply does not count. A layer that is broken — a payload that is no cosign
+//! payload or names another artifact, a signature that is not base64 or no signature encoding
+//! at all, a signature that fails under a certificate the trust root vouches for — is listed in
+//! [`Verification::broken`]: that is what tampering or corruption looks like, and the caller
+//! fails verification on it. A well-formed key signature that verifies with no configured key
+//! cannot be told apart from another signer's and only does not count.
+//!
 //! What is not: no Rekor or other transparency-log lookup and no timestamp authority, so
 //! verification works without network; in exchange a signing certificate must still be valid
 //! at verification time (public Fulcio's 10-minute certificates will not verify — use a CA
@@ -97,6 +105,32 @@ pub struct Verification {
     pub signers: Vec<Signer>,
     /// Why layers did not count, one line each, for the `Verified` condition message.
     pub problems: Vec<String>,
+    /// Layers whose data is broken or was tampered with, one line each: the artifact's
+    /// signatures are not what their signer produced.
+    pub broken: Vec<String>,
+}
+
+/// Why one layer did not count.
+struct Rejected {
+    reason: String,
+    /// Broken or tampered, rather than merely not vouched for.
+    broken: bool,
+}
+
+impl Rejected {
+    fn broken(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            broken: true,
+        }
+    }
+
+    fn unvouched(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            broken: false,
+        }
+    }
 }
 
 /// The keys and CAs to check against (every accepted source's, from the index).
@@ -135,6 +169,7 @@ pub fn verify(
 ) -> Verification {
     let mut signers = BTreeSet::new();
     let mut problems = Vec::new();
+    let mut broken = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         match verify_layer(digest, layer, material, now) {
             Ok(found) if found.is_empty() => {
@@ -144,12 +179,17 @@ pub fn verify(
                 ));
             }
             Ok(found) => signers.extend(found),
-            Err(reason) => problems.push(format!("signature {}: {reason}", i + 1)),
+            Err(Rejected {
+                reason,
+                broken: true,
+            }) => broken.push(format!("signature {}: {reason}", i + 1)),
+            Err(Rejected { reason, .. }) => problems.push(format!("signature {}: {reason}", i + 1)),
         }
     }
     Verification {
         signers: signers.into_iter().collect(),
         problems,
+        broken,
     }
 }
 
@@ -158,24 +198,30 @@ fn verify_layer(
     layer: &SignatureLayer,
     material: TrustMaterial<'_>,
     now: i64,
-) -> Result<Vec<Signer>, String> {
+) -> Result<Vec<Signer>, Rejected> {
     let payload: Payload = serde_json::from_slice(&layer.payload)
-        .map_err(|e| format!("payload is not a cosign payload: {e}"))?;
+        .map_err(|e| Rejected::broken(format!("payload is not a cosign payload: {e}")))?;
     if payload.critical.type_ != PAYLOAD_TYPE {
-        return Err(format!(
+        return Err(Rejected::broken(format!(
             "payload type is {:?}, expected {PAYLOAD_TYPE:?}",
             payload.critical.type_
-        ));
+        )));
     }
     if payload.critical.image.docker_manifest_digest != digest.as_str() {
-        return Err(format!(
+        return Err(Rejected::broken(format!(
             "payload signs {}, not this artifact ({digest})",
             payload.critical.image.docker_manifest_digest
-        ));
+        )));
     }
     let signature = base64::engine::general_purpose::STANDARD
         .decode(layer.signature.trim())
-        .map_err(|e| format!("signature is not base64: {e}"))?;
+        .map_err(|e| Rejected::broken(format!("signature is not base64: {e}")))?;
+    if !is_signature_encoding(&signature) {
+        return Err(Rejected::broken(format!(
+            "signature does not verify: its {} bytes are no ECDSA, ed25519 or RSA signature (corrupted or tampered)",
+            signature.len()
+        )));
+    }
     match &layer.certificate {
         None => Ok(material
             .keys
@@ -189,59 +235,92 @@ fn verify_layer(
     }
 }
 
+/// Whether `sig` is shaped like a signature some key could have made: a DER ECDSA signature
+/// (`SEQUENCE { INTEGER r, INTEGER s }`), a raw 64-byte ed25519 (or r‖s) signature, or an RSA
+/// signature of a common modulus size. Anything else cannot verify under any key.
+fn is_signature_encoding(sig: &[u8]) -> bool {
+    /// One DER element of tag `tag` at the start of `der`: (contents, rest).
+    fn element(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (&t, rest) = der.split_first()?;
+        let (&len0, rest) = rest.split_first()?;
+        let (len, rest) = match len0 {
+            0..=0x7f => (usize::from(len0), rest),
+            0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
+            _ => return None,
+        };
+        (t == tag && rest.len() >= len).then(|| rest.split_at(len))
+    }
+    let der_ecdsa = || {
+        let (body, rest) = element(sig, 0x30)?;
+        let (r, body) = element(body, 0x02)?;
+        let (s, body) = element(body, 0x02)?;
+        (rest.is_empty() && body.is_empty() && !r.is_empty() && !s.is_empty()).then_some(())
+    };
+    matches!(sig.len(), 64 | 256 | 384 | 512) || der_ecdsa().is_some()
+}
+
 fn verify_keyless(
     layer: &SignatureLayer,
     leaf_pem: &str,
     signature: &[u8],
     roots: &[&CaCertificate],
     now: i64,
-) -> Result<Signer, String> {
-    let at = ASN1Time::from_timestamp(now).map_err(|e| format!("bad clock: {e}"))?;
-    let leaf_der = pem_blocks("certificate", leaf_pem, "CERTIFICATE").map_err(|e| e.to_string())?;
+) -> Result<Signer, Rejected> {
+    let unvouched = |e: String| Rejected::unvouched(e);
+    let broken = |e: String| Rejected::broken(e);
+    let at = ASN1Time::from_timestamp(now).map_err(|e| unvouched(format!("bad clock: {e}")))?;
+    let leaf_der =
+        pem_blocks("certificate", leaf_pem, "CERTIFICATE").map_err(|e| broken(e.to_string()))?;
     let [leaf_der] = leaf_der.as_slice() else {
-        return Err("certificate annotation must hold exactly one certificate".to_owned());
+        return Err(broken(
+            "certificate annotation must hold exactly one certificate".to_owned(),
+        ));
     };
-    let leaf = parse_certificate(leaf_der).map_err(|e| e.to_string())?;
+    let leaf = parse_certificate(leaf_der).map_err(|e| broken(e.to_string()))?;
     if !leaf.validity().is_valid_at(at) {
-        return Err(format!(
+        return Err(unvouched(format!(
             "signing certificate is not valid now (valid {} to {})",
             leaf.validity().not_before,
             leaf.validity().not_after
-        ));
+        )));
     }
     if let Ok(Some(eku)) = leaf.extended_key_usage()
         && !eku.value.code_signing
     {
-        return Err("signing certificate is not for code signing".to_owned());
+        return Err(unvouched(
+            "signing certificate is not for code signing".to_owned(),
+        ));
     }
     let chain_der = match &layer.chain {
-        Some(pem) => {
-            pem_blocks("certificate chain", pem, "CERTIFICATE").map_err(|e| e.to_string())?
-        }
+        Some(pem) => pem_blocks("certificate chain", pem, "CERTIFICATE")
+            .map_err(|e| broken(e.to_string()))?,
         None => Vec::new(),
     };
     let chain = chain_der
         .iter()
         .map(|der| parse_certificate(der))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("chain: {e}"))?;
+        .map_err(|e| broken(format!("chain: {e}")))?;
     let roots_parsed = roots
         .iter()
         .map(|r| r.certificate().map(|c| (c, r.fingerprint())))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let matched_roots = chain_to_roots(&leaf, &chain, &roots_parsed, at)?;
+        .map_err(|e| unvouched(e.to_string()))?;
+    let matched_roots = chain_to_roots(&leaf, &chain, &roots_parsed, at).map_err(unvouched)?;
 
-    let issuer =
-        oidc_issuer(&leaf).ok_or("signing certificate names no OIDC issuer (Fulcio extension)")?;
-    let subject = san_subject(&leaf)
-        .ok_or("signing certificate has no email or URI subject alternative name")?;
+    let issuer = oidc_issuer(&leaf).ok_or_else(|| {
+        unvouched("signing certificate names no OIDC issuer (Fulcio extension)".to_owned())
+    })?;
+    let subject = san_subject(&leaf).ok_or_else(|| {
+        unvouched("signing certificate has no email or URI subject alternative name".to_owned())
+    })?;
     let key = PublicKey::from_spki(leaf.public_key())
-        .map_err(|e| format!("signing certificate key: {e}"))?;
+        .map_err(|e| unvouched(format!("signing certificate key: {e}")))?;
     if !key.verify(&layer.payload, signature) {
-        return Err(format!(
-            "signature does not verify with the certificate of {subject}"
-        ));
+        // The trust root vouches for this certificate, so the signature itself is bad.
+        return Err(broken(format!(
+            "signature does not verify with the certificate of {subject} (corrupted or tampered)"
+        )));
     }
     Ok(Signer::Certificate {
         issuer,
@@ -472,6 +551,47 @@ mod tests {
                 vec![],
                 "not base64",
             ),
+            (
+                "garbage signature bytes are broken",
+                vec![SignatureLayer {
+                    signature: base64::engine::general_purpose::STANDARD.encode([0xa5; 71]),
+                    ..layer(&p256, good.clone())
+                }],
+                vec![],
+                "no ECDSA, ed25519 or RSA signature",
+            ),
+            (
+                "a flipped bit inside a well-formed signature only matches no key",
+                vec![{
+                    let mut l = layer(&p256, good.clone());
+                    let mut sig = base64::engine::general_purpose::STANDARD
+                        .decode(&l.signature)
+                        .unwrap();
+                    let last = sig.len() - 1;
+                    sig[last] ^= 1;
+                    l.signature = base64::engine::general_purpose::STANDARD.encode(sig);
+                    l
+                }],
+                vec![],
+                "matches no key",
+            ),
+            (
+                "a broken layer does not hide a good one",
+                vec![
+                    layer(&p256, good.clone()),
+                    layer(&ed, payload(digest(2).as_str())),
+                ],
+                vec![&p256_pub],
+                "not this artifact",
+            ),
+        ];
+        // Rejections that mean broken or tampered data rather than an unknown signer.
+        let broken_markers = [
+            "not this artifact",
+            "payload type",
+            "not a cosign payload",
+            "not base64",
+            "no ECDSA",
         ];
         for (rule, layers, want, problem) in cases {
             let got = verify(&d, &layers, material, NOW);
@@ -486,13 +606,42 @@ mod tests {
             assert_eq!(got.signers, want, "{rule}");
             if problem.is_empty() {
                 assert!(got.problems.is_empty(), "{rule}: {:?}", got.problems);
+                assert!(got.broken.is_empty(), "{rule}: {:?}", got.broken);
+            } else if broken_markers.iter().any(|m| problem.contains(m)) {
+                assert!(
+                    got.broken.iter().any(|p| p.contains(problem)),
+                    "{rule}: {got:?}"
+                );
+                assert!(got.problems.is_empty(), "{rule}: {got:?}");
             } else {
                 assert!(
                     got.problems.iter().any(|p| p.contains(problem)),
-                    "{rule}: {:?}",
-                    got.problems
+                    "{rule}: {got:?}"
                 );
+                assert!(got.broken.is_empty(), "{rule}: {got:?}");
             }
+        }
+    }
+
+    #[test]
+    fn signature_encodings() {
+        let p256 = TestKey::p256();
+        let ed = TestKey::ed25519();
+        assert!(is_signature_encoding(&p256.sign(b"m")), "DER ECDSA");
+        assert!(is_signature_encoding(&ed.sign(b"m")), "ed25519");
+        assert!(is_signature_encoding(&[7; 256]), "RSA 2048");
+        for (rule, bytes) in [
+            ("empty", Vec::new()),
+            ("random", vec![0xa5; 71]),
+            ("sequence with trailing bytes", {
+                let mut der = p256.sign(b"m");
+                der.push(0);
+                der
+            }),
+            ("one integer", vec![0x30, 3, 0x02, 1, 1]),
+            ("empty integers", vec![0x30, 4, 0x02, 0, 0x02, 0]),
+        ] {
+            assert!(!is_signature_encoding(&bytes), "{rule}");
         }
     }
 
@@ -675,11 +824,15 @@ mod tests {
         for (rule, layer, problem) in failing {
             let got = verify(&d, &[layer], material, NOW);
             assert!(got.signers.is_empty(), "{rule}: {:?}", got.signers);
-            assert!(
-                got.problems.iter().any(|p| p.contains(problem)),
-                "{rule}: {:?}",
-                got.problems
-            );
+            // Only a bad signature under a vouched-for certificate is broken data; the rest
+            // are certificates the trust root does not vouch for.
+            let (hit, other) = if problem == "does not verify" {
+                (&got.broken, &got.problems)
+            } else {
+                (&got.problems, &got.broken)
+            };
+            assert!(hit.iter().any(|p| p.contains(problem)), "{rule}: {got:?}");
+            assert!(other.is_empty(), "{rule}: {got:?}");
         }
     }
 

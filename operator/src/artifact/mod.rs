@@ -49,6 +49,20 @@ pub enum ArtifactError {
         source: oci_client::errors::OciDistributionError,
         class: ErrorClass,
     },
+    /// The registry wants credentials, or refused the ones given (401/403).
+    #[error(
+        "registry {registry} refused {}: {source}. {}",
+        refused_whom(user.as_deref()),
+        unauthorized_hint(registry, user.as_deref())
+    )]
+    Unauthorized {
+        registry: String,
+        /// The user name the request authenticated as; `None` when it pulled anonymously.
+        user: Option<String>,
+        /// Boxed: keeps the error (and every `Result` carrying it) small.
+        #[source]
+        source: Box<oci_client::errors::OciDistributionError>,
+    },
     #[error("fetching {url}: {source}")]
     Http {
         url: String,
@@ -97,7 +111,8 @@ impl ArtifactError {
             }
             Self::HttpStatus { status, .. } => status_class(*status),
             Self::DigestMismatch { .. } => ErrorClass::Integrity,
-            Self::TooLarge { .. }
+            Self::Unauthorized { .. }
+            | Self::TooLarge { .. }
             | Self::InvalidReference { .. }
             | Self::InvalidUrl { .. }
             | Self::Manifest { .. }
@@ -110,6 +125,26 @@ impl ArtifactError {
     /// Whether retrying later may succeed without anyone acting.
     pub fn is_transient(&self) -> bool {
         self.class() == ErrorClass::Transient
+    }
+}
+
+fn refused_whom(user: Option<&str>) -> String {
+    match user {
+        None => "anonymous access (no pull secret holds credentials for it)".to_owned(),
+        Some(user) => format!("the credentials of user {user:?} from the pull secret"),
+    }
+}
+
+/// What to do about a refusal; the operator reads pull secrets only from the component's own
+/// namespace, so that is where the Secret must be.
+fn unauthorized_hint(registry: &str, user: Option<&str>) -> String {
+    match user {
+        None => format!(
+            "Create a kubernetes.io/dockerconfigjson Secret with an entry for {registry} in the component's namespace and list it in spec.artifact.oci.pullSecrets"
+        ),
+        Some(_) => format!(
+            "Fix the user name and password of the {registry} entry in the pull secret, or give that user pull access to the repository"
+        ),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use airssys_crds::Digest;
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest,
     WASM_LAYER_MEDIA_TYPE,
@@ -296,7 +296,7 @@ impl Resolver {
                     &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE],
                 )
                 .await
-                .map_err(|e| registry_error(parsed.registry(), e))
+                .map_err(|e| registry_error(parsed.registry(), credentials, e))
         })
         .await?;
         // The digest of what we got, not what the registry says it is.
@@ -383,7 +383,7 @@ impl Resolver {
             {
                 Ok((bytes, _)) => Ok(Some(bytes)),
                 Err(e) if is_not_found(&e) => Ok(None),
-                Err(e) => Err(registry_error(&resolved.registry, e)),
+                Err(e) => Err(registry_error(&resolved.registry, credentials, e)),
             }
         })
         .await?;
@@ -441,6 +441,43 @@ impl Resolver {
         Ok(layers)
     }
 
+    /// Streams the component layer through a hash without keeping it: proves the registry
+    /// serves the bytes the manifest names, in constant memory. Returns the layer's size.
+    pub async fn verify_oci_layer(
+        &self,
+        resolved: &ResolvedOci,
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<u64, ArtifactError> {
+        let image = resolved.reference(resolved.path());
+        let layer_digest = resolved.layer_digest.to_string();
+        let what = format!("component layer of {}", resolved.pinned_reference());
+        let (size, hash) = retry(&self.retry, &what, || async {
+            let mut hasher = Sha256::new();
+            let size = self
+                .stream_blob(
+                    resolved,
+                    &image,
+                    &layer_digest,
+                    credentials,
+                    self.limits.component_bytes,
+                    &what,
+                    |chunk| hasher.update(chunk),
+                )
+                .await?;
+            Ok((size, <[u8; 32]>::from(hasher.finalize())))
+        })
+        .await?;
+        let actual = Digest::from_sha256(&hash);
+        if actual != resolved.layer_digest {
+            return Err(ArtifactError::DigestMismatch {
+                what,
+                expected: resolved.layer_digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(size)
+    }
+
     async fn pull_blob(
         &self,
         resolved: &ResolvedOci,
@@ -450,6 +487,29 @@ impl Resolver {
         limit: u64,
         what: &str,
     ) -> Result<Vec<u8>, ArtifactError> {
+        let mut out = Vec::new();
+        self.stream_blob(resolved, image, digest, credentials, limit, what, |chunk| {
+            out.extend_from_slice(chunk);
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Streams blob `digest` into `sink`, at most `limit` bytes; returns how many there were.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "private plumbing shared by the two blob readers"
+    )]
+    async fn stream_blob(
+        &self,
+        resolved: &ResolvedOci,
+        image: &Reference,
+        digest: &str,
+        credentials: Option<&RegistryCredentials>,
+        limit: u64,
+        what: &str,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<u64, ArtifactError> {
         use futures::TryStreamExt as _;
         let client = self.client(resolved.insecure, credentials)?;
         // Pulling a blob reuses the token from the manifest pull; authenticate if there was none.
@@ -459,7 +519,7 @@ impl Resolver {
         let mut stream = client
             .pull_blob_stream(image, digest)
             .await
-            .map_err(|e| registry_error(&resolved.registry, e))?;
+            .map_err(|e| registry_error(&resolved.registry, credentials, e))?;
         if let Some(len) = stream.content_length
             && len > limit
         {
@@ -469,22 +529,23 @@ impl Resolver {
                 limit,
             });
         }
-        let mut out = Vec::new();
+        let mut size = 0u64;
         while let Some(chunk) = stream
             .try_next()
             .await
-            .map_err(|e| registry_error(&resolved.registry, e.into()))?
+            .map_err(|e| stream_error(&resolved.registry, credentials, what, e))?
         {
-            out.extend_from_slice(&chunk);
-            if out.len() as u64 > limit {
+            size += chunk.len() as u64;
+            if size > limit {
                 return Err(ArtifactError::TooLarge {
                     what: what.to_owned(),
-                    size: out.len() as u64,
+                    size,
                     limit,
                 });
             }
+            sink(&chunk);
         }
-        Ok(out)
+        Ok(size)
     }
 
     /// Downloads `url` (HTTPS only) and checks the bytes against the required `expected` digest.
@@ -599,6 +660,7 @@ pub(crate) fn classify(e: &OciDistributionError) -> ErrorClass {
         OciDistributionError::RequestError(r) if r.is_builder() || super::is_tls_rejection(r) => {
             ErrorClass::NeedsAction
         }
+        OciDistributionError::IoError(io) if digest_mismatch(io).is_some() => ErrorClass::Integrity,
         OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
             ErrorClass::Transient
         }
@@ -619,7 +681,60 @@ pub(crate) fn classify(e: &OciDistributionError) -> ErrorClass {
     }
 }
 
-fn registry_error(registry: &str, source: OciDistributionError) -> ArtifactError {
+/// The digest mismatch oci-client found in a streamed blob, if that is what `e` is: it
+/// re-hashes blobs as they stream and reports a mismatch as an I/O error at the end.
+fn digest_mismatch(e: &std::io::Error) -> Option<(&str, &str)> {
+    match e.get_ref()?.downcast_ref::<DigestError>()? {
+        DigestError::VerificationError { expected, actual } => Some((expected, actual)),
+        _ => None,
+    }
+}
+
+/// An error while streaming a blob: bytes that do not match their digest are an integrity
+/// failure, not a network one (retrying would fetch the same changed bytes).
+fn stream_error(
+    registry: &str,
+    credentials: Option<&RegistryCredentials>,
+    what: &str,
+    e: std::io::Error,
+) -> ArtifactError {
+    if let Some((expected, actual)) = digest_mismatch(&e) {
+        return ArtifactError::DigestMismatch {
+            what: what.to_owned(),
+            expected: expected.to_owned(),
+            actual: actual.to_owned(),
+        };
+    }
+    registry_error(registry, credentials, e.into())
+}
+
+/// Whether the registry refused the request for want of (valid) credentials: a failed token
+/// exchange, a 401 or 403, or an `UNAUTHORIZED`/`DENIED` error envelope.
+fn is_unauthorized(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::ServerError { code, .. } => matches!(code, 401 | 403),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => false,
+    }
+}
+
+fn registry_error(
+    registry: &str,
+    credentials: Option<&RegistryCredentials>,
+    source: OciDistributionError,
+) -> ArtifactError {
+    if is_unauthorized(&source) {
+        return ArtifactError::Unauthorized {
+            registry: registry.to_owned(),
+            user: credentials.map(|c| c.username.clone()),
+            source: Box::new(source),
+        };
+    }
     ArtifactError::Registry {
         registry: registry.to_owned(),
         class: classify(&source),
@@ -766,12 +881,87 @@ mod tests {
                 OciDistributionError::IoError(std::io::Error::other("reset")),
                 ErrorClass::Transient,
             ),
+            (
+                "a streamed blob that fails its digest is an integrity failure",
+                OciDistributionError::IoError(std::io::Error::other(
+                    DigestError::VerificationError {
+                        expected: "sha256:a".into(),
+                        actual: "sha256:b".into(),
+                    },
+                )),
+                ErrorClass::Integrity,
+            ),
         ];
         for (rule, err, want) in cases {
             assert_eq!(classify(&err), want, "{rule}");
         }
         assert!(is_not_found(&envelope("MANIFEST_UNKNOWN")));
         assert!(!is_not_found(&envelope("DENIED")));
+
+        // Refusals name who was refused and say what to do.
+        let refusals = [
+            (
+                "failed token exchange",
+                OciDistributionError::AuthenticationFailure("no".into()),
+            ),
+            (
+                "401",
+                OciDistributionError::UnauthorizedError { url: "u".into() },
+            ),
+            ("403", server(403)),
+            ("denied envelope", envelope("DENIED")),
+            ("unauthorized envelope", envelope("UNAUTHORIZED")),
+        ];
+        let robot = RegistryCredentials {
+            username: "robot".into(),
+            password: "hunter2".into(),
+        };
+        for (rule, err) in refusals {
+            let anonymous = registry_error("r.io", None, err);
+            assert!(
+                matches!(anonymous, ArtifactError::Unauthorized { user: None, .. }),
+                "{rule}: {anonymous:?}"
+            );
+            assert_eq!(anonymous.class(), ErrorClass::NeedsAction, "{rule}");
+            let msg = anonymous.to_string();
+            assert!(
+                msg.contains("refused anonymous access") && msg.contains("pullSecrets"),
+                "{rule}: {msg}"
+            );
+        }
+        let wrong = registry_error(
+            "r.io",
+            Some(&robot),
+            OciDistributionError::UnauthorizedError { url: "u".into() },
+        )
+        .to_string();
+        assert!(
+            wrong.contains("\"robot\"") && wrong.contains("Fix the user name and password"),
+            "{wrong}"
+        );
+        assert!(!wrong.contains("hunter2"), "{wrong}");
+        assert!(matches!(
+            registry_error("r.io", Some(&robot), server(404)),
+            ArtifactError::Registry { .. }
+        ));
+
+        let mismatch = stream_error(
+            "r.io",
+            None,
+            "component layer",
+            std::io::Error::other(DigestError::VerificationError {
+                expected: "sha256:a".into(),
+                actual: "sha256:b".into(),
+            }),
+        );
+        assert!(
+            matches!(&mismatch, ArtifactError::DigestMismatch { expected, actual, .. } if expected == "sha256:a" && actual == "sha256:b"),
+            "{mismatch:?}"
+        );
+        assert_eq!(
+            stream_error("r.io", None, "x", std::io::Error::other("reset")).class(),
+            ErrorClass::Transient
+        );
     }
 
     fn manifest(layers: &[&str]) -> OciImageManifest {

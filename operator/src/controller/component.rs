@@ -1,4 +1,5 @@
-//! The `WasmComponent` controller: validate the spec, resolve the artifact to a digest, verify
+//! The `WasmComponent` controller: validate the spec, resolve the artifact to a digest, check
+//! that the registry serves the bytes the digest names (once per digest and generation), verify
 //! its signatures, decide trust, and write `Verified`/`Approved` with Events for transitions.
 //!
 //! Promises kept here:
@@ -199,8 +200,13 @@ async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
         }
     };
 
-    // 2. The artifact.
-    let resolved = match resolve(c, state).await {
+    // 2. The artifact. Its bytes are streamed through a hash when this digest was not already
+    // verified at this generation, so rechecks of an unchanged component only re-resolve.
+    let observed = c.status.as_ref().and_then(|s| s.observed_generation);
+    let verified_digest = before.resolved_digest.as_deref().filter(|_| {
+        observed == generation && before.verified.as_ref().is_some_and(Condition::is_true)
+    });
+    let resolved = match resolve(c, state, verified_digest).await {
         Ok(r) => r,
         Err(failure) if failure.class == ErrorClass::Integrity => {
             forget(state, &ns, &name)?;
@@ -262,6 +268,28 @@ async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
         let index = state.ctx.index.read().map_err(|_| Error::IndexPoisoned)?;
         index.with_material(|m| cosign::verify(&resolved.digest, &resolved.layers, m, now))
     };
+    if !verification.broken.is_empty() {
+        // Signatures stored for this digest are corrupted or tampered with: fail closed,
+        // whatever the sources say, until the signatures are fixed.
+        forget(state, &ns, &name)?;
+        let decision = TrustDecision::verification_failed(&format!(
+            "the cosign signatures of {} are broken: {}",
+            resolved.digest,
+            verification.broken.join("; ")
+        ));
+        after.set(Condition::new(
+            ConditionType::Verified,
+            ConditionStatus::False,
+            Reason::VerificationFailed,
+            decision.message.clone(),
+            generation,
+        ));
+        after.resolved_digest = Some(resolved.digest.to_string());
+        apply_decision(&mut after, &decision, None, generation);
+        finish(c, state, &before, &after, generation).await?;
+        state.succeeded(&key(c));
+        return Ok(Action::requeue(recheck));
+    }
 
     // 4. The decision.
     let facts = ComponentFacts {
@@ -441,12 +469,17 @@ async fn namespace_labels(
     Ok(api.get(ns).await?.metadata.labels.unwrap_or_default())
 }
 
-/// Resolves the artifact to a digest and fetches its signatures (OCI only).
-async fn resolve(c: &WasmComponent, state: &State) -> Result<Resolved, Failure> {
+/// Resolves the artifact to a digest and fetches its signatures (OCI only). An OCI layer is
+/// downloaded and hashed unless `verified_digest` is the digest it resolves to.
+async fn resolve(
+    c: &WasmComponent,
+    state: &State,
+    verified_digest: Option<&str>,
+) -> Result<Resolved, Failure> {
     let ns = c.namespace().unwrap_or_default();
     let artifact = &c.spec.artifact;
     if let Some(oci) = &artifact.oci {
-        return resolve_oci(oci, &ns, state).await;
+        return resolve_oci(oci, &ns, state, verified_digest).await;
     }
     if let Some(https) = &artifact.https {
         let raw = https.digest.as_deref().unwrap_or_default();
@@ -505,7 +538,12 @@ async fn resolve(c: &WasmComponent, state: &State) -> Result<Resolved, Failure> 
     })
 }
 
-async fn resolve_oci(oci: &OciArtifact, ns: &str, state: &State) -> Result<Resolved, Failure> {
+async fn resolve_oci(
+    oci: &OciArtifact,
+    ns: &str,
+    state: &State,
+    verified_digest: Option<&str>,
+) -> Result<Resolved, Failure> {
     let registry = oci.reference.split('/').next().unwrap_or_default();
     if oci.insecure && !state.ctx.config.allows_insecure(registry) {
         return Err(Failure {
@@ -518,10 +556,16 @@ async fn resolve_oci(oci: &OciArtifact, ns: &str, state: &State) -> Result<Resol
     let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
     let api: Api<Secret> = Api::namespaced(state.ctx.client.clone(), ns);
     for r in &oci.pull_secrets {
-        let secret = api
-            .get(&r.name)
-            .await
-            .map_err(|e| Failure::kube(&format!("pull secret {}", r.name), &e))?;
+        // Only the component's own namespace: a tenant must not borrow another's credentials.
+        let secret = api.get(&r.name).await.map_err(|e| {
+            Failure::kube(
+                &format!(
+                    "pull secret {} in namespace {ns} (pull secrets are read from the component's namespace only)",
+                    r.name
+                ),
+                &e,
+            )
+        })?;
         if let Some(bytes) = secret.data.and_then(|mut d| d.remove(DOCKER_CONFIG_KEY)) {
             secrets.push((r.name.clone(), bytes.0));
         }
@@ -538,6 +582,13 @@ async fn resolve_oci(oci: &OciArtifact, ns: &str, state: &State) -> Result<Resol
     let layers = resolver
         .fetch_signatures(&resolved, credentials.as_ref())
         .await?;
+    if verified_digest != Some(resolved.digest.as_str()) {
+        // The manifest digest is what approvals bind to; make sure the registry serves the
+        // bytes it names before vouching for them.
+        resolver
+            .verify_oci_layer(&resolved, credentials.as_ref())
+            .await?;
+    }
     Ok(Resolved {
         repository: Some(resolved.repository),
         digest: resolved.digest,

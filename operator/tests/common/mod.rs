@@ -2,10 +2,13 @@
 //! shared control plane and loopback registries.
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
-use airssys_test_support::{ControlPlane, Supervised};
+use airssys_crds::Digest;
+use airssys_operator::artifact::cosign::signature_tag;
+use airssys_test_support::{ControlPlane, Supervised, run_tool};
 
 /// Starts `airssys-operator run` with the admin kubeconfig, plain HTTP allowed to loopback
 /// registries, a 2 s recheck and a metrics endpoint on a free port, plus `extra` flags.
@@ -33,4 +36,30 @@ pub fn assert_running(operator: &Mutex<Supervised>) {
     if let Err(e) = operator.lock().unwrap().check_running() {
         panic!("the operator is not running: {e}");
     }
+}
+
+/// Replaces the signature annotation of the first layer in the cosign signature manifest of
+/// `repository@digest` and re-pushes the manifest under the same tag with oras (run in `dir`),
+/// as someone with push access or corrupted storage could. Returns the signature that was there.
+pub fn replace_signature(dir: &Path, repository: &str, digest: &Digest, signature: &str) -> String {
+    let oras = |args: &[&str]| run_tool(dir, "oras", args).unwrap_or_else(|e| panic!("{e}"));
+    let tag = format!("{repository}:{}", signature_tag(digest));
+    let fetched = oras(&["manifest", "fetch", "--plain-http", &tag]);
+    let mut manifest: serde_json::Value = serde_json::from_str(&fetched).unwrap();
+    let annotation =
+        &mut manifest["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"];
+    let old = annotation
+        .as_str()
+        .unwrap_or_else(|| panic!("no cosign signature in {fetched}"))
+        .to_owned();
+    *annotation = serde_json::Value::String(signature.to_owned());
+    std::fs::write(dir.join("sig-manifest.json"), manifest.to_string()).unwrap();
+    oras(&[
+        "manifest",
+        "push",
+        "--plain-http",
+        &tag,
+        "sig-manifest.json",
+    ]);
+    old
 }

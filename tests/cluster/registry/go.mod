@@ -1,8 +1,7 @@
-// Pins go-containerregistry's small OCI registry (cmd/registry).
+// The tests' OCI registry (main.go): go-containerregistry's registry handler with blobs on
+// disk and optional Basic or token authentication.
 module airssys.dev/tests/cluster/registry
 
 go 1.26.0
 
-tool github.com/google/go-containerregistry/cmd/registry
-
-require github.com/google/go-containerregistry v0.22.1 // indirect
+require github.com/google/go-containerregistry v0.22.1

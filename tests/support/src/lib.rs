@@ -27,6 +27,6 @@ mod wait;
 pub use control_plane::{ControlPlane, ControlPlaneOptions, client_from, repo_root};
 pub use error::Error;
 pub use process::Supervised;
-pub use registry::Registry;
+pub use registry::{Registry, RegistryAuth, RegistryOptions, docker_config};
 pub use tools::{push_wasm, run_tool, tool_path};
 pub use wait::{condition_status, wait_for};
