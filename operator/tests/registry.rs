@@ -552,6 +552,60 @@ async fn blobs_changed_at_rest_fail_their_digest_check() {
     drop(registry);
 }
 
+/// How many times the registry has served the blob `digest` (GETs in its request log).
+fn blob_downloads(registry: &Registry, digest: &str) -> usize {
+    let needle = format!("/blobs/{digest}");
+    registry
+        .log_tail(100_000)
+        .lines()
+        .filter(|line| line.contains("GET ") && line.contains(&needle))
+        .count()
+}
+
+#[tokio::test]
+async fn concurrent_layer_checks_share_one_download_and_its_verdict() {
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("{}/team/shared:v1", registry.address());
+    let bytes = component_bytes("shared v1");
+    push(dir.path(), &reference, &bytes);
+    let resolver = resolver();
+    let resolved = resolver.resolve_oci(&reference, true, None).await.unwrap();
+    let layer = resolved.layer_digest.to_string();
+    let before = blob_downloads(&registry, &layer);
+
+    // Sixteen components of one artifact checked at once: one download between them.
+    let results =
+        futures::future::join_all((0..16).map(|_| resolver.verify_oci_layer(&resolved, None)))
+            .await;
+    for r in &results {
+        assert_eq!(r.as_ref().unwrap(), &(bytes.len() as u64));
+    }
+    assert_eq!(
+        blob_downloads(&registry, &layer),
+        before + 1,
+        "{}",
+        registry.log_tail(40)
+    );
+
+    // Nothing is cached afterwards: the next check reads the bytes again.
+    resolver.verify_oci_layer(&resolved, None).await.unwrap();
+    assert_eq!(blob_downloads(&registry, &layer), before + 2);
+
+    // A shared failure reaches every caller with its class intact.
+    let mut evil = bytes.clone();
+    evil[0] ^= 0x01;
+    registry.tamper_blob(&layer, &evil).unwrap();
+    let results =
+        futures::future::join_all((0..4).map(|_| resolver.verify_oci_layer(&resolved, None))).await;
+    for r in results {
+        let err = r.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Integrity, "{err:?}");
+        assert!(err.to_string().contains("tampered"), "{err}");
+    }
+    assert_eq!(blob_downloads(&registry, &layer), before + 3);
+}
+
 #[tokio::test]
 async fn a_corrupted_cosign_signature_is_reported_as_broken() {
     use base64::Engine as _;

@@ -95,6 +95,9 @@ pub enum ArtifactError {
     Credentials(#[from] credentials::CredentialsError),
     #[error("configMap key holds no bytes")]
     Empty,
+    /// The same failure, seen by every caller that shared one download.
+    #[error(transparent)]
+    Shared(std::sync::Arc<ArtifactError>),
 }
 
 impl ArtifactError {
@@ -111,6 +114,7 @@ impl ArtifactError {
             }
             Self::HttpStatus { status, .. } => status_class(*status),
             Self::DigestMismatch { .. } => ErrorClass::Integrity,
+            Self::Shared(inner) => inner.class(),
             Self::Unauthorized { .. }
             | Self::TooLarge { .. }
             | Self::InvalidReference { .. }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use airssys_crds::Digest;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest,
@@ -141,6 +142,25 @@ impl ResolvedOci {
 /// a hash of the password).
 type ClientKey = (bool, Option<(String, [u8; 32])>);
 
+fn client_key(insecure: bool, credentials: Option<&RegistryCredentials>) -> ClientKey {
+    (
+        insecure,
+        credentials.map(|c| {
+            (
+                c.username.clone(),
+                Sha256::digest(c.password.as_bytes()).into(),
+            )
+        }),
+    )
+}
+
+/// A layer check in flight: which client (protocol and credentials), repository and digest.
+type LayerCheckKey = (ClientKey, String, String);
+
+/// The shared result of one layer download; errors are shared through an `Arc` because the
+/// error types inside are not `Clone`.
+type LayerCheck = Shared<BoxFuture<'static, Result<u64, Arc<ArtifactError>>>>;
+
 /// Fetches artifacts. Cheap to clone; holds connection pools.
 ///
 /// `oci-client` keeps the credentials and bearer tokens it was given per registry (and
@@ -149,6 +169,7 @@ type ClientKey = (bool, Option<(String, [u8; 32])>);
 #[derive(Clone)]
 pub struct Resolver {
     clients: Arc<Mutex<HashMap<ClientKey, Client>>>,
+    layer_checks: Arc<Mutex<HashMap<LayerCheckKey, LayerCheck>>>,
     extra_roots: Arc<Vec<Vec<u8>>>,
     http: reqwest::Client,
     pub retry: RetryPolicy,
@@ -205,6 +226,7 @@ impl Resolver {
             .map_err(builder_error)?;
         let resolver = Self {
             clients: Arc::default(),
+            layer_checks: Arc::default(),
             extra_roots: Arc::new(options.extra_roots),
             http,
             retry: options.retry,
@@ -222,15 +244,7 @@ impl Resolver {
         insecure: bool,
         credentials: Option<&RegistryCredentials>,
     ) -> Result<Client, ArtifactError> {
-        let key: ClientKey = (
-            insecure,
-            credentials.map(|c| {
-                (
-                    c.username.clone(),
-                    Sha256::digest(c.password.as_bytes()).into(),
-                )
-            }),
-        );
+        let key = client_key(insecure, credentials);
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
@@ -441,9 +455,65 @@ impl Resolver {
         Ok(layers)
     }
 
+    /// Streams the component layer through SHA-256 and checks it against the manifest's
+    /// layer digest, so a blob changed at rest is caught before anything is approved. Returns
+    /// the layer's size.
+    ///
+    /// Callers checking the same layer with the same credentials at the same time share one
+    /// download: when a thousand components of one artifact arrive together, the registry
+    /// serves the blob once, not a thousand times. Nothing is cached after the download ends,
+    /// so a later check always reads the bytes the registry serves then.
+    pub async fn verify_oci_layer(
+        &self,
+        resolved: &ResolvedOci,
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<u64, ArtifactError> {
+        let key: LayerCheckKey = (
+            client_key(resolved.insecure, credentials),
+            resolved.repository.clone(),
+            resolved.layer_digest.to_string(),
+        );
+        let check = {
+            let mut checks = self
+                .layer_checks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            checks
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let this = self.clone();
+                    let resolved = resolved.clone();
+                    let credentials = credentials.cloned();
+                    async move {
+                        this.download_and_hash_layer(&resolved, credentials.as_ref())
+                            .await
+                            .map_err(Arc::new)
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = check.clone().await;
+        {
+            // The first caller to finish retires the check (only this one: a newer check
+            // under the same key may already have started).
+            let mut checks = self
+                .layer_checks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if checks.get(&key).is_some_and(|c| c.ptr_eq(&check)) {
+                checks.remove(&key);
+            }
+        }
+        // The last holder gets the error itself; callers still sharing it see `Shared`.
+        drop(check);
+        result.map_err(|e| Arc::try_unwrap(e).unwrap_or_else(ArtifactError::Shared))
+    }
+
     /// Streams the component layer through a hash without keeping it: proves the registry
     /// serves the bytes the manifest names, in constant memory. Returns the layer's size.
-    pub async fn verify_oci_layer(
+    async fn download_and_hash_layer(
         &self,
         resolved: &ResolvedOci,
         credentials: Option<&RegistryCredentials>,
