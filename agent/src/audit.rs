@@ -12,12 +12,17 @@
 //! queue, so metrics stay exact even when the log loses events.
 //!
 //! Granted checks are counted ([`AuditSink::count_grant`]), not logged one by one.
+//!
+//! The log file is rotated by size on the writer thread ([`Rotation`]): `audit.jsonl` becomes
+//! `audit.jsonl.1`, older files shift up to `.N-1` and the oldest is deleted. Rotation happens
+//! between whole lines, so a record is never split across files, and it never touches the
+//! hot path.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
@@ -631,12 +636,35 @@ pub enum AuditError {
     Spawn(#[source] std::io::Error),
 }
 
+/// Size-based rotation of the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// A file is rotated before a line would take it past this many bytes (a single line
+    /// longer than this gets a file of its own).
+    pub max_bytes: u64,
+    /// Files kept, the live one included (at least 1): `audit.jsonl` plus
+    /// `audit.jsonl.1` … `audit.jsonl.{max_files - 1}`. The oldest is deleted on rotation.
+    pub max_files: usize,
+}
+
+impl Default for Rotation {
+    /// 64 MiB × 5 files.
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_files: 5,
+        }
+    }
+}
+
 /// Pipeline settings.
 pub struct AuditConfig {
     /// This node's name, written on every line.
     pub node: String,
     /// JSON-lines file, appended to; `None` writes no file (counters and Events only).
     pub log_path: Option<PathBuf>,
+    /// Size-based rotation of `log_path`; `None` lets the file grow without bound.
+    pub rotation: Option<Rotation>,
     /// Queue bound; beyond it events are dropped and counted.
     pub capacity: usize,
     pub metrics: AuditMetrics,
@@ -651,6 +679,7 @@ impl fmt::Debug for AuditConfig {
         f.debug_struct("AuditConfig")
             .field("node", &self.node)
             .field("log_path", &self.log_path)
+            .field("rotation", &self.rotation)
             .field("capacity", &self.capacity)
             .field("events", &self.events.is_some())
             .field("policy", &self.policy)
@@ -660,11 +689,13 @@ impl fmt::Debug for AuditConfig {
 }
 
 impl AuditConfig {
-    /// Defaults: 8192 queued events, 1 s tick, default [`EventPolicy`], no file, no Events.
+    /// Defaults: 8192 queued events, 1 s tick, default [`EventPolicy`], no file (rotated at
+    /// 64 MiB × 5 files once a `log_path` is set), no Events.
     pub fn new(node: impl Into<String>, metrics: &AuditMetrics) -> Self {
         Self {
             node: node.into(),
             log_path: None,
+            rotation: Some(Rotation::default()),
             capacity: 8192,
             metrics: metrics.clone(),
             events: None,
@@ -682,19 +713,16 @@ impl Auditor {
     /// Opens the log and spawns the writer thread. Keep the handle; dropping or
     /// [`AuditorHandle::shutdown`] drains the queue, flushes and stops the thread.
     pub fn start(config: AuditConfig) -> Result<(AuditSink, AuditorHandle), AuditError> {
-        let file = match &config.log_path {
-            Some(path) => Some(BufWriter::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| AuditError::Open {
+        let file =
+            match &config.log_path {
+                Some(path) => Some(LogFile::open(path.clone(), config.rotation).map_err(
+                    |source| AuditError::Open {
                         path: path.clone(),
                         source,
-                    })?,
-            )),
-            None => None,
-        };
+                    },
+                )?),
+                None => None,
+            };
         let (tx, rx) = mpsc::sync_channel(config.capacity.max(1));
         let counters = Arc::new(HotCounters::resolve(&config.metrics));
         let writer = Writer {
@@ -706,6 +734,7 @@ impl Auditor {
             reported_drops: 0,
             reported_suppressed: 0,
             reported_write_errors: 0,
+            line: Vec::with_capacity(512),
         };
         let tick = config.tick;
         let thread = std::thread::Builder::new()
@@ -763,16 +792,104 @@ impl Drop for AuditorHandle {
     }
 }
 
+/// The audit log file and its rotation; owned by the writer thread.
+struct LogFile {
+    path: PathBuf,
+    /// `None` after a failed reopen; retried on the next line.
+    out: Option<BufWriter<File>>,
+    /// Bytes in the live file, including what is still buffered.
+    size: u64,
+    rotation: Option<Rotation>,
+}
+
+impl LogFile {
+    fn open(path: PathBuf, rotation: Option<Rotation>) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path,
+            out: Some(BufWriter::new(file)),
+            size,
+            rotation,
+        })
+    }
+
+    /// Writes one whole line (with its newline), rotating first if it would overflow the
+    /// live file.
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let len = line.len() as u64;
+        if let Some(r) = self.rotation
+            && self.size > 0
+            && self.size.saturating_add(len) > r.max_bytes
+        {
+            self.rotate(r)?;
+        }
+        if self.out.is_none() {
+            *self = Self::open(std::mem::take(&mut self.path), self.rotation)?;
+        }
+        if let Some(out) = &mut self.out {
+            out.write_all(line)?;
+            self.size += len;
+        }
+        Ok(())
+    }
+
+    /// `path` → `path.1`, `path.i` → `path.i+1`, dropping what would pass `max_files - 1`.
+    fn rotate(&mut self, r: Rotation) -> std::io::Result<()> {
+        if let Some(mut out) = self.out.take() {
+            out.flush()?;
+        }
+        let kept = r.max_files.max(1) - 1;
+        if kept == 0 {
+            // Only the live file is kept: start it over.
+            std::fs::remove_file(&self.path).or_else(not_found_ok)?;
+        } else {
+            std::fs::remove_file(rotated(&self.path, kept)).or_else(not_found_ok)?;
+            for i in (1..kept).rev() {
+                std::fs::rename(rotated(&self.path, i), rotated(&self.path, i + 1))
+                    .or_else(not_found_ok)?;
+            }
+            std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        }
+        *self = Self::open(std::mem::take(&mut self.path), Some(r))?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.out {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The name of the `n`th rotated file: `audit.jsonl.n`.
+pub fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     node: String,
-    file: Option<BufWriter<File>>,
+    file: Option<LogFile>,
     metrics: AuditMetrics,
     events: Option<Box<dyn EventSink>>,
     aggregator: EventAggregator,
     reported_drops: u64,
     reported_suppressed: u64,
     reported_write_errors: u64,
+    /// Reused buffer for one serialized line.
+    line: Vec<u8>,
 }
 
 /// Events handled between two flushes of the log file.
@@ -853,9 +970,13 @@ impl Writer {
             .get_or_create(&ReasonLabels { reason })
             .inc();
         if let Some(file) = &mut self.file {
-            let line = log_line(&self.node, e);
-            let ok =
-                serde_json::to_writer(&mut *file, &line).is_ok() && file.write_all(b"\n").is_ok();
+            // Serialize first, then write the whole line: a rotation can only fall between
+            // two lines.
+            self.line.clear();
+            let ok = serde_json::to_writer(&mut self.line, &log_line(&self.node, e)).is_ok() && {
+                self.line.push(b'\n');
+                file.write_line(&self.line).is_ok()
+            };
             if !ok {
                 self.metrics.write_errors.inc();
             }
@@ -1178,6 +1299,115 @@ mod tests {
         sink.record(AuditEvent::now(&id(), AuditKind::Restarted));
         handle.shutdown();
         assert_eq!(lines(&path).len(), 501);
+    }
+
+    /// Starts a pipeline on `audit.jsonl` in `dir` with `rotation`.
+    fn start_rotating(
+        dir: &tempfile::TempDir,
+        metrics: &Metrics,
+        rotation: Rotation,
+    ) -> (AuditSink, AuditorHandle, PathBuf) {
+        let path = dir.path().join("audit.jsonl");
+        let mut config = AuditConfig::new("node-1", &metrics.audit);
+        config.log_path = Some(path.clone());
+        config.capacity = 100_000;
+        config.rotation = Some(rotation);
+        let (sink, handle) = Auditor::start(config).unwrap();
+        (sink, handle, path)
+    }
+
+    /// Every `target` in the live file and its rotated files, oldest first, and how many
+    /// files there were. Every line must parse: none is split.
+    fn rotated_targets(path: &std::path::Path) -> (Vec<String>, usize) {
+        let mut files: Vec<PathBuf> = (1..100)
+            .map(|n| rotated(path, n))
+            .take_while(|p| p.exists())
+            .collect();
+        files.reverse();
+        files.push(path.to_path_buf());
+        let targets = files
+            .iter()
+            .flat_map(|f| lines(f))
+            .map(|l| l["detail"]["target"].as_str().unwrap().to_owned())
+            .collect();
+        (targets, files.len())
+    }
+
+    #[test]
+    fn rotation_keeps_every_record_exactly_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let rotation = Rotation {
+            max_bytes: 1024,
+            max_files: 100,
+        };
+        let (sink, handle, path) = start_rotating(&dir, &metrics, rotation);
+        let id = id();
+        for i in 0..200 {
+            sink.deny(&id, CapabilityKind::Network, &format!("t-{i}"));
+        }
+        handle.shutdown();
+        let (targets, files) = rotated_targets(&path);
+        let want: Vec<String> = (0..200).map(|i| format!("t-{i}")).collect();
+        assert_eq!(targets, want, "every record once, in order, none split");
+        assert!(files > 10, "a 1 KiB limit must rotate: {files} files");
+        for n in 1..files {
+            let len = std::fs::metadata(rotated(&path, n)).unwrap().len();
+            assert!(len <= 1024, "file .{n} is {len} bytes");
+        }
+        assert_eq!(metrics.audit.write_errors.get(), 0);
+    }
+
+    #[test]
+    fn rotation_bounds_the_number_of_files_and_keeps_the_newest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let rotation = Rotation {
+            max_bytes: 1024,
+            max_files: 3,
+        };
+        let (sink, handle, path) = start_rotating(&dir, &metrics, rotation);
+        let id = id();
+        for i in 0..500 {
+            sink.deny(&id, CapabilityKind::Network, &format!("t-{i}"));
+            if i % 100 == 0 {
+                handle.flush();
+            }
+        }
+        handle.shutdown();
+        let (targets, files) = rotated_targets(&path);
+        assert_eq!(files, 3, "live file plus two rotated ones");
+        assert!(!rotated(&path, 3).exists());
+        let entries = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(entries, 3, "nothing else left behind");
+        // What survives is the newest records, contiguous: nothing lost in between,
+        // nothing twice.
+        let first: usize = targets[0].trim_start_matches("t-").parse().unwrap();
+        let want: Vec<String> = (first..500).map(|i| format!("t-{i}")).collect();
+        assert_eq!(targets, want);
+        assert!(targets.len() > 10);
+    }
+
+    #[test]
+    fn rotation_counts_what_an_appended_log_already_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // A log left by a previous run, already at the limit.
+        let old = serde_json::json!({"detail": {"target": "old"}}).to_string() + "\n";
+        std::fs::write(&path, old.repeat(20)).unwrap();
+        let metrics = Metrics::new();
+        let rotation = Rotation {
+            max_bytes: old.len() as u64 * 20,
+            max_files: 2,
+        };
+        let (sink, handle, path) = start_rotating(&dir, &metrics, rotation);
+        sink.deny(&id(), CapabilityKind::Network, "new");
+        handle.shutdown();
+        let (targets, files) = rotated_targets(&path);
+        assert_eq!(files, 2);
+        assert_eq!(targets.iter().filter(|t| *t == "old").count(), 20);
+        assert_eq!(targets.last().map(String::as_str), Some("new"));
+        assert_eq!(lines(&path).len(), 1, "the new record starts a fresh file");
     }
 
     #[test]

@@ -14,7 +14,8 @@
 use std::net::IpAddr;
 
 use airssys_crds::capability::{
-    AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern, is_restricted,
+    AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern,
+    covers_normalized, is_normalized, is_restricted,
 };
 
 /// Read or write, for files and buckets.
@@ -65,6 +66,16 @@ pub struct FsGrant {
     pub path: Box<str>,
     pub read: bool,
     pub write: bool,
+}
+
+impl FsGrant {
+    #[inline]
+    fn allows(&self, access: Access) -> bool {
+        match access {
+            Access::Read => self.read,
+            Access::Write => self.write,
+        }
+    }
 }
 
 /// One network grant, flattened.
@@ -159,6 +170,9 @@ impl TopicRules {
 pub struct GrantTable {
     /// Sorted by path; duplicates merged (modes OR-ed).
     filesystem: Box<[FsGrant]>,
+    /// Per filesystem grant, its first (up to) eight bytes and their mask: one compare
+    /// rejects most grants that do not cover a path before any `memcmp`.
+    fs_heads: Box<[(u64, u64)]>,
     /// Address grants: checked first, they are the only way to restricted addresses.
     cidrs: Box<[CidrRule]>,
     /// Host-name grants: only for public addresses reached by name.
@@ -215,8 +229,21 @@ impl GrantTable {
                     .map(|b| b.bucket.as_str()),
             )
         };
+        let fs_heads = filesystem
+            .iter()
+            .map(|g| {
+                let n = g.path.len().min(8);
+                let mask = if n == 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (8 * n)) - 1
+                };
+                (head_word(g.path.as_bytes()) & mask, mask)
+            })
+            .collect();
         Self {
             filesystem: filesystem.into_boxed_slice(),
+            fs_heads,
             cidrs: cidrs.into_boxed_slice(),
             hosts: hosts.into_boxed_slice(),
             buckets_read: buckets(false),
@@ -247,44 +274,27 @@ impl GrantTable {
 
     /// Whether the guest may use `path` with `access`. Component-wise prefix match
     /// (`/app` covers `/app/x`, never `/application`); relative paths and `..` are denied.
-    /// The usual case, a normalized path under a grant, costs a prefix scan plus a check of
-    /// the part after the prefix, without allocating; any other form is decided on the form
-    /// `AbsPath::parse` normalizes it to.
+    /// The usual case, an already normalized path, is one screening pass plus a prefix scan,
+    /// without allocating; any other form is decided on the form `AbsPath::parse`
+    /// normalizes it to. Both rules are the crds ones (`is_normalized`, `covers_normalized`).
     pub fn check_path(&self, path: &str, access: Access) -> bool {
-        for g in self.filesystem.iter() {
-            let mode = match access {
-                Access::Read => g.read,
-                Access::Write => g.write,
-            };
-            if !mode {
-                continue;
-            }
-            if let Some(tail) = component_tail(&g.path, path) {
-                // The prefix part is the grant's own normalized text; if the tail is normalized
-                // too, so is the whole path, and this grant covers it.
-                if tail.is_empty() || (tail != "/" && is_normalized(tail)) {
-                    return true;
-                }
-                return self.check_parsed(path, access);
-            }
+        if is_normalized(path) {
+            let head = head_word(path.as_bytes());
+            return self
+                .filesystem
+                .iter()
+                .zip(&*self.fs_heads)
+                .any(|(g, &(want, mask))| {
+                    g.allows(access) && head & mask == want && covers_normalized(&g.path, path)
+                });
         }
-        // No grant covers the raw text; a path that is not normalized may still normalize
-        // into one.
-        !is_normalized(path) && self.check_parsed(path, access)
-    }
-
-    /// The exact rule on the normalized form (allocates; only for unusual paths).
-    fn check_parsed(&self, path: &str, access: Access) -> bool {
+        // Not normalized: decide on the normalized form (allocates; unusual paths only).
         let Ok(path) = AbsPath::parse(path) else {
             return false;
         };
-        self.filesystem.iter().any(|g| {
-            let mode = match access {
-                Access::Read => g.read,
-                Access::Write => g.write,
-            };
-            mode && component_tail(&g.path, path.as_str()).is_some()
-        })
+        self.filesystem
+            .iter()
+            .any(|g| g.allows(access) && covers_normalized(&g.path, path.as_str()))
     }
 
     /// Whether the guest may connect to `ip:port`, reached through the name `host` if it used
@@ -341,67 +351,19 @@ impl GrantTable {
     }
 }
 
-/// Whether `raw` is already in the form `AbsPath::parse` produces (so parsing would return it
-/// unchanged): absolute, at most `MAX_PATH_LEN` bytes, no NUL or backslash, no empty, `.` or
-/// `..` components, no trailing slash except the root. Anything else takes the parsing path.
-fn is_normalized(raw: &str) -> bool {
-    let bytes = raw.as_bytes();
-    if bytes.first() != Some(&b'/') || bytes.len() > airssys_crds::capability::MAX_PATH_LEN {
-        return false;
-    }
-    if bytes.len() == 1 {
-        return true;
-    }
-    // Fast screen, one branch-free pass over byte pairs so it vectorizes: no NUL or
-    // backslash, no `//` or `/.`, no trailing slash. A path passing it has only non-empty
-    // components that do not start with a dot, so it is normalized.
-    if bytes.ends_with(b"/") {
-        return false;
-    }
-    let (bad_byte, suspicious) =
-        bytes
-            .iter()
-            .zip(&bytes[1..])
-            .fold((false, false), |(bad, sus), (&prev, &next)| {
-                (
-                    bad | (next == 0) | (next == b'\\'),
-                    sus | ((prev == b'/') & ((next == b'/') | (next == b'.'))),
-                )
-            });
-    if bad_byte {
-        return false;
-    }
-    if !suspicious {
-        return true;
-    }
-    // Exact pass for paths with dot-files or doubled slashes: every component non-empty and
-    // not `.` or `..`.
-    let bad = |len: usize, dots: usize| len == 0 || (len == dots && dots <= 2);
-    let (mut len, mut dots) = (0usize, 0usize);
-    for &c in &bytes[1..] {
-        match c {
-            b'/' => {
-                if bad(len, dots) {
-                    return false;
-                }
-                (len, dots) = (0, 0);
-            }
-            b'.' => (len, dots) = (len + 1, dots + 1),
-            _ => len += 1,
+/// The first eight bytes of `bytes` as a little-endian word, zero-padded when shorter.
+#[inline]
+fn head_word(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    if bytes.len() >= 8 {
+        // A fixed-size copy: one load, no `memcpy` call.
+        word.copy_from_slice(&bytes[..8]);
+    } else {
+        for (w, b) in word.iter_mut().zip(bytes) {
+            *w = *b;
         }
     }
-    !bad(len, dots)
-}
-
-/// If `prefix` covers `path` component-wise (the `AbsPath::covers` rule), the rest of `path`
-/// after it: empty or starting with `/`. The root covers every absolute path.
-#[inline]
-fn component_tail<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
-    if prefix == "/" {
-        return path.starts_with('/').then_some(path);
-    }
-    let rest = path.strip_prefix(prefix)?;
-    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    u64::from_le_bytes(word)
 }
 
 #[cfg(test)]
@@ -620,40 +582,6 @@ env: [{ name: LOG_LEVEL }, { name: REGION }]
                 ("/srv/ro", true, false)
             ]
         );
-    }
-
-    #[test]
-    fn is_normalized_matches_what_abspath_produces() {
-        for raw in [
-            "/",
-            "/a",
-            "/a/b",
-            "//a",
-            "/a/",
-            "/a/./b",
-            "/a/../b",
-            "a",
-            "",
-            "/a\\b",
-            "/.",
-            "/..",
-            "/a/.hidden",
-            "/a/..b",
-            "/a//b",
-            "/...",
-            "/a/...",
-            "/a/.",
-            "/a/..",
-            "/a/b/",
-            "/a\0b",
-            "/.a",
-            "/a.",
-            "/a..",
-        ] {
-            let parsed = AbsPath::parse(raw).ok();
-            let identity = parsed.as_ref().is_some_and(|p| p.as_str() == raw);
-            assert_eq!(is_normalized(raw), identity, "{raw:?}");
-        }
     }
 
     #[test]

@@ -4,11 +4,15 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airssys_agent::actor::{ActorState, ComponentId};
+use airssys_agent::host::wasi;
 use support::{Harness, caps, quotas, spec};
+use wasmtime_wasi_http::Error as HttpError;
 
 fn id(name: &str) -> ComponentId {
     ComponentId::new("test", name)
@@ -168,6 +172,36 @@ async fn path_traversal_never_leaves_the_preopened_directory() {
     assert!(
         denials >= 3,
         "expected the .. and both symlink escapes audited, got {denials}"
+    );
+    // A path outside every preopen (`/etc/passwd`, or `../outside.txt` from the root
+    // working directory) never reaches the host: wasi-libc resolves it against the preopen
+    // list inside the guest and fails there with ENOENT (see host::wasi's module doc). The
+    // read fails and, with no host call, nothing is audited; the four attempts that do reach
+    // the host through the `/data` preopen are each audited once.
+    for outside in ["/etc/passwd", "../outside.txt"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(&format!("{outside}=>error:No such file"))),
+            "{report}"
+        );
+    }
+    let mut targets: Vec<String> = h
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| support::Expect::Denied("filesystem").matches("traverser", e))
+        .map(|e| e["detail"]["target"].as_str().unwrap().to_owned())
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            "../../../../etc/passwd",
+            "../outside.txt",
+            "escape-abs",
+            "escape/outside.txt"
+        ]
     );
     neighbour_still_answers(&h).await;
 }
@@ -392,4 +426,307 @@ async fn huge_messages_are_refused_at_both_ends() {
     let err = h.ask("neighbour", &"x".repeat(2 << 20)).await.unwrap_err();
     assert!(err.contains("InvalidInput"), "{err}");
     neighbour_still_answers(&h).await;
+}
+
+/// The SNI of every TLS connection a test server saw, in order.
+type SeenNames = Arc<Mutex<Vec<Option<String>>>>;
+
+/// A TLS server on 127.0.0.1 with a certificate for `names` from a fresh test CA. Answers
+/// `200 secure:<path>`; records the SNI of every TLS connection, finished or not. Returns
+/// the port, the CA certificate (DER) and the SNIs seen.
+fn tls_server(names: &[&str]) -> (u16, Vec<u8>, SeenNames) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::io::{BufRead, BufReader, Write};
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&server_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+    )
+    .unwrap();
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut request_line = String::new();
+            let ok = {
+                let mut reader = BufReader::new(&mut tls);
+                let ok = reader.read_line(&mut request_line).is_ok_and(|n| n > 0);
+                let mut line = String::new();
+                while ok && reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                ok
+            };
+            record
+                .lock()
+                .unwrap()
+                .push(tls.conn.server_name().map(str::to_owned));
+            if !ok {
+                // The client refused the certificate; keep serving.
+                continue;
+            }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_owned();
+            let body = format!("secure:{path}");
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (port, ca.der().to_vec(), seen)
+}
+
+/// The SNIs `seen` once at least `n` TLS connections were recorded (the server records a
+/// refused handshake only after the client has gone).
+async fn wait_seen(seen: &Mutex<Vec<Option<String>>>, n: usize) -> Vec<Option<String>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = seen.lock().unwrap().clone();
+        if now.len() >= n || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn empty_body() -> http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, HttpError> {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn get(
+    url: &str,
+) -> http::Request<http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, HttpError>> {
+    let uri: http::Uri = url.parse().unwrap();
+    let host = uri.authority().unwrap().to_string();
+    http::Request::get(uri)
+        .header(http::header::HOST, host)
+        .body(empty_body())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connects_to_the_checked_address_and_verifies_the_original_name() {
+    use http_body_util::BodyExt;
+    let (port, ca, seen) = tls_server(&["rebind.test"]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca))
+        .unwrap();
+    let trusted = wasi::tls_config(roots).unwrap();
+    let checked = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // `rebind.test` resolves nowhere: the request can only succeed by going to the checked
+    // address, with the name used for SNI and verification.
+    let (response, io) = wasi::send_to(
+        get(&format!("https://rebind.test:{port}/hello")),
+        checked,
+        &trusted,
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(Box::into_pin(io));
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"secure:/hello");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [Some("rebind.test".to_owned())]
+    );
+
+    // The certificate is checked against the name in the URI, not the address.
+    let wrong = wasi::send_to(
+        get(&format!("https://other.test:{port}/")),
+        checked,
+        &trusted,
+        None,
+    )
+    .await;
+    assert!(matches!(wrong, Err(HttpError::Tls(_))), "{:?}", wrong.err());
+
+    // Guests get the web PKI roots: a private CA is not trusted.
+    let untrusted = wasi::send_to(
+        get(&format!("https://rebind.test:{port}/")),
+        checked,
+        &wasi::web_pki_tls().unwrap(),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(untrusted, Err(HttpError::Tls(_))),
+        "{:?}",
+        untrusted.err()
+    );
+    assert_eq!(
+        wait_seen(&seen, 3).await,
+        [
+            Some("rebind.test".to_owned()),
+            Some("other.test".to_owned()),
+            Some("rebind.test".to_owned())
+        ],
+        "every attempt reached the checked address, named as in the URI"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_https_request_goes_to_the_checked_loopback_address_only_with_a_grant() {
+    let h = Harness::new();
+    let (port, _ca, seen) = tls_server(&["localhost"]);
+
+    // An address grant for exactly 127.0.0.1:port. `localhost` may resolve to ::1 first;
+    // the hook picks the address the grant allows and the TLS handshake goes there, with
+    // `localhost` as the server name. The test CA is not a web PKI root, so the guest gets a
+    // TLS error, after the server saw the handshake.
+    let grant = caps(&format!("network: [{{ host: 127.0.0.1, port: {port} }}]"));
+    h.add(spec("tls-fetcher", "http-fetch", grant, quotas()))
+        .await;
+    let answer = h
+        .ask("tls-fetcher", &format!("https://localhost:{port}/"))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("error:"), "{answer}");
+    assert_ne!(answer, "error:ErrorCode::HttpRequestDenied");
+    assert_eq!(wait_seen(&seen, 1).await, [Some("localhost".to_owned())]);
+
+    // A host-name grant does not open loopback: refused after resolution, audited, and the
+    // server never sees a connection.
+    let by_name = caps(&format!("network: [{{ host: localhost, port: {port} }}]"));
+    h.add(spec("tls-sneaky", "http-fetch", by_name, quotas()))
+        .await;
+    let sneaky = h
+        .ask("tls-sneaky", &format!("https://localhost:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(sneaky, "error:ErrorCode::HttpRequestDenied");
+    let denial = support::wait_kind(&h, "tls-sneaky", support::Expect::Denied("network")).await;
+    let target = denial["detail"]["target"].as_str().unwrap();
+    assert!(
+        target.contains("resolved: ") && target.contains("127.0.0.1"),
+        "{target}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_only_directory_takes_writes_and_refuses_every_read() {
+    let h = Harness::new();
+    let grant = caps(
+        "filesystem: [{ path: /drop, access: [write] }, { path: /data, access: [read, write] }, \
+         { path: /data/inbox, access: [write] }]",
+    );
+    let s = spec("dropbox", "file-reader", grant, quotas());
+    let drop_dir = h.supervisor.host_dir(&s.id, "/drop");
+    std::fs::create_dir_all(&drop_dir).unwrap();
+    std::fs::write(drop_dir.join("existing.txt"), "SECRET").unwrap();
+    h.add(s).await;
+
+    // Writing works: create, append, directories.
+    let ask = |cmd: String| {
+        let h = &h;
+        async move { h.ask("dropbox", &cmd).await.unwrap() }
+    };
+    assert_eq!(ask("write:/drop/out.txt:hi".into()).await, "written");
+    assert_eq!(ask("append:/drop/out.txt:+more".into()).await, "appended");
+    assert_eq!(ask("mkdir:/drop/sub".into()).await, "created");
+    assert_eq!(ask("write:/drop/sub/x.txt:y".into()).await, "written");
+    assert_eq!(
+        std::fs::read_to_string(drop_dir.join("out.txt")).unwrap(),
+        "hi+more"
+    );
+    assert_eq!(
+        std::fs::read_to_string(drop_dir.join("sub/x.txt")).unwrap(),
+        "y"
+    );
+
+    // Reading does not: contents, listing, metadata; each is a WASI error, audited.
+    // Moving a file into a readable directory would be a read by other means.
+    for cmd in [
+        "read:/drop/existing.txt",
+        "read:/drop/out.txt",
+        "list:/drop",
+        "list:/drop/sub",
+        "stat:/drop/existing.txt",
+        "peek:/drop/existing.txt",
+        "move:/drop/existing.txt:/data/stolen.txt",
+    ] {
+        let answer = ask(cmd.into()).await;
+        assert!(
+            answer.starts_with("error:Operation not permitted"),
+            "{cmd}: {answer}"
+        );
+        assert!(
+            !answer.contains("SECRET") && !answer.contains("hi+more"),
+            "{cmd}: {answer}"
+        );
+    }
+    let events = h.audit_events().await;
+    let refused: Vec<&str> = events
+        .iter()
+        .filter(|e| support::Expect::Denied("filesystem").matches("dropbox", e))
+        .map(|e| e["detail"]["target"].as_str().unwrap())
+        .collect();
+    // Eight: `peek` is refused twice, at the size-hint `stat` of `read_to_end` and at the
+    // read itself.
+    assert!(
+        refused.len() == 8 && refused.iter().all(|t| t.contains("write-only")),
+        "{refused:?}"
+    );
+    for expected in [
+        "read under a write-only grant",
+        "rename existing.txt across a write-only grant",
+        "open . for reading under a write-only grant",
+    ] {
+        assert!(refused.contains(&expected), "{expected}: {refused:?}");
+    }
+    assert!(
+        !h.supervisor
+            .host_dir(&id("dropbox"), "/data")
+            .join("stolen.txt")
+            .exists()
+    );
+    // The read-write neighbour directory still reads and writes normally.
+    assert_eq!(ask("write:/data/own.txt:mine".into()).await, "written");
+    assert_eq!(ask("read:/data/own.txt".into()).await, "mine");
+    // A write-only grant nested in a readable one is readable: the `/data` grant covers it,
+    // even though wasi-libc opens through the longer `/data/inbox` preopen.
+    assert_eq!(ask("write:/data/inbox/m.txt:z".into()).await, "written");
+    assert_eq!(ask("read:/data/inbox/m.txt".into()).await, "z");
+    // Refusals are values, not traps: the instance lives on and still writes.
+    let status = h.supervisor.status(&id("dropbox")).await.unwrap();
+    assert_eq!(status.kills.load(Ordering::Relaxed), 0);
+    assert_eq!(ask("write:/drop/late.txt:ok".into()).await, "written");
 }

@@ -14,7 +14,7 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 pub use network::{Cidr, HostPattern, MAX_HOST_LEN, NetTarget, PortRange, is_restricted};
-pub use path::{AbsPath, MAX_PATH_LEN};
+pub use path::{AbsPath, MAX_PATH_LEN, covers_normalized, is_normalized};
 pub use set::{BucketGrant, CapabilitySet, NetGrant, PathGrant, TopicGrant};
 pub use topic::{
     MAX_TOPIC_LEN, TopicPattern, check_bucket, check_component_name, check_env_name, check_topic,

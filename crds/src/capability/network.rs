@@ -107,15 +107,21 @@ impl HostPattern {
     }
 
     /// Whether `host` (as the guest named it) matches. Case-insensitive, trailing dot ignored,
-    /// without allocating.
+    /// without allocating: the pattern is stored lower-case, so this is one branch-free pass
+    /// over the compared bytes. A non-ASCII byte never equals a pattern byte, so a cut in the
+    /// middle of a UTF-8 character simply does not match.
+    #[inline]
     pub fn matches(&self, host: &str) -> bool {
-        let host = host.strip_suffix('.').unwrap_or(host);
+        let host = host.as_bytes();
+        let host = match host.split_last() {
+            Some((b'.', name)) => name,
+            _ => host,
+        };
         match self {
-            Self::Exact(name) => host.eq_ignore_ascii_case(name),
+            Self::Exact(name) => host.len() == name.len() && eq_lowercase(host, name.as_bytes()),
             Self::Suffix(suffix) => {
                 host.len() > suffix.len()
-                    && host.is_char_boundary(host.len() - suffix.len())
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && eq_lowercase(&host[host.len() - suffix.len()..], suffix.as_bytes())
             }
         }
     }
@@ -128,6 +134,55 @@ impl HostPattern {
             (Self::Suffix(_), Self::Exact(_)) => false,
         }
     }
+}
+
+/// Whether `guest`, ASCII-lower-cased, equals `lower` (already lower-case). Eight bytes at a
+/// time; a length that is not a multiple of eight ends with an overlapping last word.
+#[inline]
+fn eq_lowercase(guest: &[u8], lower: &[u8]) -> bool {
+    let len = guest.len();
+    if len != lower.len() {
+        return false;
+    }
+    if len < 8 {
+        return guest.iter().zip(lower).fold(0u8, |diff, (&g, &l)| {
+            // Sets the 0x20 bit of `A`-`Z` only; every other byte is kept.
+            let g = g | (u8::from(g.wrapping_sub(b'A') < 26) << 5);
+            diff | (g ^ l)
+        }) == 0;
+    }
+    let mut diff = 0u64;
+    let mut i = 0;
+    while i + 8 <= len {
+        diff |= lowercase_word(word_at(&guest[i..])) ^ word_at(&lower[i..]);
+        i += 8;
+    }
+    if i < len {
+        diff |= lowercase_word(word_at(&guest[len - 8..])) ^ word_at(&lower[len - 8..]);
+    }
+    diff == 0
+}
+
+/// Eight bytes as a little-endian word.
+#[inline(always)]
+fn word_at(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(word)
+}
+
+/// ASCII-lower-cases the eight bytes of `word` (`A`-`Z` only; bytes of 0x80 and above are
+/// kept as they are).
+#[inline(always)]
+fn lowercase_word(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = word & !HIGH;
+    // High bit of a byte set when its low seven bits are >= 'A', and when they are > 'Z'.
+    let at_least_a = low7 + (0x80 - u64::from(b'A')) * ONES;
+    let above_z = low7 + (0x80 - u64::from(b'Z') - 1) * ONES;
+    let upper = at_least_a & !above_z & !word & HIGH;
+    word | (upper >> 2)
 }
 
 impl fmt::Display for HostPattern {
@@ -432,6 +487,59 @@ mod tests {
                 *want,
                 "{rule}: {pattern} vs {host:?}"
             );
+        }
+    }
+
+    #[test]
+    fn byte_level_host_matching_agrees_with_eq_ignore_ascii_case() {
+        // The straightforward rule the byte-level matcher replaces.
+        fn reference(p: &HostPattern, host: &str) -> bool {
+            let host = host.strip_suffix('.').unwrap_or(host);
+            match p {
+                HostPattern::Exact(name) => host.eq_ignore_ascii_case(name),
+                HostPattern::Suffix(suffix) => {
+                    host.len() > suffix.len()
+                        && host.is_char_boundary(host.len() - suffix.len())
+                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                }
+            }
+        }
+        let patterns = [
+            "api.example.com",
+            "*.example.com",
+            "a-1.b",
+            "*.x-y.io",
+            "localhost",
+        ];
+        let hosts = [
+            "",
+            ".",
+            "api.example.com",
+            "API.EXAMPLE.COM.",
+            "api.example.com..",
+            "x.example.com",
+            "example.com",
+            ".example.com",
+            "evilexample.com",
+            "a.b.EXAMPLE.com",
+            "A-1.B",
+            "a-1.b.",
+            "a_1.b",
+            "z.X-Y.IO",
+            "LOCALHOST",
+            "localhost.",
+            "localhosts",
+            "é.example.com",
+            "api.examplé.com",
+            "\u{212a}.example.com",
+            "api@example.com",
+            "api[example.com",
+        ];
+        for p in patterns {
+            let pattern = HostPattern::parse(p).expect("pattern parses");
+            for h in hosts {
+                assert_eq!(pattern.matches(h), reference(&pattern, h), "{p} vs {h:?}");
+            }
         }
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::network::{NetTarget, PortRange, is_restricted};
-use super::path::AbsPath;
+use super::path::{AbsPath, covers_normalized, is_normalized};
 use super::topic::{TopicPattern, check_bucket, check_component_name, check_env_name};
 use super::{Capabilities, CapabilityError, FsAccess, MessagingAccess};
 
@@ -302,16 +302,23 @@ impl CapabilitySet {
     /// Whether the guest may use `path` with `access`. Unparseable paths (relative, `..`) are
     /// denied.
     pub fn allows_path(&self, path: &str, access: FsAccess) -> bool {
+        let mode = |g: &PathGrant| match access {
+            FsAccess::Read => g.read,
+            FsAccess::Write => g.write,
+        };
+        if is_normalized(path) {
+            // Already in parsed form: no allocation.
+            return self
+                .filesystem
+                .iter()
+                .any(|g| mode(g) && covers_normalized(g.prefix.as_str(), path));
+        }
         let Ok(path) = AbsPath::parse(path) else {
             return false;
         };
-        self.filesystem.iter().any(|g| {
-            let mode = match access {
-                FsAccess::Read => g.read,
-                FsAccess::Write => g.write,
-            };
-            mode && g.prefix.covers(&path)
-        })
+        self.filesystem
+            .iter()
+            .any(|g| mode(g) && g.prefix.covers(&path))
     }
 
     /// Whether the guest may connect to `ip:port`, reached by the name `host` if it used one.

@@ -54,18 +54,40 @@ impl TopicPattern {
         Ok(Self { tokens })
     }
 
-    /// Whether a concrete topic matches. Does not allocate.
+    /// Whether a concrete topic matches. Byte-level, does not allocate: the topic is walked
+    /// once, token by token, as `topic.split('.')` would cut it (`rest` is the unsplit
+    /// remainder, `None` once the last part is taken).
     pub fn matches(&self, topic: &str) -> bool {
-        let mut parts = topic.split('.');
+        let mut rest: Option<&[u8]> = Some(topic.as_bytes());
         for token in &self.tokens {
-            match (token, parts.next()) {
-                (Token::Rest, Some(part)) => return !part.is_empty(),
-                (Token::One, Some(part)) if !part.is_empty() => {}
-                (Token::Literal(lit), Some(part)) if lit == part => {}
-                _ => return false,
+            let Some(r) = rest else {
+                return false;
+            };
+            match token {
+                // One or more tokens: the next part exists and is not empty.
+                Token::Rest => return r.first().is_some_and(|&b| b != b'.'),
+                Token::Literal(lit) => {
+                    // Literal tokens hold no `.`, so equality with the part is a prefix test
+                    // plus a boundary check.
+                    let lit = lit.as_bytes();
+                    if r.len() < lit.len() || &r[..lit.len()] != lit {
+                        return false;
+                    }
+                    rest = match r.get(lit.len()) {
+                        None => None,
+                        Some(b'.') => Some(&r[lit.len() + 1..]),
+                        Some(_) => return false,
+                    };
+                }
+                Token::One => match r.iter().position(|&b| b == b'.') {
+                    Some(0) => return false,
+                    Some(dot) => rest = Some(&r[dot + 1..]),
+                    None if r.is_empty() => return false,
+                    None => rest = None,
+                },
             }
         }
-        parts.next().is_none()
+        rest.is_none()
     }
 
     /// Whether every topic `self` matches is also matched by `outer`.
@@ -285,6 +307,33 @@ mod tests {
             ),
             ("star in the middle", "orders.*.new", "orders.eu.new", true),
             (
+                "literal with a trailing dot",
+                "orders.created",
+                "orders.created.",
+                false,
+            ),
+            ("literal with a leading dot", "orders", ".orders", false),
+            ("bare tail matches one token", ">", "x", true),
+            ("bare tail does not match an empty topic", ">", "", false),
+            (
+                "tail needs a non-empty next token",
+                "orders.>",
+                "orders..x",
+                false,
+            ),
+            (
+                "star then literal, empty star token",
+                "*.health",
+                ".health",
+                false,
+            ),
+            (
+                "star at the end, trailing dot",
+                "orders.*",
+                "orders.eu.",
+                false,
+            ),
+            (
                 "star in the middle needs the rest",
                 "orders.*.new",
                 "orders.eu.old",
@@ -298,6 +347,41 @@ mod tests {
                 *want,
                 "{rule}: {pattern} vs {topic:?}"
             );
+        }
+    }
+
+    /// The plain split-based rule the byte-level matcher replaces.
+    fn matches_by_split(p: &TopicPattern, topic: &str) -> bool {
+        let mut parts = topic.split('.');
+        for token in &p.tokens {
+            match (token, parts.next()) {
+                (Token::Rest, Some(part)) => return !part.is_empty(),
+                (Token::One, Some(part)) if !part.is_empty() => {}
+                (Token::Literal(lit), Some(part)) if lit == part => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+
+    #[test]
+    fn byte_level_matching_agrees_with_the_split_rule() {
+        let patterns = [
+            "a", "a.b", "a.*", "a.>", "*", ">", "*.b", "a.*.c", "*.*", "a.b.>", "ab", "a.bc",
+        ];
+        let topics = [
+            "", ".", "..", "a", "a.", ".a", "a.b", "a.b.", "a..b", "a.b.c", "a.bc", "ab", "ab.c",
+            "b", "x.b", "a.x.c", "a.x.y", "a.b.c.d", "a.bc.d", "a.b.x", "é.b", "a.é",
+        ];
+        for p in patterns {
+            let pattern = TopicPattern::parse(p).expect("pattern parses");
+            for t in topics {
+                assert_eq!(
+                    pattern.matches(t),
+                    matches_by_split(&pattern, t),
+                    "{p} vs {t:?}"
+                );
+            }
         }
     }
 
