@@ -1,18 +1,23 @@
-//! `ComponentActor`: one instance of a component, its bounded mailbox, and the loop that
-//! handles one message at a time.
+//! `ComponentActor`: one component on the node, its bounded mailbox, and its instances,
+//! each an actor handling one message at a time.
 //!
-//! A trap, a timeout or a quota breach kills the instance (its `Store` is dropped: a trapped
-//! instance cannot be entered again), is audited, and the actor restarts a fresh instance
-//! after the supervisor's backoff. The mailbox outlives instances, so an update or a restart
-//! loses no queued message.
+//! A component runs up to `maxConcurrentMessages` instances, all draining the component's
+//! one mailbox (so mailbox length, message rate and storage quota stay per component); the
+//! first is started with the component, the others on demand. Each instance has its own
+//! `Store`, memory limit and CPU/time budget. A trap, a timeout or a quota breach kills that
+//! instance only (its `Store` is dropped: a trapped instance cannot be entered again), is
+//! audited, and the instance restarts fresh after the component's backoff; crash-loop
+//! detection counts the crashes of all instances. The mailbox outlives instances, so an
+//! update or a restart loses no queued message.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use airssys_crds::capability::CapabilitySet;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
 use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 
 use crate::audit::{AuditEvent, AuditKind, AuditSink, InstanceIdentity, Text};
@@ -22,7 +27,7 @@ use crate::grant::CapabilityKind;
 use crate::grant::GrantTable;
 use crate::host::bindings::Component as Bindings;
 use crate::host::{HostState, WitError, WitMessage, WitOrigin, WitTopicMessage};
-use crate::limits::{Quota, Quotas};
+use crate::limits::{Quota, Quotas, RateLimiter};
 use crate::storage::KvStore;
 use crate::supervisor::{RestartPolicy, RestartTracker};
 
@@ -72,10 +77,16 @@ pub struct ComponentContext {
     pub env: Vec<(String, String)>,
     /// Epoch tick of the engine (CPU budgets are counted in ticks).
     pub epoch_tick: Duration,
+    /// The CPU budget per message in ticks (computed once, read before every call).
+    pub cpu_ticks: u64,
     /// Number of the current instance (1 = first start); names the instance in audit events.
     pub instance: AtomicU64,
-    /// Audit identity of the current instance (replaced at each start; read on denials only).
+    /// Audit identity of the most recently started instance (replaced at each start; read
+    /// on denials only). With several instances, events name the latest instance number.
     pub identity: RwLock<Arc<InstanceIdentity>>,
+    /// Outgoing message rate, per component: shared by all its instances and kept across
+    /// restarts (a crash does not refill the bucket).
+    pub rate: StdMutex<RateLimiter>,
 }
 
 impl ComponentContext {
@@ -185,11 +196,13 @@ impl ActorStatus {
     }
 }
 
-/// Instructions from the supervisor, handled between messages.
-#[derive(Debug)]
+/// What every instance of a component should be doing: the latest value wins, every
+/// instance sees it between two messages (a `watch` channel, so no instance can miss it).
+#[derive(Debug, Clone)]
 pub enum Control {
-    /// Run a new revision (new digest and/or grant) from the next message on.
-    Upgrade(Box<Revision>),
+    /// Run this revision; a change of revision (update) is applied by each instance after
+    /// its current message: `shutdown`, then a fresh instance of the new revision.
+    Run(Revision),
     /// Finish the current message, call `shutdown`, stop.
     Stop,
 }
@@ -243,14 +256,21 @@ impl LiveInstance {
     }
 }
 
-/// The actor: a revision, its mailbox and its supervision state.
+/// One component on this node: up to `maxConcurrentMessages` instances, each an actor
+/// handling one message at a time, all draining the component's one bounded mailbox.
+///
+/// Instances beyond the first are started on demand, when an instance takes a message and
+/// none is left waiting: an idle component costs one instance whatever its limit, so 10,000
+/// idle components stay cheap, and a burst gets its extra instances within one start
+/// (~tens of µs). Extra instances then stay until the next update or stop (an update
+/// drops them; demand starts them again from the new revision).
 pub struct ComponentActor {
     revision: Revision,
     engine: AgentEngine,
     mailbox: mpsc::Receiver<Envelope>,
-    control: mpsc::Receiver<Control>,
+    control: watch::Receiver<Control>,
     status: Arc<ActorStatus>,
-    tracker: RestartTracker,
+    policy: RestartPolicy,
 }
 
 impl std::fmt::Debug for ComponentActor {
@@ -262,12 +282,42 @@ impl std::fmt::Debug for ComponentActor {
     }
 }
 
+/// What a component's instances share.
+struct Shared {
+    engine: AgentEngine,
+    /// The component's one mailbox; whichever idle instance locks it takes the next message.
+    mailbox: tokio::sync::Mutex<mpsc::Receiver<Envelope>>,
+    status: Arc<ActorStatus>,
+    /// Crash-loop detection is per component, over all its instances.
+    tracker: StdMutex<RestartTracker>,
+    /// Instances alive (starting, idle, busy or backing off).
+    live: AtomicU32,
+    /// Instances waiting for a message.
+    idle: AtomicU32,
+    /// An instance took a message and none was left waiting.
+    want_more: Notify,
+}
+
+impl Shared {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, RestartTracker> {
+        self.tracker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How an instance goes on after a crash and its backoff.
+enum AfterCrash {
+    Restart,
+    Upgrade(Revision),
+    Stop,
+}
+
 impl ComponentActor {
+    /// `control` must hold `Control::Run(revision)` to start with.
     pub fn new(
         revision: Revision,
         engine: AgentEngine,
         mailbox: mpsc::Receiver<Envelope>,
-        control: mpsc::Receiver<Control>,
+        control: watch::Receiver<Control>,
         status: Arc<ActorStatus>,
         policy: RestartPolicy,
     ) -> Self {
@@ -277,106 +327,231 @@ impl ComponentActor {
             mailbox,
             control,
             status,
-            tracker: RestartTracker::new(policy),
+            policy,
         }
     }
 
-    /// Runs until stopped or until the mailbox closes.
-    pub async fn run(mut self) {
-        let mut running: Option<LiveInstance> = None;
+    /// Runs the component's instances until stopped or until the mailbox closes. Aborting
+    /// this task aborts every instance (they live in its `JoinSet`).
+    pub async fn run(self) {
+        let shared = Arc::new(Shared {
+            engine: self.engine,
+            mailbox: tokio::sync::Mutex::new(self.mailbox),
+            status: self.status,
+            tracker: StdMutex::new(RestartTracker::new(self.policy)),
+            live: AtomicU32::new(1),
+            idle: AtomicU32::new(0),
+            want_more: Notify::new(),
+        });
+        let mut instances = JoinSet::new();
+        instances.spawn(instance(shared.clone(), self.control.clone(), true));
         loop {
-            if running.is_none() {
-                self.status.set_state(ActorState::Starting);
-                match start(&self.revision, &self.engine).await {
-                    Ok(r) => {
-                        running = Some(r);
-                        self.status.set_state(ActorState::Running);
+            tokio::select! {
+                joined = instances.join_next() => match joined {
+                    Some(Err(e)) if e.is_panic() => {
+                        tracing::error!(component = %self.revision.ctx.id, error = %e, "instance task panicked");
                     }
-                    Err(kill) => {
-                        if self.crashed(kill).await {
-                            break;
-                        }
+                    Some(_) => {}
+                    None => break,
+                },
+                () = shared.want_more.notified() => {
+                    let max = match &*self.control.borrow() {
+                        Control::Run(r) => r.ctx.quotas.instances(),
+                        Control::Stop => 0,
+                    };
+                    let grew = shared.idle.load(Ordering::Acquire) == 0
+                        && shared
+                            .live
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                            .is_ok();
+                    if grew {
+                        instances.spawn(instance(shared.clone(), self.control.clone(), false));
+                    }
+                }
+            }
+        }
+        shared.status.set_state(ActorState::Stopped);
+    }
+}
+
+/// What an instance waited for.
+enum Wake {
+    Control,
+    Message(Option<Envelope>),
+}
+
+/// One instance's life: start, take messages from the shared mailbox one at a time, restart
+/// after a kill (with the component's backoff), follow updates, stop. The `primary` instance
+/// lives as long as the component; extra ones end at an update or when they cannot start.
+async fn instance(shared: Arc<Shared>, mut control: watch::Receiver<Control>, primary: bool) {
+    let first = match &*control.borrow_and_update() {
+        Control::Run(r) => Some(r.clone()),
+        Control::Stop => None,
+    };
+    if let Some(revision) = first {
+        instance_loop(&shared, &mut control, revision, primary).await;
+    }
+    shared.live.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn instance_loop(
+    shared: &Shared,
+    control: &mut watch::Receiver<Control>,
+    mut revision: Revision,
+    primary: bool,
+) {
+    let status = &shared.status;
+    let mut running: Option<LiveInstance> = None;
+    loop {
+        if running.is_none() {
+            status.set_state(ActorState::Starting);
+            match start(&revision, &shared.engine).await {
+                Ok(r) => {
+                    running = Some(r);
+                    status.set_state(ActorState::Running);
+                }
+                Err(Kill::Setup(reason)) if !primary => {
+                    // No room for another instance (say, the pool is full): the primary
+                    // keeps serving; this is not the component's fault.
+                    tracing::warn!(component = %revision.ctx.id, %reason, "extra instance could not start");
+                    return;
+                }
+                Err(kill) => match crashed(shared, &revision, kill, control).await {
+                    AfterCrash::Restart => continue,
+                    AfterCrash::Upgrade(next) if primary => {
+                        revision = next;
                         continue;
                     }
-                }
-            }
-            tokio::select! {
-                biased;
-                control = self.control.recv() => match control {
-                    Some(Control::Upgrade(revision)) => {
-                        if let Some(r) = running.take() {
-                            stop_instance(r, &self.revision.ctx).await;
-                        }
-                        self.revision = *revision;
-                        self.tracker.reset();
-                    }
-                    Some(Control::Stop) | None => break,
+                    AfterCrash::Upgrade(_) | AfterCrash::Stop => return,
                 },
-                envelope = self.mailbox.recv() => {
-                    let Some(envelope) = envelope else { break };
-                    let Some(r) = running.as_mut() else { continue };
-                    match handle(r, &self.revision.ctx, envelope).await {
-                        Ok(true) => {
-                            self.status.handled.fetch_add(1, Ordering::Relaxed);
-                            self.tracker.healthy();
-                            self.status.crash_looping.store(false, Ordering::Relaxed);
-                        }
-                        Ok(false) => {
-                            self.status.failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(kill) => {
-                            running = None;
-                            if self.crashed(kill).await {
-                                break;
-                            }
+            }
+        }
+        let (wake, idle_left) = next_wake(shared, control).await;
+        match wake {
+            Wake::Control => {
+                let next = match &*control.borrow_and_update() {
+                    Control::Run(r) => Some(r.clone()),
+                    Control::Stop => None,
+                };
+                if let Some(r) = running.take() {
+                    stop_instance(r, &revision.ctx).await;
+                }
+                match next {
+                    Some(next) if primary => {
+                        revision = next;
+                        shared.tracker().reset();
+                    }
+                    _ => return,
+                }
+            }
+            Wake::Message(None) => break,
+            Wake::Message(Some(envelope)) => {
+                // Only wake the coordinator when another instance may start: with the
+                // default limit of one this costs nothing per message.
+                if idle_left == 0
+                    && shared.live.load(Ordering::Acquire) < revision.ctx.quotas.instances()
+                {
+                    shared.want_more.notify_one();
+                }
+                let Some(r) = running.as_mut() else { continue };
+                match handle(r, &revision.ctx, envelope).await {
+                    Ok(true) => {
+                        status.handled.fetch_add(1, Ordering::Relaxed);
+                        shared.tracker().healthy();
+                        status.crash_looping.store(false, Ordering::Relaxed);
+                    }
+                    Ok(false) => {
+                        status.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(kill) => {
+                        running = None;
+                        match crashed(shared, &revision, kill, control).await {
+                            AfterCrash::Restart => {}
+                            AfterCrash::Upgrade(next) if primary => revision = next,
+                            AfterCrash::Upgrade(_) | AfterCrash::Stop => return,
                         }
                     }
                 }
             }
         }
-        if let Some(r) = running.take() {
-            stop_instance(r, &self.revision.ctx).await;
-        }
-        self.status.set_state(ActorState::Stopped);
     }
+    if let Some(r) = running.take() {
+        stop_instance(r, &revision.ctx).await;
+    }
+}
 
-    /// Audits a kill and waits out the backoff. Returns `true` if told to stop meanwhile.
-    async fn crashed(&mut self, kill: Kill) -> bool {
-        let ctx = &self.revision.ctx;
-        self.status.kills.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(component = %ctx.id, reason = %kill, "instance killed");
-        match &kill {
-            Kill::Quota(q) => ctx.quota_exceeded(*q),
-            Kill::Trap(m) => ctx.record(AuditKind::Trapped {
-                message: Text::new(m),
-            }),
-            Kill::InitFailed(_) | Kill::Setup(_) => {}
-        }
-        ctx.record(AuditKind::Killed {
-            reason: Text::new(&kill.to_string()),
-        });
-        let decision = self.tracker.on_crash(Instant::now());
-        if decision.crash_looping && !self.status.is_crash_looping() {
-            self.status.crash_looping.store(true, Ordering::Relaxed);
-            tracing::error!(component = %ctx.id, restarts = decision.recent, "component is crash-looping");
-            ctx.record(AuditKind::CrashLoop);
-        }
-        self.status.set_state(ActorState::BackingOff);
-        // An upgrade during the backoff starts the new revision at once; a stop ends it.
-        tokio::select! {
-            () = tokio::time::sleep(decision.delay) => {}
-            control = self.control.recv() => match control {
-                Some(Control::Upgrade(revision)) => {
-                    self.revision = *revision;
-                    self.tracker.reset();
-                }
-                Some(Control::Stop) | None => return true,
-            },
-        }
-        self.status.restarts.fetch_add(1, Ordering::Relaxed);
-        self.revision.ctx.record(AuditKind::Restarted);
-        false
+/// The next thing an instance must do (control comes before messages), and how many
+/// instances are still waiting after it. Always waits through `recv().await`, never
+/// `try_recv`: the receive spends tokio's cooperative budget, so a busy instance yields now
+/// and then and a neighbour woken on the same worker (say, the subscriber it publishes to)
+/// gets to run instead of its mailbox overflowing.
+async fn next_wake(shared: &Shared, control: &mut watch::Receiver<Control>) -> (Wake, u32) {
+    shared.idle.fetch_add(1, Ordering::AcqRel);
+    let wake = tokio::select! {
+        biased;
+        changed = control.changed() => match changed {
+            Ok(()) => Wake::Control,
+            Err(_) => Wake::Message(None),
+        },
+        envelope = async { shared.mailbox.lock().await.recv().await } => Wake::Message(envelope),
+    };
+    let idle_left = shared.idle.fetch_sub(1, Ordering::AcqRel) - 1;
+    (wake, idle_left)
+}
+
+/// Audits a kill and waits out the component's backoff; an update or stop meanwhile cuts
+/// the wait short.
+async fn crashed(
+    shared: &Shared,
+    revision: &Revision,
+    kill: Kill,
+    control: &mut watch::Receiver<Control>,
+) -> AfterCrash {
+    let ctx = &revision.ctx;
+    let status = &shared.status;
+    status.kills.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(component = %ctx.id, reason = %kill, "instance killed");
+    match &kill {
+        Kill::Quota(q) => ctx.quota_exceeded(*q),
+        Kill::Trap(m) => ctx.record(AuditKind::Trapped {
+            message: Text::new(m),
+        }),
+        Kill::InitFailed(_) | Kill::Setup(_) => {}
     }
+    ctx.record(AuditKind::Killed {
+        reason: Text::new(&kill.to_string()),
+    });
+    let decision = shared.tracker().on_crash(Instant::now());
+    if decision.crash_looping && !status.crash_looping.swap(true, Ordering::Relaxed) {
+        tracing::error!(component = %ctx.id, restarts = decision.recent, "component is crash-looping");
+        ctx.record(AuditKind::CrashLoop);
+    }
+    status.set_state(ActorState::BackingOff);
+    let after = tokio::select! {
+        () = tokio::time::sleep(decision.delay) => AfterCrash::Restart,
+        changed = control.changed() => match changed {
+            Err(_) => AfterCrash::Stop,
+            Ok(()) => match &*control.borrow_and_update() {
+                Control::Run(next) => {
+                    shared.tracker().reset();
+                    AfterCrash::Upgrade(next.clone())
+                }
+                Control::Stop => AfterCrash::Stop,
+            },
+        },
+    };
+    match &after {
+        AfterCrash::Restart => {
+            status.restarts.fetch_add(1, Ordering::Relaxed);
+            ctx.record(AuditKind::Restarted);
+        }
+        AfterCrash::Upgrade(next) => {
+            status.restarts.fetch_add(1, Ordering::Relaxed);
+            next.ctx.record(AuditKind::Restarted);
+        }
+        AfterCrash::Stop => {}
+    }
+    after
 }
 
 /// Epoch callback: charge one tick of the message's CPU budget; yield to the runtime while
@@ -395,14 +570,13 @@ fn on_epoch(mut cx: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDe
 /// Prepares the store for one call. The deadline must be set before every call: without
 /// it the guest never reaches the callback and nothing can stop it.
 fn arm(store: &mut Store<HostState>) -> Result<(), Kill> {
-    let ctx = store.data().ctx.clone();
-    let ticks = ctx.quotas.cpu_ticks(ctx.epoch_tick);
     let data = store.data_mut();
-    data.cpu.reset(ticks);
+    data.cpu.reset(data.ctx.cpu_ticks);
     data.breach = None;
     data.limiter.breached = None;
+    let fuel = data.ctx.quotas.fuel_per_message;
     store.set_epoch_deadline(1);
-    if let Some(fuel) = ctx.quotas.fuel_per_message {
+    if let Some(fuel) = fuel {
         store
             .set_fuel(fuel)
             .map_err(|e| Kill::Setup(format!("fuel: {e}")))?;
@@ -426,8 +600,6 @@ fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Kill {
 async fn start(revision: &Revision, engine: &AgentEngine) -> Result<LiveInstance, Kill> {
     let ctx = &revision.ctx;
     ctx.next_instance();
-    // The new instance subscribes again in `init`.
-    ctx.broker.unsubscribe_all(&ctx.id);
     let state = HostState::new(ctx.clone()).map_err(|e| Kill::Setup(e.to_string()))?;
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limiter);

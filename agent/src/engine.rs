@@ -18,7 +18,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
 
 use crate::error::Error;
 use crate::host::HostState;
@@ -41,7 +43,8 @@ pub struct EngineConfig {
     pub max_memory_bytes: u64,
     /// Wasm stack per call; unbounded recursion traps here.
     pub max_wasm_stack: usize,
-    /// Component instances alive at once (one per actor).
+    /// Component instances alive at once (one per idle component; a busy component with
+    /// `maxConcurrentMessages` N may hold up to N).
     pub total_component_instances: u32,
     /// Core module instances alive at once (a Rust component has a handful each).
     pub total_core_instances: u32,
@@ -97,8 +100,16 @@ pub fn wasmtime_config(cfg: &EngineConfig) -> Config {
         .max_memories_per_component(4)
         .max_tables_per_component(8)
         .table_elements(20_000)
-        // Keep a little of each slot resident so a restart does not fault everything again.
-        .linear_memory_keep_resident(64 << 10)
+        // Reset a freed slot by rewriting only the pages the last instance touched (found
+        // with the PAGEMAP_SCAN ioctl, Linux ≥ 6.7; without it, memset of the low bytes)
+        // instead of `madvise`: the next instance in the slot takes no page faults. Measured
+        // (benches/runtime.rs, instance start of the echo guest): 30 µs → 11 µs. Only pages
+        // an instance really used stay resident, at most 1 MiB per memory slot.
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto)
+        // Batch the `madvise` calls still needed (tables, memory beyond the resident part).
+        .decommit_batch_size(64)
         .async_stack_keep_resident(16 << 10);
 
     let mut config = Config::new();

@@ -21,7 +21,8 @@ pub struct Quotas {
     pub cpu_time_per_message: Duration,
     /// Wall-clock time per message, including time waiting on host calls.
     pub timeout: Duration,
-    /// Messages handled at once; one instance handles one at a time.
+    /// Messages handled at once: the component runs up to this many instances (capped at
+    /// [`MAX_INSTANCES_PER_COMPONENT`]), each handling one at a time.
     pub max_concurrent_messages: u32,
     /// Messages waiting in the mailbox before senders are pushed back.
     pub mailbox_capacity: u32,
@@ -68,7 +69,19 @@ impl From<&airssys_crds::limits::ResolvedLimits> for Quotas {
     }
 }
 
+/// Most instances one component may run at once, whatever its `maxConcurrentMessages`
+/// says: each takes a slot of the node's instance pool, so one component must not be able
+/// to take them all.
+pub const MAX_INSTANCES_PER_COMPONENT: u32 = 64;
+
 impl Quotas {
+    /// Instances the component may run at once: `maxConcurrentMessages`, at least one, at
+    /// most [`MAX_INSTANCES_PER_COMPONENT`].
+    pub fn instances(&self) -> u32 {
+        self.max_concurrent_messages
+            .clamp(1, MAX_INSTANCES_PER_COMPONENT)
+    }
+
     /// Epoch ticks a message may run on the CPU, rounded up, at least one.
     pub fn cpu_ticks(&self, tick: Duration) -> u64 {
         let tick = tick.as_nanos().max(1);
@@ -208,7 +221,7 @@ impl ResourceLimiter for InstanceLimiter {
     }
 }
 
-/// Token bucket for a component's outgoing messages. Owned by one instance (no locking).
+/// Token bucket for a component's outgoing messages, shared by all its instances.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     per_second: f64,

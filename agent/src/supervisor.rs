@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use airssys_crds::capability::CapabilitySet;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::actor::{ActorStatus, ComponentActor, ComponentContext, ComponentId, Control, Revision};
 use crate::audit::{AuditSink, InstanceIdentity};
@@ -16,7 +16,7 @@ use crate::broker::{Broker, BrokerError, Mailbox};
 use crate::engine::{AgentEngine, CompileSource};
 use crate::error::Error;
 use crate::grant::GrantTable;
-use crate::limits::Quotas;
+use crate::limits::{Quotas, RateLimiter};
 use crate::storage::KvStore;
 
 /// How restarts are paced and when a component counts as crash-looping.
@@ -123,7 +123,7 @@ pub struct ComponentSpec {
 }
 
 struct ActorEntry {
-    control: mpsc::Sender<Control>,
+    control: watch::Sender<Control>,
     status: Arc<ActorStatus>,
     task: tokio::task::JoinHandle<()>,
     digest: String,
@@ -207,6 +207,8 @@ impl Supervisor {
             fs_root: self.component_fs_root(&spec.id),
             env: spec.env.clone(),
             epoch_tick: self.engine.config().epoch_tick,
+            cpu_ticks: spec.quotas.cpu_ticks(self.engine.config().epoch_tick),
+            rate: std::sync::Mutex::new(RateLimiter::new(spec.quotas.messages_per_second)),
             instance: AtomicU64::new(0),
             identity: std::sync::RwLock::new(InstanceIdentity::new(
                 &spec.id.namespace,
@@ -248,10 +250,11 @@ impl Supervisor {
         let ctx = self.context(&spec, mailbox.clone());
         self.storage
             .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
-        let (control_tx, control_rx) = mpsc::channel(4);
+        let revision = Revision { ctx, pre };
+        let (control_tx, control_rx) = watch::channel(Control::Run(revision.clone()));
         let status = Arc::new(ActorStatus::default());
         let actor = ComponentActor::new(
-            Revision { ctx, pre },
+            revision,
             self.engine.clone(),
             rx,
             control_rx,
@@ -290,11 +293,14 @@ impl Supervisor {
         let ctx = self.context(&spec, mailbox.clone());
         self.storage
             .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+        // Subscriptions belong to a revision: the new one's instances subscribe in `init`.
+        // (A restart of the same revision keeps them; its `init` subscribes again, which is
+        // idempotent, and no publish is missed meanwhile.)
+        self.broker.unsubscribe_all(&spec.id);
+        // Every instance sees the new revision after its current message.
         entry
             .control
-            .send(Control::Upgrade(Box::new(Revision { ctx, pre })))
-            .await
-            .map_err(|_| Error::UnknownComponent(spec.id.to_string()))?;
+            .send_replace(Control::Run(Revision { ctx, pre }));
         self.broker.register(&spec.id, mailbox.clone());
         entry.mailbox = mailbox;
         entry.digest = spec.digest.clone();
@@ -312,8 +318,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops a component: it finishes its current message, `shutdown` is called, queued
-    /// messages are dropped (their requesters get no reply).
+    /// Stops a component: each instance finishes its current message, `shutdown` is called,
+    /// queued messages are dropped (their requesters get no reply).
     pub async fn remove(&self, id: &ComponentId) -> Result<(), Error> {
         let entry = self
             .actors
@@ -322,7 +328,7 @@ impl Supervisor {
             .remove(id)
             .ok_or_else(|| Error::UnknownComponent(id.to_string()))?;
         self.broker.unregister(id);
-        let _ = entry.control.send(Control::Stop).await;
+        entry.control.send_replace(Control::Stop);
         if let Err(e) = entry.task.await {
             tracing::warn!(component = %id, error = %e, "actor task ended abnormally");
         }

@@ -1,6 +1,6 @@
 //! Well-behaved components: messaging, storage, lifecycle (add, update, remove), the compile
 //! cache. Real wasm32-wasip2 guests, real database, real audit pipeline.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 mod support;
 
@@ -212,4 +212,235 @@ async fn compile_cache_is_reused_and_a_corrupt_entry_is_rebuilt() {
     // Bytes that do not match the digest are refused before compiling.
     let wrong = fourth.prepare(&sha256_digest(b"other"), &wasm).await;
     assert!(wrong.is_err());
+}
+
+// ---- maxConcurrentMessages: N instances draining one mailbox ----
+//
+// The `worker` guest forwards `gate|X` as a request to `test/gate`, a mailbox this test
+// holds: a message stays inside the guest, blocked in that request, until the test answers.
+// So "two messages run at once" is shown by two requests waiting at the gate together.
+
+mod concurrency {
+    use super::*;
+    use airssys_agent::broker::{Envelope, Mailbox};
+    use airssys_agent::grant::GrantTable;
+    use airssys_agent::supervisor::ComponentSpec;
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+
+    /// Registers `test/<name>` as a mailbox the test reads.
+    fn open_gate(h: &Harness, name: &str) -> mpsc::Receiver<Envelope> {
+        let (tx, rx) = mpsc::channel(16);
+        let grants = Arc::new(GrantTable::compile(&caps("")));
+        h.supervisor
+            .broker()
+            .register(&id(name), Mailbox { tx, grants });
+        rx
+    }
+
+    fn worker(max: u32) -> ComponentSpec {
+        spec(
+            "worker",
+            "worker",
+            caps("messaging: [{ component: gate, access: [send] }]"),
+            support::Quotas {
+                max_concurrent_messages: max,
+                timeout: Duration::from_secs(20),
+                ..quotas()
+            },
+        )
+    }
+
+    fn ask(h: &Arc<Harness>, payload: &str) -> JoinHandle<Result<String, String>> {
+        let h = h.clone();
+        let payload = payload.to_string();
+        tokio::spawn(async move { h.ask("worker", &payload).await })
+    }
+
+    /// The next request waiting at the gate (bounded wait so a bug fails instead of hanging).
+    async fn arrives(gate: &mut mpsc::Receiver<Envelope>) -> Envelope {
+        tokio::time::timeout(Duration::from_secs(10), gate.recv())
+            .await
+            .expect("a request reaches the gate")
+            .expect("gate open")
+    }
+
+    /// Nothing else reaches the gate while the ones there are held.
+    async fn none_arrives(gate: &mut mpsc::Receiver<Envelope>) {
+        let more = tokio::time::timeout(Duration::from_millis(300), gate.recv()).await;
+        assert!(
+            more.is_err(),
+            "a message started while all instances were busy: {:?}",
+            more.map(|e| e.map(|e| e.payload))
+        );
+    }
+
+    /// Answers a held request with its payload upper-cased; returns the payload.
+    fn release(envelope: Envelope) -> String {
+        let text = String::from_utf8_lossy(&envelope.payload).into_owned();
+        envelope
+            .reply
+            .expect("a request")
+            .send(Ok(text.to_uppercase().into_bytes()))
+            .expect("the guest still waits for the answer");
+        text
+    }
+
+    async fn reply(task: JoinHandle<Result<String, String>>) -> Result<String, String> {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the request finishes")
+            .expect("task")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_handle_two_messages_at_once_and_the_third_waits() {
+        let h = Arc::new(Harness::new());
+        let mut gate = open_gate(&h, "gate");
+        h.add(worker(2)).await;
+        let a = ask(&h, "gate|a");
+        let b = ask(&h, "gate|b");
+        let c = ask(&h, "gate|c");
+        // Two messages blocked inside the guest at the same time: two instances.
+        let first = arrives(&mut gate).await;
+        let second = arrives(&mut gate).await;
+        // The third stays in the mailbox: both instances are busy and the limit is 2.
+        none_arrives(&mut gate).await;
+        let mut seen = vec![release(first)];
+        // One finished: the third message now runs.
+        let third = arrives(&mut gate).await;
+        seen.push(release(second));
+        seen.push(release(third));
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+        assert_eq!(reply(a).await.unwrap(), "A");
+        assert_eq!(reply(b).await.unwrap(), "B");
+        assert_eq!(reply(c).await.unwrap(), "C");
+        let status = h.supervisor.status(&id("worker")).await.unwrap();
+        assert_eq!(status.handled.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_one_instance_messages_are_serialized() {
+        let h = Arc::new(Harness::new());
+        let mut gate = open_gate(&h, "gate");
+        h.add(worker(1)).await;
+        let a = ask(&h, "gate|a");
+        let first = arrives(&mut gate).await;
+        let b = ask(&h, "gate|b");
+        none_arrives(&mut gate).await;
+        let first = release(first);
+        let second = release(arrives(&mut gate).await);
+        assert_eq!([first.as_str(), second.as_str()], ["a", "b"]);
+        assert_eq!(reply(a).await.unwrap(), "A");
+        assert_eq!(reply(b).await.unwrap(), "B");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trap_in_one_instance_leaves_the_other_answering() {
+        let h = Arc::new(Harness::new());
+        let mut gate = open_gate(&h, "gate");
+        h.add(worker(2)).await;
+        let held = ask(&h, "gate|held");
+        let held_env = arrives(&mut gate).await;
+        // The second instance takes the trap and is killed...
+        let trapped = reply(ask(&h, "trap")).await.unwrap_err();
+        assert!(trapped.contains("killed"), "{trapped}");
+        support::wait_kind(&h, "worker", support::Expect::Trap).await;
+        // ...and is restarted on its own: a new message is answered while the first
+        // instance still holds its message.
+        assert_eq!(reply(ask(&h, "ping")).await.unwrap(), "v1:ping");
+        assert!(!held.is_finished());
+        // The held message was not lost with the other instance.
+        assert_eq!(release(held_env), "held");
+        assert_eq!(reply(held).await.unwrap(), "HELD");
+        let status = h.supervisor.status(&id("worker")).await.unwrap();
+        assert_eq!(status.kills.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(!status.is_crash_looping());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_reaches_every_instance_after_its_current_message() {
+        let h = Arc::new(Harness::new());
+        let mut gate = open_gate(&h, "gate");
+        let mut gate2 = open_gate(&h, "gate2");
+        h.add(worker(2)).await;
+        let a = ask(&h, "gate|a");
+        let b = ask(&h, "gate|b");
+        let held = [arrives(&mut gate).await, arrives(&mut gate).await];
+
+        // New digest (the relay guest) with a grant for gate2 only.
+        let next = spec(
+            "worker",
+            "relay",
+            caps("messaging: [{ component: gate2, access: [send] }]"),
+            support::Quotas {
+                max_concurrent_messages: 2,
+                timeout: Duration::from_secs(20),
+                ..quotas()
+            },
+        );
+        let digest = next.digest.clone();
+        h.supervisor.update(next).await.unwrap();
+        // Both in-flight messages finish on the old revision.
+        for envelope in held {
+            release(envelope);
+        }
+        assert_eq!(reply(a).await.unwrap(), "A");
+        assert_eq!(reply(b).await.unwrap(), "B");
+        assert_eq!(h.supervisor.digest(&id("worker")).await.unwrap(), digest);
+
+        // Two instances of the new revision run at once...
+        let c = ask(&h, "gate2|c");
+        let d = ask(&h, "gate2|d");
+        let mut seen = vec![
+            release(arrives(&mut gate2).await),
+            release(arrives(&mut gate2).await),
+        ];
+        seen.sort();
+        assert_eq!(seen, ["c", "d"]);
+        assert_eq!(reply(c).await.unwrap(), "C");
+        assert_eq!(reply(d).await.unwrap(), "D");
+        // ...and none of the old one is left: the old grant and the old code are gone.
+        let old_grant = reply(ask(&h, "gate|e")).await.unwrap_err();
+        assert!(old_grant.contains("AccessDenied"), "{old_grant}");
+        let old_code = reply(ask(&h, "ping")).await.unwrap_err();
+        assert!(old_code.contains("InvalidInput"), "{old_code}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_drains_every_instance() {
+        let h = Arc::new(Harness::new());
+        let mut gate = open_gate(&h, "gate");
+        h.add(worker(2)).await;
+        let a = ask(&h, "gate|a");
+        let b = ask(&h, "gate|b");
+        let held = [arrives(&mut gate).await, arrives(&mut gate).await];
+        let queued = ask(&h, "gate|queued");
+        none_arrives(&mut gate).await;
+
+        let status = h.supervisor.status(&id("worker")).await.unwrap();
+        let remover = {
+            let h = h.clone();
+            tokio::spawn(async move { h.supervisor.remove(&id("worker")).await })
+        };
+        // Removal waits for the messages being handled.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!remover.is_finished(), "stopped before draining");
+        for envelope in held {
+            release(envelope);
+        }
+        tokio::time::timeout(Duration::from_secs(10), remover)
+            .await
+            .expect("remove finishes once drained")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply(a).await.unwrap(), "A");
+        assert_eq!(reply(b).await.unwrap(), "B");
+        // The queued message is dropped, not run: its requester gets an error.
+        assert!(reply(queued).await.is_err());
+        assert_eq!(status.state(), airssys_agent::actor::ActorState::Stopped);
+        assert_eq!(status.handled.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(h.supervisor.components().await.is_empty());
+    }
 }

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::actor::ComponentContext;
 use crate::error::Error;
-use crate::limits::{CpuBudget, InstanceLimiter, Quota, RateLimiter};
+use crate::limits::{CpuBudget, InstanceLimiter, Quota};
 
 /// Generated bindings for the `component` world.
 pub mod bindings {
@@ -45,7 +45,6 @@ pub struct HostState {
     pub(crate) http_hooks: wasi::GrantedHttp,
     pub(crate) limiter: InstanceLimiter,
     pub(crate) cpu: CpuBudget,
-    pub(crate) rate: RateLimiter,
     /// Quota that stopped the current call, if any (the trap that follows is reported as it).
     pub(crate) breach: Option<Quota>,
 }
@@ -67,7 +66,6 @@ impl HostState {
         let quotas = &ctx.quotas;
         Ok(Self {
             limiter: InstanceLimiter::new(quotas.memory_bytes, quotas.table_elements),
-            rate: RateLimiter::new(quotas.messages_per_second),
             http_hooks: wasi::GrantedHttp::new(ctx.clone()),
             ctx,
             wasi,
@@ -80,7 +78,13 @@ impl HostState {
 
     /// Takes one token from the outgoing-message rate limit; audits a refusal.
     pub(crate) fn take_rate_token(&mut self) -> Result<(), WitError> {
-        if self.rate.try_acquire(std::time::Instant::now()) {
+        let granted = self
+            .ctx
+            .rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .try_acquire(std::time::Instant::now());
+        if granted {
             Ok(())
         } else {
             self.ctx.quota_exceeded(Quota::MessageRate);
