@@ -72,7 +72,7 @@ impl From<&airssys_crds::limits::ResolvedLimits> for Quotas {
 /// Most instances one component may run at once, whatever its `maxConcurrentMessages`
 /// says: each takes a slot of the node's instance pool, so one component must not be able
 /// to take them all.
-pub const MAX_INSTANCES_PER_COMPONENT: u32 = 64;
+pub const MAX_INSTANCES_PER_COMPONENT: u32 = airssys_crds::limits::MAX_CONCURRENT_MESSAGES;
 
 impl Quotas {
     /// Instances the component may run at once: `maxConcurrentMessages`, at least one, at

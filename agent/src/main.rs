@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airssys_agent::actor::ComponentId;
-use airssys_agent::audit::{AuditConfig, Auditor};
+use airssys_agent::audit::{AuditConfig, Auditor, Rotation};
 use airssys_agent::engine::{AgentEngine, EngineConfig};
 use airssys_agent::manifest::Manifest;
 use airssys_agent::metrics::Metrics;
@@ -54,6 +54,13 @@ enum Command {
         /// Timeout for each `--request`.
         #[arg(long, default_value_t = 10_000)]
         request_timeout_ms: u64,
+        /// Rotate `audit.jsonl` before it grows past this many bytes.
+        #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+        audit_max_bytes: u64,
+        /// Audit files kept, the live one included; 0 turns rotation off (the file grows
+        /// without bound).
+        #[arg(long, default_value_t = 5)]
+        audit_max_files: usize,
     },
 }
 
@@ -92,6 +99,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cache_dir,
         request,
         request_timeout_ms,
+        audit_max_bytes,
+        audit_max_files,
     } = cli.command;
     let loaded = Manifest::load(&manifest)?;
     let base = manifest
@@ -107,6 +116,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new();
     let mut audit_config = AuditConfig::new(node_name(), &metrics.audit);
     audit_config.log_path = Some(data_dir.join("audit.jsonl"));
+    audit_config.rotation = (audit_max_files > 0).then_some(Rotation {
+        max_bytes: audit_max_bytes,
+        max_files: audit_max_files,
+    });
     let (audit, auditor) = Auditor::start(audit_config)?;
     let supervisor = Supervisor::new(
         engine,

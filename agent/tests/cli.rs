@@ -11,13 +11,23 @@ fn run_agent(
     data: &std::path::Path,
     requests: &[&str],
 ) -> (bool, String, String) {
+    run_agent_with(manifest, data, requests, &[])
+}
+
+fn run_agent_with(
+    manifest: &std::path::Path,
+    data: &std::path::Path,
+    requests: &[&str],
+    flags: &[&str],
+) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_airssys-agent"));
     cmd.arg("run")
         .arg("--manifest")
         .arg(manifest)
         .arg("--data-dir")
         .arg(data)
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        .args(flags);
     for r in requests {
         cmd.arg("--request").arg(r);
     }
@@ -91,6 +101,45 @@ components:
     let (ok, stdout, _) = run_agent(&manifest, &data, &["shop/counter=bogus"]);
     assert!(!ok);
     assert!(stdout.contains("shop/counter: error:"), "{stdout}");
+}
+
+#[test]
+fn audit_flags_rotate_the_log_and_bound_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        support::guest_dir().join("echo.wasm"),
+        dir.path().join("echo.wasm"),
+    )
+    .unwrap();
+    let manifest = dir.path().join("agent.yaml");
+    std::fs::write(
+        &manifest,
+        "components:\n  - { name: a, wasm: echo.wasm }\n  - { name: b, wasm: echo.wasm }\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    // Every line is longer than one byte, so each gets a file of its own.
+    let flags = ["--audit-max-bytes", "1", "--audit-max-files", "3"];
+    for _ in 0..3 {
+        let (ok, stdout, stderr) = run_agent_with(&manifest, &data, &["default/a=x"], &flags);
+        assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    }
+    let mut files: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("audit.jsonl"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]);
+    for f in &files {
+        let text = std::fs::read_to_string(data.join(f)).unwrap();
+        assert_eq!(text.lines().count(), 1, "{f}: {text}");
+        serde_json::from_str::<serde_json::Value>(text.trim()).unwrap();
+    }
+    // The run-time arguments are checked before anything starts.
+    let (ok, _, stderr) = run_agent_with(&manifest, &data, &[], &["--audit-max-bytes", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--audit-max-bytes"), "{stderr}");
 }
 
 #[test]

@@ -32,9 +32,10 @@ pub struct Limits {
     #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message("timeout must be a duration such as 250ms, 5s or 1m30s"))]
     #[schemars(length(max = 32))]
     pub timeout: Option<String>,
-    /// Messages one instance handles at once (default 1).
+    /// Messages the component handles at once on a node (default 1, at most 64): the agent
+    /// runs up to this many instances of it, each handling one message at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1024))]
+    #[schemars(range(min = 1, max = 64))]
     pub max_concurrent_messages: Option<i32>,
     /// Messages waiting in the mailbox before senders get back-pressure (default 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,6 +98,9 @@ pub struct LimitsError {
 
 /// wasm32 cannot address more than 4 GiB.
 const MAX_MEMORY: u64 = 4 << 30;
+/// Instances of one component a node runs at once; each takes a slot of the node's instance
+/// pool, so one component must not be able to take them all. The schema's bound says the same.
+pub const MAX_CONCURRENT_MESSAGES: u32 = 64;
 const MAX_STORAGE: u64 = 1 << 40;
 const MAX_MESSAGE: u64 = 64 << 20;
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -144,11 +148,20 @@ impl Limits {
                 d.cpu_time_per_message,
             )?,
             timeout: duration("timeout", self.timeout.as_deref(), d.timeout)?,
-            max_concurrent_messages: count(
+            max_concurrent_messages: match count(
                 "maxConcurrentMessages",
                 self.max_concurrent_messages,
                 d.max_concurrent_messages,
-            )?,
+            )? {
+                n if n > MAX_CONCURRENT_MESSAGES => {
+                    return Err(LimitsError {
+                        field: "maxConcurrentMessages",
+                        value: n.to_string(),
+                        reason: "must be at most 64",
+                    });
+                }
+                n => n,
+            },
             mailbox_capacity: count("mailboxSize", self.mailbox_size, d.mailbox_capacity)?,
             storage_bytes: bytes(
                 "storage",
@@ -315,6 +328,16 @@ mod tests {
         assert_eq!(r.timeout, Duration::from_secs(1));
         assert_eq!(r.mailbox_capacity, 8);
         assert_eq!(r.max_concurrent_messages, 1, "default kept");
+        let most = Limits {
+            max_concurrent_messages: Some(64),
+            ..Limits::default()
+        };
+        assert_eq!(
+            most.resolve()
+                .expect("64 is allowed")
+                .max_concurrent_messages,
+            MAX_CONCURRENT_MESSAGES
+        );
 
         let bad: &[(Limits, &str)] = &[
             (
@@ -344,6 +367,20 @@ mod tests {
                     ..Limits::default()
                 },
                 "mailboxSize",
+            ),
+            (
+                Limits {
+                    max_concurrent_messages: Some(65),
+                    ..Limits::default()
+                },
+                "maxConcurrentMessages",
+            ),
+            (
+                Limits {
+                    max_concurrent_messages: Some(0),
+                    ..Limits::default()
+                },
+                "maxConcurrentMessages",
             ),
             (
                 Limits {
