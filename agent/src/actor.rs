@@ -10,9 +10,10 @@
 //! detection counts the crashes of all instances. The mailbox outlives instances, so an
 //! update or a restart loses no queued message.
 
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use airssys_crds::capability::CapabilitySet;
@@ -79,44 +80,57 @@ pub struct ComponentContext {
     pub epoch_tick: Duration,
     /// The CPU budget per message in ticks (computed once, read before every call).
     pub cpu_ticks: u64,
-    /// Number of the current instance (1 = first start); names the instance in audit events.
+    /// Instances of this revision started so far; the next start gets the next number.
     pub instance: AtomicU64,
-    /// Audit identity of the most recently started instance (replaced at each start; read
-    /// on denials only). With several instances, events name the latest instance number.
-    pub identity: RwLock<Arc<InstanceIdentity>>,
     /// Outgoing message rate, per component: shared by all its instances and kept across
     /// restarts (a crash does not refill the bucket).
     pub rate: StdMutex<RateLimiter>,
 }
 
 impl ComponentContext {
-    /// Who audit events of the current instance are about.
-    fn identity(&self) -> Arc<InstanceIdentity> {
-        self.identity
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Starts numbering a new instance (1 = first start).
-    fn next_instance(&self) {
+    /// Numbers a new instance (1 = first start) and names it for audit: called once per
+    /// instance start, so the hot path only clones the identity's `Arc`.
+    pub fn next_instance(self: &Arc<Self>) -> InstanceScope {
         let n = self.instance.fetch_add(1, Ordering::Relaxed) + 1;
-        let identity = InstanceIdentity::new(&self.id.namespace, &self.id.name, n, &self.digest);
-        *self
-            .identity
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = identity;
+        InstanceScope {
+            identity: InstanceIdentity::new(&self.id.namespace, &self.id.name, n, &self.digest),
+            ctx: self.clone(),
+        }
+    }
+}
+
+/// One instance of a component: the revision's shared context plus the instance's own audit
+/// identity. Everything the instance records goes through it, so with several instances
+/// each event names the instance it happened in.
+#[derive(Debug, Clone)]
+pub struct InstanceScope {
+    pub ctx: Arc<ComponentContext>,
+    pub identity: Arc<InstanceIdentity>,
+}
+
+impl Deref for InstanceScope {
+    type Target = ComponentContext;
+
+    fn deref(&self) -> &ComponentContext {
+        &self.ctx
+    }
+}
+
+impl InstanceScope {
+    /// Agent-local number of this instance (1 = first start of its revision).
+    pub fn number(&self) -> u64 {
+        self.identity.instance
     }
 
     /// Records a capability denial (always audited, never blocks).
     pub fn denied(&self, kind: CapabilityKind, target: &str) {
-        tracing::debug!(component = %self.id, capability = kind.as_str(), target, "capability denied");
-        self.audit.deny(&self.identity(), kind, target);
+        tracing::debug!(component = %self.ctx.id, instance = self.identity.instance, capability = kind.as_str(), target, "capability denied");
+        self.ctx.audit.deny(&self.identity, kind, target);
     }
 
     /// Counts a granted capability use.
     pub fn granted(&self, kind: CapabilityKind) {
-        self.audit.count_grant(kind);
+        self.ctx.audit.count_grant(kind);
     }
 
     /// Records a quota breach.
@@ -127,7 +141,7 @@ impl ComponentContext {
     }
 
     fn record(&self, kind: AuditKind) {
-        self.audit.record(AuditEvent::now(&self.identity(), kind));
+        self.ctx.audit.record(AuditEvent::now(&self.identity, kind));
     }
 }
 
@@ -227,6 +241,8 @@ impl std::fmt::Debug for Revision {
 pub struct LiveInstance {
     store: Store<HostState>,
     bindings: Bindings,
+    /// The same scope as the store's (kept here so a call can borrow it beside the store).
+    scope: InstanceScope,
 }
 
 impl std::fmt::Debug for LiveInstance {
@@ -240,14 +256,18 @@ impl std::fmt::Debug for LiveInstance {
 impl LiveInstance {
     /// Instantiates `revision` and runs its `init` (what a start or restart does).
     pub async fn start(revision: &Revision, engine: &AgentEngine) -> Result<Self, Kill> {
-        start(revision, engine).await
+        start(&revision.ctx.next_instance(), &revision.pre, engine).await
     }
 
     /// Handles one envelope: `Ok(true)` handled, `Ok(false)` refused or answered with an
     /// error, `Err` the instance must be dropped.
     pub async fn handle(&mut self, envelope: Envelope) -> Result<bool, Kill> {
-        let ctx = self.store.data().ctx.clone();
-        handle(self, &ctx, envelope).await
+        handle(self, envelope).await
+    }
+
+    /// Which instance this is (what its audit events name).
+    pub fn scope(&self) -> &InstanceScope {
+        &self.scope
     }
 
     /// Linear memory the instance holds.
@@ -405,7 +425,8 @@ async fn instance_loop(
     loop {
         if running.is_none() {
             status.set_state(ActorState::Starting);
-            match start(&revision, &shared.engine).await {
+            let scope = revision.ctx.next_instance();
+            match start(&scope, &revision.pre, &shared.engine).await {
                 Ok(r) => {
                     running = Some(r);
                     status.set_state(ActorState::Running);
@@ -416,7 +437,7 @@ async fn instance_loop(
                     tracing::warn!(component = %revision.ctx.id, %reason, "extra instance could not start");
                     return;
                 }
-                Err(kill) => match crashed(shared, &revision, kill, control).await {
+                Err(kill) => match crashed(shared, &scope, kill, control).await {
                     AfterCrash::Restart => continue,
                     AfterCrash::Upgrade(next) if primary => {
                         revision = next;
@@ -434,7 +455,7 @@ async fn instance_loop(
                     Control::Stop => None,
                 };
                 if let Some(r) = running.take() {
-                    stop_instance(r, &revision.ctx).await;
+                    stop_instance(r).await;
                 }
                 match next {
                     Some(next) if primary => {
@@ -454,7 +475,7 @@ async fn instance_loop(
                     shared.want_more.notify_one();
                 }
                 let Some(r) = running.as_mut() else { continue };
-                match handle(r, &revision.ctx, envelope).await {
+                match handle(r, envelope).await {
                     Ok(true) => {
                         status.handled.fetch_add(1, Ordering::Relaxed);
                         shared.tracker().healthy();
@@ -464,8 +485,9 @@ async fn instance_loop(
                         status.failed.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(kill) => {
+                        let scope = r.scope.clone();
                         running = None;
-                        match crashed(shared, &revision, kill, control).await {
+                        match crashed(shared, &scope, kill, control).await {
                             AfterCrash::Restart => {}
                             AfterCrash::Upgrade(next) if primary => revision = next,
                             AfterCrash::Upgrade(_) | AfterCrash::Stop => return,
@@ -476,7 +498,7 @@ async fn instance_loop(
         }
     }
     if let Some(r) = running.take() {
-        stop_instance(r, &revision.ctx).await;
+        stop_instance(r).await;
     }
 }
 
@@ -499,32 +521,31 @@ async fn next_wake(shared: &Shared, control: &mut watch::Receiver<Control>) -> (
     (wake, idle_left)
 }
 
-/// Audits a kill and waits out the component's backoff; an update or stop meanwhile cuts
-/// the wait short.
+/// Audits a kill of the instance `scope` names and waits out the component's backoff; an
+/// update or stop meanwhile cuts the wait short.
 async fn crashed(
     shared: &Shared,
-    revision: &Revision,
+    scope: &InstanceScope,
     kill: Kill,
     control: &mut watch::Receiver<Control>,
 ) -> AfterCrash {
-    let ctx = &revision.ctx;
     let status = &shared.status;
     status.kills.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(component = %ctx.id, reason = %kill, "instance killed");
+    tracing::warn!(component = %scope.id, instance = scope.number(), reason = %kill, "instance killed");
     match &kill {
-        Kill::Quota(q) => ctx.quota_exceeded(*q),
-        Kill::Trap(m) => ctx.record(AuditKind::Trapped {
+        Kill::Quota(q) => scope.quota_exceeded(*q),
+        Kill::Trap(m) => scope.record(AuditKind::Trapped {
             message: Text::new(m),
         }),
         Kill::InitFailed(_) | Kill::Setup(_) => {}
     }
-    ctx.record(AuditKind::Killed {
+    scope.record(AuditKind::Killed {
         reason: Text::new(&kill.to_string()),
     });
     let decision = shared.tracker().on_crash(Instant::now());
     if decision.crash_looping && !status.crash_looping.swap(true, Ordering::Relaxed) {
-        tracing::error!(component = %ctx.id, restarts = decision.recent, "component is crash-looping");
-        ctx.record(AuditKind::CrashLoop);
+        tracing::error!(component = %scope.id, restarts = decision.recent, "component is crash-looping");
+        scope.record(AuditKind::CrashLoop);
     }
     status.set_state(ActorState::BackingOff);
     let after = tokio::select! {
@@ -540,16 +561,11 @@ async fn crashed(
             },
         },
     };
-    match &after {
-        AfterCrash::Restart => {
-            status.restarts.fetch_add(1, Ordering::Relaxed);
-            ctx.record(AuditKind::Restarted);
-        }
-        AfterCrash::Upgrade(next) => {
-            status.restarts.fetch_add(1, Ordering::Relaxed);
-            next.ctx.record(AuditKind::Restarted);
-        }
-        AfterCrash::Stop => {}
+    // The killed instance is the one restarted (its successor's `Started` names the new
+    // number), also when the restart moves to a new revision.
+    if matches!(after, AfterCrash::Restart | AfterCrash::Upgrade(_)) {
+        status.restarts.fetch_add(1, Ordering::Relaxed);
+        scope.record(AuditKind::Restarted);
     }
     after
 }
@@ -571,10 +587,10 @@ fn on_epoch(mut cx: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDe
 /// it the guest never reaches the callback and nothing can stop it.
 fn arm(store: &mut Store<HostState>) -> Result<(), Kill> {
     let data = store.data_mut();
-    data.cpu.reset(data.ctx.cpu_ticks);
+    data.cpu.reset(data.scope.cpu_ticks);
     data.breach = None;
     data.limiter.breached = None;
-    let fuel = data.ctx.quotas.fuel_per_message;
+    let fuel = data.scope.quotas.fuel_per_message;
     store.set_epoch_deadline(1);
     if let Some(fuel) = fuel {
         store
@@ -597,15 +613,19 @@ fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Kill {
     }
 }
 
-async fn start(revision: &Revision, engine: &AgentEngine) -> Result<LiveInstance, Kill> {
-    let ctx = &revision.ctx;
-    ctx.next_instance();
-    let state = HostState::new(ctx.clone()).map_err(|e| Kill::Setup(e.to_string()))?;
+/// Starts the instance `scope` names (its number was taken by the caller, so a failed start
+/// is audited against it).
+async fn start(
+    scope: &InstanceScope,
+    pre: &Prepared,
+    engine: &AgentEngine,
+) -> Result<LiveInstance, Kill> {
+    let state = HostState::new(scope.clone()).map_err(|e| Kill::Setup(e.to_string()))?;
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_callback(on_epoch);
     arm(&mut store)?;
-    let bindings = match revision.pre.instantiate_async(&mut store).await {
+    let bindings = match pre.instantiate_async(&mut store).await {
         Ok(b) => b,
         Err(e) => {
             let kill = classify(&store, &e);
@@ -616,7 +636,7 @@ async fn start(revision: &Revision, engine: &AgentEngine) -> Result<LiveInstance
         }
     };
     let init = tokio::time::timeout(
-        ctx.quotas.timeout,
+        scope.quotas.timeout,
         bindings.airssys_component_lifecycle().call_init(&mut store),
     )
     .await;
@@ -625,14 +645,19 @@ async fn start(revision: &Revision, engine: &AgentEngine) -> Result<LiveInstance
         Ok(Err(e)) => Err(classify(&store, &e)),
         Ok(Ok(Err(e))) => Err(Kill::InitFailed(format!("{e:?}"))),
         Ok(Ok(Ok(()))) => {
-            ctx.record(AuditKind::Started);
-            Ok(LiveInstance { store, bindings })
+            scope.record(AuditKind::Started);
+            Ok(LiveInstance {
+                store,
+                bindings,
+                scope: scope.clone(),
+            })
         }
     }
 }
 
 /// Calls `shutdown` (bounded) and drops the instance.
-async fn stop_instance(mut r: LiveInstance, ctx: &ComponentContext) {
+async fn stop_instance(mut r: LiveInstance) {
+    let ctx = &r.scope;
     if arm(&mut r.store).is_ok() {
         let call = r
             .bindings
@@ -659,11 +684,8 @@ fn respond(
 
 /// Handles one message. `Ok(true)`: handled; `Ok(false)`: the guest or the host refused it
 /// without harm; `Err`: the instance must die.
-async fn handle(
-    r: &mut LiveInstance,
-    ctx: &ComponentContext,
-    envelope: Envelope,
-) -> Result<bool, Kill> {
+async fn handle(r: &mut LiveInstance, envelope: Envelope) -> Result<bool, Kill> {
+    let ctx = &r.scope;
     let Envelope {
         origin,
         payload,

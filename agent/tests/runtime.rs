@@ -359,6 +359,69 @@ mod concurrency {
         assert!(!status.is_crash_looping());
     }
 
+    /// Instance numbers of the audit events of `kind` about the worker, in order.
+    async fn instances_with(h: &Harness, kind: &str) -> Vec<u64> {
+        h.audit_events()
+            .await
+            .iter()
+            .filter(|e| e["component"] == "test/worker" && e["kind"] == kind)
+            .map(|e| e["instance"].as_u64().expect("an instance number"))
+            .collect()
+    }
+
+    /// Waits (bounded) until the worker's events of `kind` name exactly `instances`.
+    async fn wait_instances(h: &Harness, kind: &str, instances: &[u64]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = instances_with(h, kind).await;
+            if seen == instances {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{kind} events name instances {seen:?}, expected {instances:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_events_name_the_instance_they_happened_in_not_the_latest() {
+        let h = Arc::new(Harness::new());
+        let mut gate = open_gate(&h, "gate");
+        h.add(worker(2)).await;
+        // Instance 1, the only one, takes `a` and holds it; that starts instance 2, which
+        // takes `b` and holds it too.
+        let a = ask(&h, "gate|a");
+        let held_a = arrives(&mut gate).await;
+        let b = ask(&h, "gate|b");
+        let held_b = arrives(&mut gate).await;
+        wait_instances(&h, "Started", &[1, 2]).await;
+        assert_eq!(release(held_a), "a");
+        assert_eq!(reply(a).await.unwrap(), "A");
+
+        // Instance 2, the most recently started, is still busy: what comes next runs in
+        // instance 1, and its events must say so.
+        let denied = reply(ask(&h, "secret|x")).await.unwrap_err();
+        assert!(denied.contains("AccessDenied"), "{denied}");
+        let event = support::wait_kind(&h, "worker", support::Expect::Denied("send")).await;
+        assert_eq!(event["instance"], 1, "denial in instance 1: {event}");
+
+        let trapped = reply(ask(&h, "trap")).await.unwrap_err();
+        assert!(trapped.contains("killed"), "{trapped}");
+        // The trap, the kill and the restart are about instance 1; its successor is 3.
+        wait_instances(&h, "Restarted", &[1]).await;
+        wait_instances(&h, "Started", &[1, 2, 3]).await;
+        assert_eq!(instances_with(&h, "Trapped").await, [1]);
+        assert_eq!(instances_with(&h, "Killed").await, [1]);
+
+        // Instance 2 was never disturbed.
+        assert_eq!(release(held_b), "b");
+        assert_eq!(reply(b).await.unwrap(), "B");
+        let status = h.supervisor.status(&id("worker")).await.unwrap();
+        assert_eq!(status.kills.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_update_reaches_every_instance_after_its_current_message() {
         let h = Arc::new(Harness::new());

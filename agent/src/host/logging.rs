@@ -13,7 +13,7 @@ impl Host for HostState {
             Some((cut, _)) => &message[..cut],
             None => &message,
         };
-        let component = &self.ctx.id;
+        let component = &self.scope.id;
         match level {
             Level::Trace => tracing::trace!(target: "guest", %component, "{line}"),
             Level::Debug => tracing::debug!(target: "guest", %component, "{line}"),

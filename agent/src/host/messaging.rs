@@ -21,11 +21,11 @@ fn invalid(e: impl std::fmt::Display) -> WitError {
 
 impl HostState {
     fn deny(&self, kind: CapabilityKind, target: &str) -> WitError {
-        self.ctx.denied(kind, target);
+        self.scope.denied(kind, target);
         WitError::AccessDenied(format!(
             "{} {target} is not granted to {}",
             kind.as_str(),
-            self.ctx.id
+            self.scope.id
         ))
     }
 
@@ -33,10 +33,10 @@ impl HostState {
     /// may enqueue.
     fn admit_direct(&mut self, component: &str, len: usize) -> Result<(), WitError> {
         check_component_name(component).map_err(invalid)?;
-        if !self.ctx.grants.check_send(component) {
+        if !self.scope.grants.check_send(component) {
             return Err(self.deny(CapabilityKind::Send, component));
         }
-        self.ctx.granted(CapabilityKind::Send);
+        self.scope.granted(CapabilityKind::Send);
         self.check_size(len)?;
         self.take_rate_token()
     }
@@ -46,7 +46,7 @@ impl HostState {
     /// Converts a broker refusal, auditing back-pressure against this (sending) component.
     fn broker_error(&self, e: BrokerError) -> WitError {
         if matches!(e, BrokerError::MailboxFull(_) | BrokerError::Partial { .. }) {
-            self.ctx.quota_exceeded(Quota::Mailbox);
+            self.scope.quota_exceeded(Quota::Mailbox);
         }
         WitError::from(e)
     }
@@ -55,15 +55,15 @@ impl HostState {
 impl Host for HostState {
     async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), WitError> {
         check_topic(&topic).map_err(invalid)?;
-        if !self.ctx.grants.check_publish(&topic) {
+        if !self.scope.grants.check_publish(&topic) {
             return Err(self.deny(CapabilityKind::Publish, &topic));
         }
-        self.ctx.granted(CapabilityKind::Publish);
+        self.scope.granted(CapabilityKind::Publish);
         self.check_size(payload.len())?;
         self.take_rate_token()?;
-        self.ctx
+        self.scope
             .broker
-            .publish(&self.ctx.id, &topic, Arc::from(payload))
+            .publish(&self.scope.id, &topic, Arc::from(payload))
             .map(drop)
             .map_err(|e| self.broker_error(e))
     }
@@ -73,7 +73,7 @@ impl Host for HostState {
         // A pattern is allowed when everything it matches is within one subscribe grant
         // (subscribe happens once per instance, so the parsed set is fine here).
         let allowed = self
-            .ctx
+            .scope
             .grant
             .topics
             .iter()
@@ -81,19 +81,19 @@ impl Host for HostState {
         if !allowed {
             return Err(self.deny(CapabilityKind::Subscribe, &pattern));
         }
-        self.ctx.granted(CapabilityKind::Subscribe);
-        self.ctx
+        self.scope.granted(CapabilityKind::Subscribe);
+        self.scope
             .broker
-            .subscribe(&self.ctx.id, parsed, self.ctx.mailbox.clone());
+            .subscribe(&self.scope.id, parsed, self.scope.mailbox.clone());
         Ok(())
     }
 
     async fn send(&mut self, component: String, payload: Vec<u8>) -> Result<(), WitError> {
         self.admit_direct(&component, payload.len())?;
-        let ns = self.ctx.id.namespace.clone();
-        self.ctx
+        let ns = self.scope.id.namespace.clone();
+        self.scope
             .broker
-            .send(Some(&self.ctx.id), &ns, &component, Arc::from(payload))
+            .send(Some(&self.scope.id), &ns, &component, Arc::from(payload))
             .map_err(|e| self.broker_error(e))
     }
 
@@ -105,8 +105,8 @@ impl Host for HostState {
     ) -> Result<Vec<u8>, WitError> {
         self.admit_direct(&component, payload.len())?;
         // Never wait longer than this component's own per-message timeout.
-        let timeout = Duration::from_millis(u64::from(timeout_ms)).min(self.ctx.quotas.timeout);
-        let ctx = self.ctx.clone();
+        let timeout = Duration::from_millis(u64::from(timeout_ms)).min(self.scope.quotas.timeout);
+        let ctx = self.scope.ctx.clone();
         let reply = ctx
             .broker
             .request(

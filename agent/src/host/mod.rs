@@ -10,14 +10,12 @@ pub mod messaging;
 pub mod storage;
 pub mod wasi;
 
-use std::sync::Arc;
-
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::actor::ComponentContext;
+use crate::actor::InstanceScope;
 use crate::error::Error;
 use crate::limits::{CpuBudget, InstanceLimiter, Quota};
 
@@ -37,8 +35,9 @@ pub use bindings::airssys::component::types::{
 
 /// Everything one instance's host functions can reach. Lives in the instance's `Store`.
 pub struct HostState {
-    /// The component this instance belongs to (shared across restarts).
-    pub ctx: Arc<ComponentContext>,
+    /// This instance: its component's context (shared across restarts) and the identity
+    /// its audit events carry.
+    pub scope: InstanceScope,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) http: WasiHttpCtx,
@@ -52,7 +51,8 @@ pub struct HostState {
 impl std::fmt::Debug for HostState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostState")
-            .field("component", &self.ctx.id)
+            .field("component", &self.scope.id)
+            .field("instance", &self.scope.number())
             .field("cpu", &self.cpu)
             .field("breach", &self.breach)
             .finish_non_exhaustive()
@@ -60,14 +60,14 @@ impl std::fmt::Debug for HostState {
 }
 
 impl HostState {
-    /// A fresh state for a new instance of `ctx`'s component.
-    pub fn new(ctx: Arc<ComponentContext>) -> Result<Self, Error> {
-        let wasi = wasi::build_ctx(&ctx)?;
-        let quotas = &ctx.quotas;
+    /// A fresh state for the new instance `scope`.
+    pub fn new(scope: InstanceScope) -> Result<Self, Error> {
+        let wasi = wasi::build_ctx(&scope)?;
+        let quotas = &scope.quotas;
         Ok(Self {
             limiter: InstanceLimiter::new(quotas.memory_bytes, quotas.table_elements),
-            http_hooks: wasi::GrantedHttp::new(ctx.clone()),
-            ctx,
+            http_hooks: wasi::GrantedHttp::new(scope.clone()),
+            scope,
             wasi,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
@@ -79,7 +79,7 @@ impl HostState {
     /// Takes one token from the outgoing-message rate limit; audits a refusal.
     pub(crate) fn take_rate_token(&mut self) -> Result<(), WitError> {
         let granted = self
-            .ctx
+            .scope
             .rate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -87,19 +87,19 @@ impl HostState {
         if granted {
             Ok(())
         } else {
-            self.ctx.quota_exceeded(Quota::MessageRate);
+            self.scope.quota_exceeded(Quota::MessageRate);
             Err(WitError::QuotaExceeded(format!(
                 "more than {} messages per second",
-                self.ctx.quotas.messages_per_second
+                self.scope.quotas.messages_per_second
             )))
         }
     }
 
     /// Refuses payloads over the component's message size limit.
     pub(crate) fn check_size(&self, len: usize) -> Result<(), WitError> {
-        let max = self.ctx.quotas.max_message_bytes as usize;
+        let max = self.scope.quotas.max_message_bytes as usize;
         if len > max {
-            self.ctx.quota_exceeded(Quota::MessageSize);
+            self.scope.quota_exceeded(Quota::MessageSize);
             Err(WitError::InvalidInput(format!(
                 "message of {len} bytes is over the {max}-byte limit"
             )))

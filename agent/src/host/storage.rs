@@ -13,19 +13,19 @@ use crate::storage::StorageError;
 impl HostState {
     fn admit_bucket(&self, bucket: &str, access: FsAccess) -> Result<(), WitError> {
         check_bucket(bucket).map_err(|e| WitError::InvalidInput(e.to_string()))?;
-        if !self.ctx.grants.check_bucket(bucket, access) {
+        if !self.scope.grants.check_bucket(bucket, access) {
             let mode = match access {
                 FsAccess::Read => "read",
                 FsAccess::Write => "write",
             };
-            self.ctx
+            self.scope
                 .denied(CapabilityKind::Storage, &format!("{bucket} ({mode})"));
             return Err(WitError::AccessDenied(format!(
                 "{mode} access to bucket {bucket} is not granted to {}",
-                self.ctx.id
+                self.scope.id
             )));
         }
-        self.ctx.granted(CapabilityKind::Storage);
+        self.scope.granted(CapabilityKind::Storage);
         Ok(())
     }
 
@@ -35,19 +35,19 @@ impl HostState {
         &self,
         op: impl FnOnce(&crate::storage::KvStore, &str) -> Result<T, StorageError>,
     ) -> Result<T, WitError> {
-        op(&self.ctx.storage, &self.ctx.component_key).map_err(|e| self.storage_error(e))
+        op(&self.scope.storage, &self.scope.component_key).map_err(|e| self.storage_error(e))
     }
 
     fn storage_error(&self, e: StorageError) -> WitError {
         match e {
             StorageError::QuotaExceeded { .. } => {
-                self.ctx.quota_exceeded(Quota::Storage);
+                self.scope.quota_exceeded(Quota::Storage);
                 WitError::QuotaExceeded(e.to_string())
             }
             StorageError::NotFound { .. } => WitError::NotFound(e.to_string()),
             StorageError::Invalid { .. } => WitError::InvalidInput(e.to_string()),
             other => {
-                tracing::error!(component = %self.ctx.id, error = %other, "storage failed");
+                tracing::error!(component = %self.scope.id, error = %other, "storage failed");
                 WitError::Internal("storage is unavailable".into())
             }
         }
@@ -78,7 +78,7 @@ impl Host for HostState {
 
     async fn set(&mut self, bucket: String, key: String, value: Vec<u8>) -> Result<(), WitError> {
         self.admit_bucket(&bucket, FsAccess::Write)?;
-        let (store, component) = (self.ctx.storage.clone(), self.ctx.component_key.clone());
+        let (store, component) = (self.scope.storage.clone(), self.scope.component_key.clone());
         write(store, component, move |s, c| {
             s.set(c, &bucket, &key, &value).map(drop)
         })
@@ -88,7 +88,7 @@ impl Host for HostState {
 
     async fn delete(&mut self, bucket: String, key: String) -> Result<(), WitError> {
         self.admit_bucket(&bucket, FsAccess::Write)?;
-        let (store, component) = (self.ctx.storage.clone(), self.ctx.component_key.clone());
+        let (store, component) = (self.scope.storage.clone(), self.scope.component_key.clone());
         write(store, component, move |s, c| s.delete(c, &bucket, &key))
             .await?
             .map_err(|e| self.storage_error(e))

@@ -54,7 +54,7 @@ use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::HostState;
-use crate::actor::ComponentContext;
+use crate::actor::{ComponentContext, InstanceScope};
 use crate::error::Error;
 use crate::grant::{CapabilityKind, FsGrant};
 
@@ -73,8 +73,8 @@ pub fn host_dir(component_root: &Path, guest_path: &str) -> PathBuf {
     component_root.join(guest_path.trim_start_matches('/'))
 }
 
-/// Builds the WASI context of one instance.
-pub fn build_ctx(ctx: &Arc<ComponentContext>) -> Result<WasiCtx, Error> {
+/// Builds the WASI context of the instance `ctx`.
+pub fn build_ctx(ctx: &InstanceScope) -> Result<WasiCtx, Error> {
     let mut builder = WasiCtxBuilder::new();
     builder.envs(&ctx.env);
     // The compiled table merges duplicate grants of one path (read + write entries).
@@ -121,7 +121,7 @@ fn effective_access(grants: &[FsGrant], path: &str) -> (bool, bool) {
         })
 }
 
-fn socket_allowed(ctx: &ComponentContext, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+fn socket_allowed(ctx: &InstanceScope, addr: SocketAddr, use_: SocketAddrUse) -> bool {
     match use_ {
         // Implicit binds (before connect) use the wildcard address and port 0; anything else
         // would be listening, which no grant covers.
@@ -158,15 +158,16 @@ fn may_resolve(ctx: &ComponentContext, host: &str, port: u16) -> bool {
     })
 }
 
-/// `wasi:http` hooks that enforce the network grant on every outgoing request.
+/// `wasi:http` hooks that enforce the network grant on every outgoing request of one
+/// instance.
 #[derive(Debug)]
 pub struct GrantedHttp {
-    ctx: Arc<ComponentContext>,
+    scope: InstanceScope,
 }
 
 impl GrantedHttp {
-    pub fn new(ctx: Arc<ComponentContext>) -> Self {
-        Self { ctx }
+    pub fn new(scope: InstanceScope) -> Self {
+        Self { scope }
     }
 }
 
@@ -183,7 +184,7 @@ impl WasiHttpHooks for GrantedHttp {
             + Send,
     > {
         let _ = fut;
-        let ctx = self.ctx.clone();
+        let ctx = self.scope.clone();
         Box::new(async move {
             let uri = request.uri().clone();
             let host = uri
@@ -444,7 +445,7 @@ fn write_only(store: &StoreContextMut<'_, HostState>, fd: &Resource<Descriptor>)
 
 /// Audits a refused filesystem operation and returns the WASI answer to it.
 fn refuse(store: &StoreContextMut<'_, HostState>, what: &str) -> ErrorCode {
-    store.data().ctx.denied(CapabilityKind::Filesystem, what);
+    store.data().scope.denied(CapabilityKind::Filesystem, what);
     ErrorCode::NotPermitted
 }
 
@@ -493,7 +494,7 @@ fn shadow_filesystem(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.instance(FILESYSTEM_PREOPENS)?.func_wrap(
         "get-directories",
         |mut store: StoreContextMut<'_, HostState>, (): ()| {
-            let ctx = store.data().ctx.clone();
+            let ctx = store.data().scope.clone();
             let mut view = store.data_mut().filesystem();
             let dirs = preopens::Host::get_directories(&mut view)?;
             let grants = ctx.grants.filesystem_grants();
@@ -518,7 +519,7 @@ fn shadow_filesystem(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             DescriptorFlags,
         )| {
             Box::new(async move {
-                let ctx = store.data().ctx.clone();
+                let ctx = store.data().scope.clone();
                 if path.starts_with('/') || path.split('/').any(|c| c == "..") {
                     ctx.denied(CapabilityKind::Filesystem, &path);
                     return Ok((Err(ErrorCode::NotPermitted),));
