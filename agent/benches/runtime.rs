@@ -310,7 +310,10 @@ fn message_3_host_calls(c: &mut Criterion) {
     let s = spec(
         "echo",
         "echo",
-        caps("storage: [{ bucket: bench, access: [read] }]"),
+        caps(
+            "storage: [{ bucket: bench, access: [read] }]\n\
+             messaging: [{ topic: bench.light, access: [publish] }]",
+        ),
         bench_quotas(),
     );
     let (revision, _rx) = rt.block_on(w.supervisor.revision(&s)).unwrap();
@@ -359,9 +362,45 @@ fn message_3_host_calls(c: &mut Criterion) {
             })
         })
     });
+    // Three calls that touch no database (log, publish to a granted topic nobody
+    // subscribes to, log): the runtime's own cost per message and host call.
+    let light = bindings::airssys::component::types::Message {
+        origin: types::Origin::Direct("agent".into()),
+        payload: b"host3-light".to_vec(),
+    };
+    g.bench_function("airssys_no_db", |b| {
+        b.iter(|| rt.block_on(live.handle(envelope(b"host3-light"))).unwrap())
+    });
+    g.bench_function("bare_wasmtime_no_db", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                store.set_epoch_deadline(1000);
+                bare_instance
+                    .airssys_component_lifecycle()
+                    .call_handle_message(&mut store, &light)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+    });
     g.finish();
     percentiles("message_3_host_calls/airssys", 20_000, || {
         rt.block_on(live.handle(envelope(b"host3"))).unwrap();
+    });
+    percentiles("message_3_host_calls/airssys_no_db", 20_000, || {
+        rt.block_on(live.handle(envelope(b"host3-light"))).unwrap();
+    });
+    percentiles("message_3_host_calls/bare_wasmtime_no_db", 20_000, || {
+        rt.block_on(async {
+            store.set_epoch_deadline(1000);
+            bare_instance
+                .airssys_component_lifecycle()
+                .call_handle_message(&mut store, &light)
+                .await
+                .unwrap()
+                .unwrap()
+        });
     });
 }
 

@@ -1,4 +1,5 @@
-//! Well-behaved: replies with the payload it got. `host3` makes three host calls first (bench).
+//! Well-behaved: replies with the payload it got. `host3` and `host3-light` make three host
+//! calls first (benches: with and without a database read).
 wit_bindgen::generate!({ path: "../../../wit", world: "component" });
 
 #[allow(unused_imports)]
@@ -22,6 +23,12 @@ impl Guest for Component {
             logging::log(logging::Level::Trace, "echo: host3");
             let _ = storage::list_keys("bench");
             logging::log(logging::Level::Trace, "echo: host3 done");
+        }
+        if message.payload == b"host3-light" {
+            // Three host calls that touch no database: what the runtime itself adds per call.
+            logging::log(logging::Level::Trace, "echo: host3-light");
+            let _ = messaging::publish("bench.light", b"x");
+            logging::log(logging::Level::Trace, "echo: host3-light done");
         }
         Ok(Some(message.payload))
     }
