@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 
-use crate::audit::{AuditEvent, AuditKind, AuditSink, InstanceIdentity, Text};
+use crate::audit::{AuditEvent, AuditKind, AuditSink, ComponentIdentity, InstanceIdentity, Text};
 use crate::broker::{Broker, Envelope, Mailbox, Origin};
 use crate::engine::{AgentEngine, Prepared};
 use crate::grant::CapabilityKind;
@@ -82,6 +82,8 @@ pub struct ComponentContext {
     pub cpu_ticks: u64,
     /// Instances of this revision started so far; the next start gets the next number.
     pub instance: AtomicU64,
+    /// This revision's name in audit events (each instance adds its number).
+    pub identity: Arc<ComponentIdentity>,
     /// Outgoing message rate, per component: shared by all its instances and kept across
     /// restarts (a crash does not refill the bucket).
     pub rate: StdMutex<RateLimiter>,
@@ -93,7 +95,7 @@ impl ComponentContext {
     pub fn next_instance(self: &Arc<Self>) -> InstanceScope {
         let n = self.instance.fetch_add(1, Ordering::Relaxed) + 1;
         InstanceScope {
-            identity: InstanceIdentity::new(&self.id.namespace, &self.id.name, n, &self.digest),
+            identity: InstanceIdentity::of(&self.identity, n),
             ctx: self.clone(),
         }
     }

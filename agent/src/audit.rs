@@ -265,28 +265,49 @@ impl AuditKind {
     }
 }
 
-/// Who an event is about; built once per instance and shared by its events.
+/// The component revision events are about; built once per revision and shared by all its
+/// instances, so starting an instance allocates only its [`InstanceIdentity`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceIdentity {
+pub struct ComponentIdentity {
     pub namespace: String,
     pub name: String,
     /// `namespace/name`, the storage and audit key of the component.
-    pub component: String,
-    /// Agent-local instance number.
-    pub instance: u64,
+    pub key: String,
     /// Artifact digest (`sha256:…`).
     pub digest: String,
 }
 
-impl InstanceIdentity {
-    pub fn new(namespace: &str, name: &str, instance: u64, digest: &str) -> Arc<Self> {
+impl ComponentIdentity {
+    pub fn new(namespace: &str, name: &str, digest: &str) -> Arc<Self> {
         Arc::new(Self {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            component: format!("{namespace}/{name}"),
-            instance,
+            key: format!("{namespace}/{name}"),
             digest: digest.to_owned(),
         })
+    }
+}
+
+/// Who an event is about; built once per instance and shared by its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceIdentity {
+    pub component: Arc<ComponentIdentity>,
+    /// Agent-local instance number.
+    pub instance: u64,
+}
+
+impl InstanceIdentity {
+    /// Instance `instance` of `component`.
+    pub fn of(component: &Arc<ComponentIdentity>, instance: u64) -> Arc<Self> {
+        Arc::new(Self {
+            component: Arc::clone(component),
+            instance,
+        })
+    }
+
+    /// Instance `instance` of a revision named here (tests, benches, one-off events).
+    pub fn new(namespace: &str, name: &str, instance: u64, digest: &str) -> Arc<Self> {
+        Self::of(&ComponentIdentity::new(namespace, name, digest), instance)
     }
 }
 
@@ -983,8 +1004,8 @@ impl Writer {
         }
         if self.events.is_some() {
             let occurrence = Occurrence {
-                namespace: &e.instance.namespace,
-                name: &e.instance.name,
+                namespace: &e.instance.component.namespace,
+                name: &e.instance.component.name,
                 reason,
                 note: format!(
                     "{} (instance {} on node {})",
@@ -1062,9 +1083,9 @@ fn log_line(node: &str, e: &AuditEvent) -> serde_json::Value {
     serde_json::json!({
         "timestamp": timestamp,
         "node": node,
-        "component": e.instance.component,
+        "component": e.instance.component.key,
         "instance": e.instance.instance,
-        "digest": e.instance.digest,
+        "digest": e.instance.component.digest,
         "kind": e.kind.reason().as_str(),
         "detail": e.kind.detail(),
     })

@@ -11,7 +11,7 @@ use airssys_crds::capability::CapabilitySet;
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::actor::{ActorStatus, ComponentActor, ComponentContext, ComponentId, Control, Revision};
-use crate::audit::AuditSink;
+use crate::audit::{AuditSink, ComponentIdentity};
 use crate::broker::{Broker, BrokerError, Mailbox};
 use crate::engine::{AgentEngine, CompileSource};
 use crate::error::Error;
@@ -210,6 +210,7 @@ impl Supervisor {
             cpu_ticks: spec.quotas.cpu_ticks(self.engine.config().epoch_tick),
             rate: std::sync::Mutex::new(RateLimiter::new(spec.quotas.messages_per_second)),
             instance: AtomicU64::new(0),
+            identity: ComponentIdentity::new(&spec.id.namespace, &spec.id.name, &spec.digest),
         })
     }
 
