@@ -336,31 +336,11 @@ fn message_3_host_calls(c: &mut Criterion) {
         b.iter(|| rt.block_on(live.handle(envelope(b"host3"))).unwrap())
     });
     g.bench_function("bare_wasmtime", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                store.set_epoch_deadline(1000);
-                bare_instance
-                    .airssys_component_lifecycle()
-                    .call_handle_message(&mut store, &message)
-                    .await
-                    .unwrap()
-                    .unwrap()
-            })
-        })
+        b.iter(|| rt.block_on(bare_handle(&mut store, &bare_instance, &message)))
     });
     // Same, but `list-keys` reads the database like the agent's does.
     g.bench_function("bare_wasmtime_same_db_read", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                store_db.set_epoch_deadline(1000);
-                bare_db_instance
-                    .airssys_component_lifecycle()
-                    .call_handle_message(&mut store_db, &message)
-                    .await
-                    .unwrap()
-                    .unwrap()
-            })
-        })
+        b.iter(|| rt.block_on(bare_handle(&mut store_db, &bare_db_instance, &message)))
     });
     // Three calls that touch no database (log, publish to a granted topic nobody
     // subscribes to, log): the runtime's own cost per message and host call.
@@ -372,17 +352,7 @@ fn message_3_host_calls(c: &mut Criterion) {
         b.iter(|| rt.block_on(live.handle(envelope(b"host3-light"))).unwrap())
     });
     g.bench_function("bare_wasmtime_no_db", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                store.set_epoch_deadline(1000);
-                bare_instance
-                    .airssys_component_lifecycle()
-                    .call_handle_message(&mut store, &light)
-                    .await
-                    .unwrap()
-                    .unwrap()
-            })
-        })
+        b.iter(|| rt.block_on(bare_handle(&mut store, &bare_instance, &light)))
     });
     g.finish();
     percentiles("message_3_host_calls/airssys", 20_000, || {
@@ -392,16 +362,23 @@ fn message_3_host_calls(c: &mut Criterion) {
         rt.block_on(live.handle(envelope(b"host3-light"))).unwrap();
     });
     percentiles("message_3_host_calls/bare_wasmtime_no_db", 20_000, || {
-        rt.block_on(async {
-            store.set_epoch_deadline(1000);
-            bare_instance
-                .airssys_component_lifecycle()
-                .call_handle_message(&mut store, &light)
-                .await
-                .unwrap()
-                .unwrap()
-        });
+        rt.block_on(bare_handle(&mut store, &bare_instance, &light));
     });
+}
+
+/// One warm `handle-message` on bare wasmtime, with the epoch deadline set as the agent sets it.
+async fn bare_handle(
+    store: &mut Store<Bare>,
+    instance: &bindings::Component,
+    message: &types::Message,
+) -> Option<Vec<u8>> {
+    store.set_epoch_deadline(1000);
+    instance
+        .airssys_component_lifecycle()
+        .call_handle_message(store, message)
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn round_trip(c: &mut Criterion) {
