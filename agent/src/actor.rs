@@ -312,6 +312,9 @@ struct Shared {
     status: Arc<ActorStatus>,
     /// Crash-loop detection is per component, over all its instances.
     tracker: StdMutex<RestartTracker>,
+    /// A crash happened since the last handled message: only then does a handled message
+    /// need the tracker's lock (the message path stays lock-free in the common case).
+    crashed_since_healthy: AtomicBool,
     /// Instances alive (starting, idle, busy or backing off).
     live: AtomicU32,
     /// Instances waiting for a message.
@@ -361,6 +364,7 @@ impl ComponentActor {
             mailbox: tokio::sync::Mutex::new(self.mailbox),
             status: self.status,
             tracker: StdMutex::new(RestartTracker::new(self.policy)),
+            crashed_since_healthy: AtomicBool::new(false),
             live: AtomicU32::new(1),
             idle: AtomicU32::new(0),
             want_more: Notify::new(),
@@ -480,8 +484,10 @@ async fn instance_loop(
                 match handle(r, envelope).await {
                     Ok(true) => {
                         status.handled.fetch_add(1, Ordering::Relaxed);
-                        shared.tracker().healthy();
-                        status.crash_looping.store(false, Ordering::Relaxed);
+                        if shared.crashed_since_healthy.swap(false, Ordering::Relaxed) {
+                            shared.tracker().healthy();
+                            status.crash_looping.store(false, Ordering::Relaxed);
+                        }
                     }
                     Ok(false) => {
                         status.failed.fetch_add(1, Ordering::Relaxed);
@@ -545,6 +551,7 @@ async fn crashed(
         reason: Text::new(&kill.to_string()),
     });
     let decision = shared.tracker().on_crash(Instant::now());
+    shared.crashed_since_healthy.store(true, Ordering::Relaxed);
     if decision.crash_looping && !status.crash_looping.swap(true, Ordering::Relaxed) {
         tracing::error!(component = %scope.id, restarts = decision.recent, "component is crash-looping");
         scope.record(AuditKind::CrashLoop);
