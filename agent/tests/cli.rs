@@ -39,20 +39,26 @@ fn run_agent_with(
     )
 }
 
-#[test]
-fn run_manifest_serves_requests_and_keeps_state_across_restarts() {
+/// A temporary directory holding `guests` (by name, `<name>.wasm`) and a manifest
+/// `agent.yaml` with `yaml`; returns the directory and the manifest's path.
+fn manifest_dir(guests: &[&str], yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let guests = support::guest_dir();
-    for g in ["echo", "kv_counter"] {
+    for g in guests {
         std::fs::copy(
-            guests.join(format!("{g}.wasm")),
+            support::guest_dir().join(format!("{g}.wasm")),
             dir.path().join(format!("{g}.wasm")),
         )
         .unwrap();
     }
     let manifest = dir.path().join("agent.yaml");
-    std::fs::write(
-        &manifest,
+    std::fs::write(&manifest, yaml).unwrap();
+    (dir, manifest)
+}
+
+#[test]
+fn run_manifest_serves_requests_and_keeps_state_across_restarts() {
+    let (dir, manifest) = manifest_dir(
+        &["echo", "kv_counter"],
         r#"
 components:
   - name: echo
@@ -64,8 +70,7 @@ components:
       storage: [{ bucket: counters, access: [read, write] }]
     limits: { timeout: 2s, memory: 32Mi }
 "#,
-    )
-    .unwrap();
+    );
     let data = dir.path().join("data");
 
     let (ok, stdout, stderr) = run_agent(
@@ -105,18 +110,10 @@ components:
 
 #[test]
 fn audit_flags_rotate_the_log_and_bound_the_files() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        support::guest_dir().join("echo.wasm"),
-        dir.path().join("echo.wasm"),
-    )
-    .unwrap();
-    let manifest = dir.path().join("agent.yaml");
-    std::fs::write(
-        &manifest,
+    let (dir, manifest) = manifest_dir(
+        &["echo"],
         "components:\n  - { name: a, wasm: echo.wasm }\n  - { name: b, wasm: echo.wasm }\n",
-    )
-    .unwrap();
+    );
     let data = dir.path().join("data");
     // Every line is longer than one byte, so each gets a file of its own.
     let flags = ["--audit-max-bytes", "1", "--audit-max-files", "3"];
@@ -144,18 +141,10 @@ fn audit_flags_rotate_the_log_and_bound_the_files() {
 
 #[test]
 fn run_refuses_a_manifest_whose_digest_does_not_match() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        support::guest_dir().join("echo.wasm"),
-        dir.path().join("echo.wasm"),
-    )
-    .unwrap();
-    let manifest = dir.path().join("agent.yaml");
-    std::fs::write(
-        &manifest,
+    let (dir, manifest) = manifest_dir(
+        &["echo"],
         "components:\n  - name: echo\n    wasm: echo.wasm\n    digest: sha256:0000000000000000000000000000000000000000000000000000000000000000\n",
-    )
-    .unwrap();
+    );
     let (ok, _, stderr) = run_agent(&manifest, &dir.path().join("data"), &["default/echo=x"]);
     assert!(!ok);
     assert!(stderr.contains("digest mismatch"), "{stderr}");
