@@ -270,6 +270,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The agent's shape of runtime on a 2-core node: actors on two workers.
+fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn instance_start(c: &mut Criterion) {
     let rt = runtime();
     let w = world(&rt);
@@ -382,11 +391,7 @@ async fn bare_handle(
 }
 
 fn round_trip(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_worker_runtime();
     let w = world(&rt);
     rt.block_on(async {
         w.supervisor
@@ -480,11 +485,7 @@ where
 }
 
 fn broker_throughput(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_worker_runtime();
     let w = world(&rt);
     rt.block_on(async {
         w.supervisor
@@ -570,11 +571,7 @@ async fn count(sup: &Supervisor, id: &ComponentId) -> u64 {
 }
 
 fn infinite_loop_stop(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_worker_runtime();
     let w = world(&rt);
     let q = Quotas {
         cpu_time_per_message: Duration::from_millis(10),
