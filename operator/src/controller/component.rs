@@ -209,20 +209,8 @@ async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
     let resolved = match resolve(c, state, verified_digest).await {
         Ok(r) => r,
         Err(failure) if failure.class == ErrorClass::Integrity => {
-            forget(state, &ns, &name)?;
-            let decision = TrustDecision::verification_failed(&failure.message);
-            after.set(Condition::new(
-                ConditionType::Verified,
-                ConditionStatus::False,
-                Reason::VerificationFailed,
-                decision.message.clone(),
-                generation,
-            ));
             after.resolved_digest = None;
-            apply_decision(&mut after, &decision, None, generation);
-            finish(c, state, &before, &after, generation).await?;
-            state.succeeded(&key(c));
-            return Ok(Action::requeue(recheck));
+            return verification_failed(c, state, &before, after, &failure.message).await;
         }
         Err(failure) => {
             // Not a verdict on the artifact: keep whatever was decided before.
@@ -271,24 +259,13 @@ async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
     if !verification.broken.is_empty() {
         // Signatures stored for this digest are corrupted or tampered with: fail closed,
         // whatever the sources say, until the signatures are fixed.
-        forget(state, &ns, &name)?;
-        let decision = TrustDecision::verification_failed(&format!(
+        after.resolved_digest = Some(resolved.digest.to_string());
+        let message = format!(
             "the cosign signatures of {} are broken: {}",
             resolved.digest,
             verification.broken.join("; ")
-        ));
-        after.set(Condition::new(
-            ConditionType::Verified,
-            ConditionStatus::False,
-            Reason::VerificationFailed,
-            decision.message.clone(),
-            generation,
-        ));
-        after.resolved_digest = Some(resolved.digest.to_string());
-        apply_decision(&mut after, &decision, None, generation);
-        finish(c, state, &before, &after, generation).await?;
-        state.succeeded(&key(c));
-        return Ok(Action::requeue(recheck));
+        );
+        return verification_failed(c, state, &before, after, &message).await;
     }
 
     // 4. The decision.
@@ -330,6 +307,31 @@ async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
     finish(c, state, &before, &after, generation).await?;
     state.succeeded(&key(c));
     Ok(Action::requeue(recheck))
+}
+
+/// The artifact failed verification (bytes or signatures): nothing is approved, the index
+/// forgets the component, and it is checked again at the next recheck.
+async fn verification_failed(
+    c: &WasmComponent,
+    state: &State,
+    before: &Owned,
+    mut after: Owned,
+    message: &str,
+) -> Result<Action, Error> {
+    let generation = c.metadata.generation;
+    forget(state, &c.namespace().unwrap_or_default(), &c.name_any())?;
+    let decision = TrustDecision::verification_failed(message);
+    after.set(Condition::new(
+        ConditionType::Verified,
+        ConditionStatus::False,
+        Reason::VerificationFailed,
+        decision.message.clone(),
+        generation,
+    ));
+    apply_decision(&mut after, &decision, None, generation);
+    finish(c, state, before, &after, generation).await?;
+    state.succeeded(&key(c));
+    Ok(Action::requeue(state.ctx.config.recheck))
 }
 
 fn forget(state: &State, ns: &str, name: &str) -> Result<(), Error> {
