@@ -2,7 +2,7 @@
 //! component's identity. Lines are truncated so a guest cannot flood the log with one call.
 
 use super::HostState;
-use super::bindings::airssys::component::logging::{Host, Level};
+use crate::bindings::airssys::component::logging::{Host, Level};
 
 /// Longest line kept from a guest.
 const MAX_LINE: usize = 4096;
