@@ -27,9 +27,10 @@ pub struct ComponentContext {
     /// `namespace/name`, the component's key in storage and audit.
     pub component_key: String,
     pub digest: Digest,
-    /// The grant as parsed (preopens and network pre-checks read it).
+    /// The grant as parsed. Decisions use `grants`; `host/messaging.rs`'s subscribe still
+    /// reads this until it calls `GrantTable::check_subscribe_pattern`.
     pub grant: Arc<CapabilitySet>,
-    /// The same grant compiled for hot-path checks.
+    /// The same grant compiled: every capability check asks this table.
     pub grants: Arc<GrantTable>,
     pub quotas: Quotas,
     pub broker: Broker,

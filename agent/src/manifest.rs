@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::engine::sha256_digest;
 use crate::error::Error;
+use crate::grant::GrantTable;
 use crate::id::ComponentId;
 use crate::limits::Quotas;
 use crate::supervisor::ComponentSpec;
@@ -112,11 +113,12 @@ impl ManifestComponent {
             .limits
             .resolve()
             .map_err(|e| invalid(format!("limits: {e}")))?;
+        let table = GrantTable::compile(&grant);
         let env = self
             .env
             .iter()
             .filter(|(k, _)| {
-                let allowed = grant.allows_env(k);
+                let allowed = table.check_env(k);
                 if !allowed {
                     tracing::warn!(component = %id, key = %k, "env key not granted; not passed");
                 }
