@@ -89,7 +89,12 @@ impl AuditSink {
     /// Records a denied check of `kind` on `target` for `instance`. Host code records denials
     /// through `context::InstanceScope::denied`, the one path (it also logs the denial).
     #[inline]
-    pub fn deny(&self, instance: &Arc<InstanceIdentity>, kind: CapabilityKind, target: &str) {
+    pub(crate) fn deny(
+        &self,
+        instance: &Arc<InstanceIdentity>,
+        kind: CapabilityKind,
+        target: &str,
+    ) {
         self.record(AuditEvent::now(
             instance,
             AuditKind::CapabilityDenied {
