@@ -135,13 +135,38 @@ impl EventAggregator {
     /// Notes one occurrence; returns the event to publish now: the first occurrence of a
     /// series at once, later ones only when `window` has passed since the last publication.
     pub fn observe(&mut self, o: Occurrence<'_>, now: Instant) -> Option<AggregatedEvent> {
+        self.observe_n(o, 1, now)
+    }
+
+    /// Notes `count` occurrences the audit pipeline folded (see `super::fold`) for the
+    /// component `namespace/name`: they join its series of `reason`, so the Event's count
+    /// stays the true number of occurrences.
+    pub fn observe_folded(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        reason: Reason,
+        count: u64,
+        now: Instant,
+    ) -> Option<AggregatedEvent> {
+        let o = Occurrence {
+            namespace,
+            name,
+            reason,
+            note: format!("{count} more like the last one (folded by the audit fairness budget)"),
+            at: SystemTime::now(),
+        };
+        self.observe_n(o, count, now)
+    }
+
+    fn observe_n(&mut self, o: Occurrence<'_>, n: u64, now: Instant) -> Option<AggregatedEvent> {
         let key = format!("{}/{}", o.namespace, o.name);
         if let Some(s) = self
             .series
             .get_mut(&key)
             .and_then(|v| v.iter_mut().find(|s| s.reason == o.reason))
         {
-            s.count += 1;
+            s.count += n;
             s.note = o.note;
             s.last_seen = o.at;
             s.last_occurrence = now;
@@ -151,7 +176,7 @@ impl EventAggregator {
         if self.open >= self.policy.max_series {
             self.close_idle(now);
             if self.open >= self.policy.max_series {
-                self.suppressed += 1;
+                self.suppressed += n;
                 return None;
             }
         }
@@ -160,7 +185,7 @@ impl EventAggregator {
             namespace: o.namespace.to_owned(),
             name: o.name.to_owned(),
             note: o.note,
-            count: 1,
+            count: n,
             published: 0,
             first_seen: o.at,
             last_seen: o.at,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::fold::FoldState;
 use crate::grant::CapabilityKind;
 use crate::id::ComponentId;
 use crate::limits::Quota;
@@ -86,6 +87,8 @@ pub enum Reason {
     Restarted,
     CrashLoop,
     MessageRejected,
+    /// A summary of records folded by the per-component fairness budget.
+    Folded,
 }
 
 impl Reason {
@@ -100,6 +103,7 @@ impl Reason {
             Self::Restarted => "Restarted",
             Self::CrashLoop => "CrashLoop",
             Self::MessageRejected => "MessageRejected",
+            Self::Folded => "Folded",
         }
     }
 
@@ -140,6 +144,12 @@ pub enum AuditKind {
     MessageRejected {
         reason: Text,
     },
+    /// `count` more records of reason `of` from this component were folded (not written one
+    /// by one) since the last summary; see [`super::fold`].
+    Folded {
+        of: Reason,
+        count: u64,
+    },
 }
 
 impl AuditKind {
@@ -154,6 +164,7 @@ impl AuditKind {
             Self::Restarted => Reason::Restarted,
             Self::CrashLoop => Reason::CrashLoop,
             Self::MessageRejected { .. } => Reason::MessageRejected,
+            Self::Folded { .. } => Reason::Folded,
         }
     }
 
@@ -175,6 +186,11 @@ impl AuditKind {
             Self::Trapped { message } => {
                 json!({ "message": text(message), "truncated": message.truncated() })
             }
+            Self::Folded { of, count } => json!({
+                "of": of.as_str(),
+                "count": count,
+                "windowSeconds": super::fold::FOLD_WINDOW.as_secs(),
+            }),
             Self::Started | Self::Restarted | Self::CrashLoop => json!({}),
         }
     }
@@ -193,20 +209,33 @@ impl AuditKind {
             Self::Restarted => "instance restarted by its supervisor".to_owned(),
             Self::CrashLoop => "instance keeps crashing; restarts are backing off".to_owned(),
             Self::MessageRejected { reason } => format!("message rejected: {reason}"),
+            Self::Folded { of, count } => {
+                format!("{count} more {} records like the last one", of.as_str())
+            }
         }
     }
 }
 
 /// The component revision events are about; built once per revision and shared by all its
 /// instances, so starting an instance allocates only its [`InstanceIdentity`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ComponentIdentity {
     pub id: ComponentId,
     /// `namespace/name`, the storage and audit key of the component.
     pub key: String,
     /// Artifact digest (`sha256:…`).
     pub digest: String,
+    /// The revision's share of the audit pipeline (not part of its identity).
+    pub(crate) fold: FoldState,
 }
+
+impl PartialEq for ComponentIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.digest == other.digest
+    }
+}
+
+impl Eq for ComponentIdentity {}
 
 impl ComponentIdentity {
     pub fn new(namespace: &str, name: &str, digest: &str) -> Arc<Self> {
@@ -219,6 +248,7 @@ impl ComponentIdentity {
             id: id.clone(),
             key: id.to_string(),
             digest: digest.to_owned(),
+            fold: FoldState::default(),
         })
     }
 }

@@ -61,6 +61,10 @@ pub struct AuditMetrics {
     pub kills: Counter,
     /// Audit events lost because the queue was full or closed (`airssys_audit_dropped_total`).
     pub dropped: Counter,
+    /// Audit records folded into per-component counts by the fairness budget instead of
+    /// being queued one by one (`airssys_audit_folded_total`); the log's `Folded` lines
+    /// carry the same counts per component.
+    pub folded: Counter,
     /// Audit events written to the log, by reason (`airssys_audit_events_total`).
     pub written: Family<ReasonLabels, Counter>,
     /// Audit log write failures (`airssys_audit_write_errors_total`).
@@ -96,6 +100,11 @@ impl AuditMetrics {
             "audit_dropped",
             "Audit events dropped because the audit queue was full",
             self.dropped.clone(),
+        );
+        registry.register(
+            "audit_folded",
+            "Audit records folded into per-component counts (a component over its share)",
+            self.folded.clone(),
         );
         registry.register(
             "audit_events",

@@ -20,6 +20,7 @@
 
 mod aggregate;
 mod event;
+mod fold;
 mod log;
 mod metrics;
 mod sink;
@@ -33,6 +34,7 @@ pub use aggregate::{AggregatedEvent, EventAggregator, EventPolicy, EventSink, Oc
 pub use event::{
     AuditEvent, AuditKind, ComponentIdentity, InstanceIdentity, Reason, TEXT_CAPACITY, Text,
 };
+pub use fold::{FOLD_VERBATIM, FOLD_WINDOW, FOLDABLE, FoldState};
 pub use log::{Rotation, rotated};
 pub use metrics::{AuditMetrics, KindLabels, QuotaLabels, ReasonLabels};
 pub use sink::AuditSink;

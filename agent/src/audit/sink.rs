@@ -6,7 +6,8 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::event::{AuditEvent, AuditKind, InstanceIdentity, Text};
+use super::event::{AuditEvent, AuditKind, ComponentIdentity, InstanceIdentity, Text};
+use super::fold::{Admit, foldable};
 use super::metrics::{AuditMetrics, KindLabels, QuotaLabels};
 use crate::grant::CapabilityKind;
 use crate::limits::Quota;
@@ -14,6 +15,8 @@ use crate::limits::Quota;
 /// Messages to the writer thread.
 pub(super) enum Command {
     Event(AuditEvent),
+    /// This component revision started folding records: summarize its counts on ticks.
+    Folding(Arc<ComponentIdentity>),
     Flush(SyncSender<()>),
     Shutdown,
 }
@@ -26,6 +29,7 @@ pub(super) struct HotCounters {
     quota: [Counter; Quota::ALL.len()],
     kills: Counter,
     dropped: Counter,
+    folded: Counter,
 }
 
 impl HotCounters {
@@ -40,6 +44,7 @@ impl HotCounters {
                 .map(|quota| m.quota_breaches.get_or_create_owned(&QuotaLabels { quota })),
             kills: m.kills.clone(),
             dropped: m.dropped.clone(),
+            folded: m.folded.clone(),
         }
     }
 }
@@ -52,8 +57,10 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// Records an event: counts it, then queues it for the log and Events unless the queue is
-    /// full (then it is counted as dropped). Never blocks, never allocates.
+    /// Records an event: counts it, then queues it for the log and Events, unless its
+    /// component has used its share of the pipeline (then it is folded into a count the
+    /// writer summarizes, see [`super::fold`]) or the queue is full (then it is counted as
+    /// dropped). Never blocks, never allocates.
     #[inline]
     pub fn record(&self, event: AuditEvent) {
         let c = &*self.counters;
@@ -72,6 +79,18 @@ impl AuditSink {
                 c.kills.inc();
             }
             _ => {}
+        }
+        if let Some(reason) = foldable(event.kind.reason()) {
+            let component = &event.instance.component;
+            if let Admit::Folded { first } = component.fold.admit(reason, event.at) {
+                c.folded.inc();
+                if first {
+                    // Tell the writer which component to summarize. If the queue is full the
+                    // count waits in the fold until the component's next queued record.
+                    let _ = self.tx.try_send(Command::Folding(Arc::clone(component)));
+                }
+                return;
+            }
         }
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.tx.try_send(Command::Event(event))

@@ -11,6 +11,11 @@ fn id() -> Arc<InstanceIdentity> {
     InstanceIdentity::new("team-a", "counter", 7, "sha256:abc")
 }
 
+/// Instance 1 of a component of its own, `team-a/c-{n}`.
+fn component(n: usize) -> Arc<InstanceIdentity> {
+    InstanceIdentity::new("team-a", &format!("c-{n}"), 1, "sha256:abc")
+}
+
 #[test]
 fn text_keeps_short_strings_and_cuts_long_ones_on_char_boundaries() {
     let t = Text::new("api.example.com:443");
@@ -273,9 +278,9 @@ fn rotation_keeps_every_record_exactly_once_in_order() {
         max_files: 100,
     };
     let (sink, handle, path) = start_rotating(&dir, &metrics, rotation);
-    let id = id();
+    // One component per record: this is about rotation, not the per-component share.
     for i in 0..200 {
-        sink.deny(&id, CapabilityKind::Network, &format!("t-{i}"));
+        sink.deny(&component(i), CapabilityKind::Network, &format!("t-{i}"));
     }
     handle.shutdown();
     let (targets, files) = rotated_targets(&path);
@@ -298,9 +303,8 @@ fn rotation_bounds_the_number_of_files_and_keeps_the_newest_records() {
         max_files: 3,
     };
     let (sink, handle, path) = start_rotating(&dir, &metrics, rotation);
-    let id = id();
     for i in 0..500 {
-        sink.deny(&id, CapabilityKind::Network, &format!("t-{i}"));
+        sink.deny(&component(i), CapabilityKind::Network, &format!("t-{i}"));
         if i % 100 == 0 {
             handle.flush();
         }
@@ -461,6 +465,145 @@ fn concurrent_recorders_lose_nothing_when_the_queue_is_large_enough() {
         t.join().unwrap();
     }
     handle.shutdown();
-    assert_eq!(lines(&path).len(), 4000);
+    // Every occurrence is a line or part of a `Folded` summary's count.
+    let (verbatim, folded) = tally(&lines(&path));
+    assert_eq!(verbatim + folded, 4000);
     assert_eq!(metrics.audit.dropped.get(), 0);
+}
+
+/// Denial lines and the sum of `Folded` summary counts in `lines`.
+fn tally(lines: &[serde_json::Value]) -> (u64, u64) {
+    let verbatim = lines
+        .iter()
+        .filter(|l| l["kind"] == "CapabilityDenied")
+        .count() as u64;
+    let folded = lines
+        .iter()
+        .filter(|l| l["kind"] == "Folded")
+        .map(|l| l["detail"]["count"].as_u64().unwrap())
+        .sum();
+    (verbatim, folded)
+}
+
+#[test]
+fn a_flooding_component_cannot_crowd_out_its_neighbours_records() {
+    // A queue far smaller than the flood: before folding, the flood filled it and most of the
+    // neighbour's denials were dropped.
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let (sink, handle, path) = start(&dir, &metrics, 256, None);
+    let flooder = InstanceIdentity::new("team-x", "flooder", 1, "sha256:f");
+    let neighbour = InstanceIdentity::new("team-y", "quiet", 1, "sha256:q");
+    for i in 0..200_000 {
+        sink.deny(&flooder, CapabilityKind::Network, "exfil.example.com:53");
+        if i % 5_000 == 0 {
+            sink.deny(
+                &neighbour,
+                CapabilityKind::Filesystem,
+                &format!("/n-{}", i / 5_000),
+            );
+        }
+    }
+    handle.shutdown();
+    let got = lines(&path);
+    let neighbour_lines: Vec<&str> = got
+        .iter()
+        .filter(|l| l["component"] == "team-y/quiet")
+        .map(|l| l["detail"]["target"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (0..40).map(|i| format!("/n-{i}")).collect();
+    assert_eq!(neighbour_lines, want, "every neighbour record, in order");
+    let flood: Vec<_> = got
+        .iter()
+        .filter(|l| l["component"] == "team-x/flooder")
+        .cloned()
+        .collect();
+    let (verbatim, folded) = tally(&flood);
+    assert!(
+        verbatim >= u64::from(FOLD_VERBATIM),
+        "the first ones verbatim"
+    );
+    assert!(
+        verbatim < 1_000,
+        "the flood's share is bounded: {verbatim} lines"
+    );
+    assert_eq!(verbatim + folded, 200_000, "the rest counted in summaries");
+    assert_eq!(metrics.audit.dropped.get(), 0);
+    assert_eq!(metrics.audit.folded.get(), folded);
+    let summary = flood.iter().find(|l| l["kind"] == "Folded").unwrap();
+    assert_eq!(summary["detail"]["of"], "CapabilityDenied");
+}
+
+#[test]
+fn a_component_cannot_rotate_its_own_earlier_record_away() {
+    // A small log (8 KiB x 2 files) and a flood a thousand times its size: the first, more
+    // interesting denial survives because the flood is folded instead of written.
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let rotation = Rotation {
+        max_bytes: 8 << 10,
+        max_files: 2,
+    };
+    let (sink, handle, path) = start_rotating(&dir, &metrics, rotation);
+    let id = id();
+    sink.deny(&id, CapabilityKind::Filesystem, "/etc/shadow");
+    for _ in 0..100_000 {
+        sink.deny(&id, CapabilityKind::Network, "noise.example.com:80");
+    }
+    handle.shutdown();
+    let mut all = Vec::new();
+    if rotated(&path, 1).exists() {
+        all.extend(lines(&rotated(&path, 1)));
+    }
+    all.extend(lines(&path));
+    assert_eq!(
+        all[0]["detail"]["target"],
+        "/etc/shadow",
+        "{:?}",
+        all.first()
+    );
+    let (verbatim, folded) = tally(&all);
+    assert_eq!(verbatim + folded, 100_001);
+}
+
+#[test]
+fn lifecycle_records_are_never_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let (sink, handle, path) = start(&dir, &metrics, 10_000, None);
+    let id = id();
+    for _ in 0..1_000 {
+        sink.deny(&id, CapabilityKind::Network, "x:1");
+    }
+    for _ in 0..200 {
+        sink.record(AuditEvent::now(
+            &id,
+            AuditKind::Killed {
+                reason: "timeout".into(),
+            },
+        ));
+    }
+    handle.shutdown();
+    let kills = lines(&path)
+        .iter()
+        .filter(|l| l["kind"] == "Killed")
+        .count();
+    assert_eq!(kills, 200);
+}
+
+#[test]
+fn folded_records_count_in_the_kubernetes_event_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let (tx, rx) = mpsc::channel();
+    let (sink, handle, _path) = start(&dir, &metrics, 64, Some(Box::new(tx)));
+    let id = id();
+    for _ in 0..5_000 {
+        sink.deny(&id, CapabilityKind::Network, "x:1");
+    }
+    handle.shutdown();
+    let events: Vec<AggregatedEvent> = rx.try_iter().collect();
+    let last = events.last().unwrap();
+    assert_eq!(last.reason, Reason::CapabilityDenied);
+    assert_eq!(last.count, 5_000, "{events:?}");
 }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::aggregate::{AggregatedEvent, EventAggregator, EventPolicy, EventSink, Occurrence};
-use super::event::AuditEvent;
+use super::event::{AuditEvent, AuditKind, ComponentIdentity, InstanceIdentity};
+use super::fold::FOLDABLE;
 use super::log::{LogFile, Rotation, log_line};
 use super::metrics::{AuditMetrics, ReasonLabels};
 use super::sink::{AuditSink, Command, HotCounters};
@@ -104,6 +105,7 @@ impl Auditor {
             reported_drops: 0,
             reported_suppressed: 0,
             reported_write_errors: 0,
+            folding: Vec::new(),
             line: Vec::with_capacity(512),
         };
         let tick = config.tick;
@@ -172,6 +174,8 @@ struct Writer {
     reported_drops: u64,
     reported_suppressed: u64,
     reported_write_errors: u64,
+    /// Component revisions with folded records not yet summarized.
+    folding: Vec<Arc<ComponentIdentity>>,
     /// Reused buffer for one serialized line.
     line: Vec<u8>,
 }
@@ -219,10 +223,13 @@ impl Writer {
         }
         // Anything queued after Shutdown was sent.
         while let Ok(cmd) = rx.try_recv() {
-            if let Command::Event(e) = cmd {
-                self.write(&e);
+            match cmd {
+                Command::Event(e) => self.write(&e),
+                Command::Folding(c) => self.folding.push(c),
+                Command::Flush(_) | Command::Shutdown => {}
             }
         }
+        self.summarize_folds();
         self.flush_file();
         let now = Instant::now();
         for event in self.aggregator.drain(now) {
@@ -238,7 +245,14 @@ impl Writer {
                 self.write(&e);
                 false
             }
+            Command::Folding(component) => {
+                if !self.folding.iter().any(|c| Arc::ptr_eq(c, &component)) {
+                    self.folding.push(component);
+                }
+                false
+            }
             Command::Flush(ack) => {
+                self.summarize_folds();
                 self.flush_file();
                 let _ = ack.send(());
                 false
@@ -249,21 +263,11 @@ impl Writer {
 
     fn write(&mut self, e: &AuditEvent) {
         let reason = e.kind.reason();
-        self.metrics
-            .written
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
-        if let Some(file) = &mut self.file {
-            // Serialize first, then write the whole line: a rotation can only fall between
-            // two lines.
-            self.line.clear();
-            let ok = serde_json::to_writer(&mut self.line, &log_line(&self.node, e)).is_ok() && {
-                self.line.push(b'\n');
-                file.write_line(&self.line).is_ok()
-            };
-            if !ok {
-                self.metrics.write_errors.inc();
-            }
+        self.write_line(e);
+        let component = &e.instance.component;
+        // Catches a fold whose `Folding` notice was lost to a full queue.
+        if component.fold.pending() && !self.folding.iter().any(|c| Arc::ptr_eq(c, component)) {
+            self.folding.push(Arc::clone(component));
         }
         if self.events.is_some() {
             let occurrence = Occurrence {
@@ -284,6 +288,27 @@ impl Writer {
         }
     }
 
+    /// The log line and its counter.
+    fn write_line(&mut self, e: &AuditEvent) {
+        let reason = e.kind.reason();
+        self.metrics
+            .written
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        if let Some(file) = &mut self.file {
+            // Serialize first, then write the whole line: a rotation can only fall between
+            // two lines.
+            self.line.clear();
+            let ok = serde_json::to_writer(&mut self.line, &log_line(&self.node, e)).is_ok() && {
+                self.line.push(b'\n');
+                file.write_line(&self.line).is_ok()
+            };
+            if !ok {
+                self.metrics.write_errors.inc();
+            }
+        }
+    }
+
     fn publish(&mut self, event: AggregatedEvent) {
         if let Some(sink) = &mut self.events {
             sink.publish(event);
@@ -298,7 +323,45 @@ impl Writer {
         }
     }
 
+    /// Writes one `Folded` line per (component, reason) with records folded since the last
+    /// summary, and adds them to the component's Event series; forgets components whose
+    /// folds are all reported.
+    fn summarize_folds(&mut self) {
+        let folding = std::mem::take(&mut self.folding);
+        for component in &folding {
+            for (i, count) in component.fold.take().into_iter().enumerate() {
+                if count == 0 {
+                    continue;
+                }
+                let of = FOLDABLE[i];
+                let summary = AuditEvent {
+                    at: SystemTime::now(),
+                    // Instance 0: the summary is about the revision, not one instance.
+                    instance: InstanceIdentity::of(component, 0),
+                    kind: AuditKind::Folded { of, count },
+                };
+                self.write_line(&summary);
+                if self.events.is_some() {
+                    let id = &component.id;
+                    let folded = self.aggregator.observe_folded(
+                        &id.namespace,
+                        &id.name,
+                        of,
+                        count,
+                        Instant::now(),
+                    );
+                    if let Some(event) = folded {
+                        self.publish(event);
+                    }
+                }
+            }
+        }
+        // A component stays registered only while the fold may still grow: it re-registers
+        // itself with its next first fold.
+    }
+
     fn on_tick(&mut self, now: Instant) {
+        self.summarize_folds();
         for event in self.aggregator.due(now) {
             self.publish(event);
         }
