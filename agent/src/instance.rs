@@ -30,6 +30,40 @@ pub enum Kill {
     Setup(String),
 }
 
+/// Most bytes of guest-supplied text (an `init` error, a trap message) the agent keeps in a
+/// kill reason: the reason is logged on every restart, so a guest must not be able to make
+/// the agent write megabytes per crash.
+pub const GUEST_TEXT_MAX: usize = 512;
+
+/// `text` cut to [`GUEST_TEXT_MAX`] bytes on a char boundary, saying how much was cut.
+pub fn bounded_guest_text(text: &str) -> String {
+    if text.len() <= GUEST_TEXT_MAX {
+        return text.to_owned();
+    }
+    let mut end = GUEST_TEXT_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes not shown)",
+        &text[..end],
+        text.len() - end
+    )
+}
+
+/// An `init` error in words: `access-denied: …`, never a debug dump.
+fn describe(e: &WitError) -> String {
+    let (case, text) = match e {
+        WitError::AccessDenied(m) => ("access-denied", m),
+        WitError::NotFound(m) => ("not-found", m),
+        WitError::InvalidInput(m) => ("invalid-input", m),
+        WitError::QuotaExceeded(m) => ("quota-exceeded", m),
+        WitError::Timeout(m) => ("timeout", m),
+        WitError::Internal(m) => ("internal", m),
+    };
+    bounded_guest_text(&format!("{case}: {text}"))
+}
+
 impl std::fmt::Display for Kill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -135,7 +169,7 @@ fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Kill {
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Kill::Quota(Quota::Fuel),
         Some(trap) => Kill::Trap(trap.to_string()),
-        None => Kill::Trap(format!("{error:#}").chars().take(512).collect()),
+        None => Kill::Trap(bounded_guest_text(&format!("{error:#}"))),
     }
 }
 
@@ -169,7 +203,7 @@ pub(crate) async fn start(
     match init {
         Err(_) => Err(Kill::Quota(Quota::Timeout)),
         Ok(Err(e)) => Err(classify(&store, &e)),
-        Ok(Ok(Err(e))) => Err(Kill::InitFailed(format!("{e:?}"))),
+        Ok(Ok(Err(e))) => Err(Kill::InitFailed(describe(&e))),
         Ok(Ok(Ok(()))) => {
             scope.record(AuditKind::Started);
             Ok(LiveInstance {

@@ -39,6 +39,8 @@ pub struct HostState {
     pub(crate) cpu: CpuBudget,
     /// Quota that stopped the current call, if any (the trap that follows is reported as it).
     pub(crate) breach: Option<Quota>,
+    /// What this instance may still make the agent log.
+    pub(crate) log_budget: logging::LogBudget,
 }
 
 impl std::fmt::Debug for HostState {
@@ -66,6 +68,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             cpu: CpuBudget::default(),
             breach: None,
+            log_budget: logging::LogBudget::new(),
         })
     }
 
