@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airssys_agent::actor::ComponentId;
 use airssys_agent::engine::{AgentEngine, EngineConfig, sha256_digest};
+use airssys_agent::id::ComponentId;
 use airssys_agent::limits::Quotas;
+use airssys_agent::restart::RestartPolicy;
 use airssys_agent::storage::KvStore;
-use airssys_agent::supervisor::{ComponentSpec, RestartPolicy, Supervisor};
+use airssys_agent::supervisor::{ComponentSpec, Supervisor};
 use airssys_crds::capability::CapabilitySet;
 
 fn rss_bytes() -> u64 {

@@ -18,12 +18,39 @@ use std::time::Duration;
 use airssys_crds::capability::TopicPattern;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actor::ComponentId;
 use crate::grant::GrantTable;
-use crate::host::WitError;
+use crate::id::ComponentId;
 
 /// A reply to a request: the handler's bytes, or why there are none.
-pub type Reply = Result<Vec<u8>, WitError>;
+pub type Reply = Result<Vec<u8>, ReplyError>;
+
+/// A handler's error answer, carried back to the requester. It mirrors the WIT `error`
+/// variant case for case; the host converts between the two (`crate::host`), so the broker
+/// needs no generated bindings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    AccessDenied(String),
+    NotFound(String),
+    InvalidInput(String),
+    QuotaExceeded(String),
+    Timeout(String),
+    Internal(String),
+}
+
+impl std::fmt::Display for ReplyError {
+    /// The same text the WIT error's own `Display` gives (`Error::NotFound("...")`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (case, message) = match self {
+            Self::AccessDenied(m) => ("AccessDenied", m),
+            Self::NotFound(m) => ("NotFound", m),
+            Self::InvalidInput(m) => ("InvalidInput", m),
+            Self::QuotaExceeded(m) => ("QuotaExceeded", m),
+            Self::Timeout(m) => ("Timeout", m),
+            Self::Internal(m) => ("Internal", m),
+        };
+        write!(f, "Error::{case}({message:?})")
+    }
+}
 
 /// Who sent a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,22 +97,7 @@ pub enum BrokerError {
     #[error("a component cannot send a request to itself")]
     SelfRequest,
     #[error("{0}")]
-    Remote(WitError),
-}
-
-impl From<BrokerError> for WitError {
-    fn from(e: BrokerError) -> Self {
-        match e {
-            BrokerError::NotFound(_) => WitError::NotFound(e.to_string()),
-            BrokerError::MailboxFull(_) | BrokerError::Partial { .. } => {
-                WitError::QuotaExceeded(e.to_string())
-            }
-            BrokerError::Timeout(..) => WitError::Timeout(e.to_string()),
-            BrokerError::NoReply(_) => WitError::Internal(e.to_string()),
-            BrokerError::SelfRequest => WitError::InvalidInput(e.to_string()),
-            BrokerError::Remote(inner) => inner,
-        }
-    }
+    Remote(ReplyError),
 }
 
 struct Subscription {

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use airssys_crds::artifact::Digest;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
@@ -133,7 +134,7 @@ pub fn wasmtime_config(cfg: &EngineConfig) -> Config {
 }
 
 /// One compiled and linked component, its exports resolved, ready to instantiate.
-pub type Prepared = crate::host::bindings::ComponentPre<HostState>;
+pub type Prepared = crate::bindings::ComponentPre<HostState>;
 
 /// The engine, its linker, the epoch ticker and the compile cache.
 #[derive(Clone)]
@@ -146,7 +147,7 @@ struct Inner {
     linker: Linker<HostState>,
     config: EngineConfig,
     engine_hash: String,
-    prepared: Mutex<HashMap<String, Prepared>>,
+    prepared: Mutex<HashMap<Digest, Prepared>>,
     /// Compiles are CPU-heavy; one at a time keeps the node responsive.
     compile_slots: Semaphore,
 
@@ -221,28 +222,28 @@ impl AgentEngine {
     }
 
     /// Path of the cache file for `digest`.
-    pub fn cache_path(&self, digest: &str) -> PathBuf {
+    pub fn cache_path(&self, digest: &Digest) -> PathBuf {
         self.inner
             .config
             .cache_dir
             .join(&self.inner.engine_hash)
-            .join(format!("{}.cwasm", sanitize_digest(digest)))
+            .join(format!("{}.cwasm", sanitize_digest(digest.as_str())))
     }
 
     /// The prepared component for `digest`: from memory, from the disk cache, or compiled
     /// from `wasm` (which must hash to `digest`).
     pub async fn prepare(
         &self,
-        digest: &str,
+        digest: &Digest,
         wasm: &[u8],
     ) -> Result<(Prepared, CompileSource), Error> {
         if let Some(pre) = self.cached(digest) {
             return Ok((pre, CompileSource::Memory));
         }
         let actual = sha256_digest(wasm);
-        if actual != digest {
+        if actual != *digest {
             return Err(Error::DigestMismatch {
-                expected: digest.to_string(),
+                expected: digest.clone(),
                 actual,
             });
         }
@@ -263,7 +264,7 @@ impl AgentEngine {
             return Ok((pre, CompileSource::Memory));
         }
         let this = self.clone();
-        let digest_owned = digest.to_string();
+        let digest_owned = digest.clone();
         let wasm = wasm.to_vec();
         let (component, source) =
             tokio::task::spawn_blocking(move || this.load_or_compile(&digest_owned, &wasm))
@@ -279,12 +280,12 @@ impl AgentEngine {
             .prepared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(digest.to_string(), pre.clone());
+            .insert(digest.clone(), pre.clone());
         Ok((pre, source))
     }
 
     /// Forgets the in-memory prepared component (the disk cache stays).
-    pub fn evict(&self, digest: &str) {
+    pub fn evict(&self, digest: &Digest) {
         self.inner
             .prepared
             .lock()
@@ -292,7 +293,7 @@ impl AgentEngine {
             .remove(digest);
     }
 
-    fn cached(&self, digest: &str) -> Option<Prepared> {
+    fn cached(&self, digest: &Digest) -> Option<Prepared> {
         self.inner
             .prepared
             .lock()
@@ -304,11 +305,11 @@ impl AgentEngine {
     /// Blocking: verified cache hit, else compile and write the cache.
     fn load_or_compile(
         &self,
-        digest: &str,
+        digest: &Digest,
         wasm: &[u8],
     ) -> Result<(Component, CompileSource), Error> {
         let path = self.cache_path(digest);
-        match read_cache_file(&path, digest, &self.inner.engine_hash) {
+        match read_cache_file(&path, digest.as_str(), &self.inner.engine_hash) {
             Ok(Some(artifact)) => {
                 // SAFETY: `artifact` was produced by `Component::serialize` on this node by
                 // this agent: the file lives in the agent-only cache directory, is not
@@ -334,7 +335,8 @@ impl AgentEngine {
             Component::new(&self.inner.engine, wasm).map_err(Error::wasm("compile component"))?;
         match component.serialize() {
             Ok(artifact) => {
-                if let Err(e) = write_cache_file(&path, digest, &self.inner.engine_hash, &artifact)
+                if let Err(e) =
+                    write_cache_file(&path, digest.as_str(), &self.inner.engine_hash, &artifact)
                 {
                     tracing::warn!(%digest, error = %e, "could not write compile cache");
                 }
@@ -346,8 +348,8 @@ impl AgentEngine {
 }
 
 /// `sha256:<hex>` of some bytes, the form digests take everywhere.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+pub fn sha256_digest(bytes: &[u8]) -> Digest {
+    Digest::from_sha256(&Sha256::digest(bytes).into())
 }
 
 fn sanitize_digest(digest: &str) -> String {
@@ -551,7 +553,7 @@ mod tests {
     #[test]
     fn digest_is_prefixed_hex() {
         assert_eq!(
-            sha256_digest(b""),
+            sha256_digest(b"").as_str(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }

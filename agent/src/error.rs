@@ -21,7 +21,10 @@ pub enum Error {
     },
     /// The bytes do not hash to the digest they were fetched by.
     #[error("artifact digest mismatch: expected {expected}, got {actual}; refusing to run it")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch {
+        expected: airssys_crds::artifact::Digest,
+        actual: airssys_crds::artifact::Digest,
+    },
     /// The `.wasm` is larger than the agent compiles.
     #[error("component is {size} bytes, over the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },

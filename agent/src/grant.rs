@@ -121,13 +121,19 @@ impl NameSet {
 struct TopicRules {
     literal: NameSet,
     wildcard: Box<[(Box<str>, TopicPattern)]>,
+    /// Every pattern as granted, for the (once per subscription) pattern-in-pattern check.
+    all: Box<[TopicPattern]>,
 }
 
 impl TopicRules {
     fn new<'a>(patterns: impl IntoIterator<Item = &'a TopicPattern>) -> Self {
         let mut literal = Vec::new();
         let mut wildcard: Vec<(Box<str>, TopicPattern)> = Vec::new();
+        let mut all: Vec<TopicPattern> = Vec::new();
         for p in patterns {
+            if !all.contains(p) {
+                all.push(p.clone());
+            }
             // The canonical text of a pattern without `*` or `>` tokens is the one topic it
             // matches; keep only those as strings.
             let text = p.to_string();
@@ -152,7 +158,13 @@ impl TopicRules {
         Self {
             literal: NameSet::new(literal.iter().map(String::as_str)),
             wildcard: wildcard.into_boxed_slice(),
+            all: all.into_boxed_slice(),
         }
+    }
+
+    /// Whether everything `pattern` matches is within one of these patterns.
+    fn covers(&self, pattern: &TopicPattern) -> bool {
+        self.all.iter().any(|g| pattern.is_within(g))
     }
 
     #[inline]
@@ -315,6 +327,41 @@ impl GrantTable {
                 .any(|r| r.ports.contains(port) && r.pattern.matches(host)),
             _ => false,
         }
+    }
+
+    /// Whether a connection to `host:port` by name could be allowed once `host` resolves: a
+    /// host-name grant matches it, or some address (CIDR) grant covers the port. Lets an
+    /// undeclared host be refused before any DNS query leaves the node; the resolved address
+    /// still goes through [`GrantTable::check_connect`].
+    pub fn may_resolve(&self, host: &str, port: u16) -> bool {
+        self.cidrs.iter().any(|r| r.ports.contains(port))
+            || self
+                .hosts
+                .iter()
+                .any(|r| r.ports.contains(port) && r.pattern.matches(host))
+    }
+
+    /// Whether any network grant exists (sockets and name lookup are enabled only then).
+    pub fn has_network(&self) -> bool {
+        !self.cidrs.is_empty() || !self.hosts.is_empty()
+    }
+
+    /// What the guest may do in the granted directory `path` (read, write): every grant
+    /// covering it counts, because wasi-libc opens through the longest matching preopen, so
+    /// `/data/in` must not lose the read a `/data` grant gives it.
+    pub fn dir_access(&self, path: &str) -> (bool, bool) {
+        self.filesystem
+            .iter()
+            .filter(|g| covers_normalized(&g.path, path))
+            .fold((false, false), |(read, write), g| {
+                (read || g.read, write || g.write)
+            })
+    }
+
+    /// Whether the guest may subscribe with `pattern`: everything it matches must be within
+    /// one subscribe grant.
+    pub fn check_subscribe_pattern(&self, pattern: &TopicPattern) -> bool {
+        self.subscribe.covers(pattern)
     }
 
     /// Whether the guest may use `bucket` with `access`.
@@ -550,6 +597,91 @@ env: [{ name: LOG_LEVEL }, { name: REGION }]
         assert!(t.check_env("REGION"));
         assert!(!t.check_env("log_level"));
         assert!(!t.check_env("AWS_SECRET_ACCESS_KEY"));
+    }
+
+    #[test]
+    fn may_resolve_spec() {
+        let set = set(GRANT);
+        let t = GrantTable::compile(&set);
+        // The rule as it read the parsed set before it moved into the table.
+        let oracle = |host: &str, port: u16| {
+            set.network.iter().any(|g| {
+                g.ports.contains(port)
+                    && match &g.target {
+                        NetTarget::Host(pattern) => pattern.matches(host),
+                        NetTarget::Cidr(_) => true,
+                    }
+            })
+        };
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, u16, bool)] = &[
+            ("host grant, matching name and port", "api.example.com", 443, true),
+            ("host grant, wrong port", "api.example.com", 80, false),
+            ("undeclared name is refused before DNS", "evil.test", 443, false),
+            ("suffix grant never matches apex", "example.com", 443, false),
+            ("exact grant, port in range", "api.partner.io", 8050, true),
+            ("exact grant, other name in range", "api.partner.com", 8050, false),
+            ("any name on a port an address grant covers (checked after DNS)", "db.internal", 5432, true),
+            ("v6 address grant port", "anything", 9000, true),
+        ];
+        for (rule, host, port, want) in cases {
+            assert_eq!(t.may_resolve(host, *port), *want, "{rule}");
+            assert_eq!(oracle(host, *port), *want, "{rule}: set oracle agrees");
+        }
+        assert!(t.has_network());
+        assert!(!GrantTable::compile(&CapabilitySet::default()).has_network());
+    }
+
+    #[test]
+    fn dir_access_spec() {
+        let t = GrantTable::compile(&set(r#"
+filesystem:
+  - { path: /data, access: [read] }
+  - { path: /data/in, access: [write] }
+  - { path: /out, access: [write] }
+  - { path: /rw, access: [read] }
+  - { path: /rw, access: [write] }
+"#));
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, (bool, bool))] = &[
+            ("read-only grant", "/data", (true, false)),
+            ("write-only grant nested in a readable one stays readable", "/data/in", (true, true)),
+            ("write-only grant", "/out", (false, true)),
+            ("duplicate grants of one path merge", "/rw", (true, true)),
+            ("no grant", "/etc", (false, false)),
+            ("prefix lookalike is not covered", "/output", (false, false)),
+        ];
+        for (rule, path, want) in cases {
+            assert_eq!(t.dir_access(path), *want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn check_subscribe_pattern_spec() {
+        let set = set(GRANT);
+        let t = GrantTable::compile(&set);
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, bool)] = &[
+            ("the granted tail pattern", "orders.>", true),
+            ("narrower pattern under a tail grant", "orders.eu.*", true),
+            ("literal under a tail grant", "orders.eu", true),
+            ("the granted star pattern", "audit.*", true),
+            ("wider than the star grant", "audit.>", false),
+            ("everything", ">", false),
+            ("literal subscribe grant", "events.login", true),
+            ("star over a literal grant", "events.*", false),
+            ("leading star grant", "*.health", true),
+            ("publish-only grant does not cover", "events.logout", false),
+        ];
+        for (rule, pattern, want) in cases {
+            let p = TopicPattern::parse(pattern).unwrap();
+            assert_eq!(t.check_subscribe_pattern(&p), *want, "{rule}");
+            let oracle = set
+                .topics
+                .iter()
+                .any(|g| g.subscribe && p.is_within(&g.pattern));
+            assert_eq!(oracle, *want, "{rule}: set oracle agrees");
+        }
     }
 
     #[test]

@@ -90,50 +90,48 @@ impl Quotas {
     }
 }
 
-/// Which quota a breach hit; the audit event and the guest's error name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which quota a breach hit: the one quota vocabulary of the agent. The audit event, the
+/// metric label and the guest's error all name it by [`Quota::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Quota {
+    /// Linear memory, and table elements with it (they are one budget per instance).
     Memory,
-    Table,
-    Cpu,
     Fuel,
+    CpuTime,
     Timeout,
-    Mailbox,
+    Storage,
     MessageRate,
     MessageSize,
-    Storage,
+    Mailbox,
+    Concurrency,
 }
 
 impl Quota {
-    /// Stable lower-case name used in audit events and metrics labels.
+    /// Every quota, in counter-array order (`quota as usize`).
+    pub const ALL: [Quota; 9] = [
+        Self::Memory,
+        Self::Fuel,
+        Self::CpuTime,
+        Self::Timeout,
+        Self::Storage,
+        Self::MessageRate,
+        Self::MessageSize,
+        Self::Mailbox,
+        Self::Concurrency,
+    ];
+
+    /// Stable lower-case name used in the audit log, metric labels and guest errors.
     pub fn as_str(self) -> &'static str {
         match self {
-            Quota::Memory => "memory",
-            Quota::Table => "table",
-            Quota::Cpu => "cpu",
-            Quota::Fuel => "fuel",
-            Quota::Timeout => "timeout",
-            Quota::Mailbox => "mailbox",
-            Quota::MessageRate => "message-rate",
-            Quota::MessageSize => "message-size",
-            Quota::Storage => "storage",
-        }
-    }
-}
-
-impl Quota {
-    /// The audit pipeline's name for this quota (tables count as memory).
-    pub fn kind(self) -> crate::audit::QuotaKind {
-        use crate::audit::QuotaKind;
-        match self {
-            Quota::Memory | Quota::Table => QuotaKind::Memory,
-            Quota::Cpu => QuotaKind::CpuTime,
-            Quota::Fuel => QuotaKind::Fuel,
-            Quota::Timeout => QuotaKind::Timeout,
-            Quota::Mailbox => QuotaKind::Mailbox,
-            Quota::MessageRate => QuotaKind::MessageRate,
-            Quota::MessageSize => QuotaKind::MessageSize,
-            Quota::Storage => QuotaKind::Storage,
+            Self::Memory => "memory",
+            Self::Fuel => "fuel",
+            Self::CpuTime => "cpu-time",
+            Self::Timeout => "timeout",
+            Self::Storage => "storage",
+            Self::MessageRate => "message-rate",
+            Self::MessageSize => "message-size",
+            Self::Mailbox => "mailbox",
+            Self::Concurrency => "concurrency",
         }
     }
 }
@@ -215,7 +213,8 @@ impl ResourceLimiter for InstanceLimiter {
         }
         let ok = grow(&mut self.table_used, self.table_limit, current, desired);
         if !ok {
-            self.breached = Some(Quota::Table);
+            // Tables are not a quota of their own: they are reported as memory.
+            self.breached = Some(Quota::Memory);
         }
         Ok(ok)
     }
@@ -312,7 +311,7 @@ mod tests {
         let mut l = InstanceLimiter::new(1000, 10);
         assert!(l.table_growing(0, 10, None).unwrap());
         assert!(!l.table_growing(10, 11, None).unwrap());
-        assert_eq!(l.breached, Some(Quota::Table));
+        assert_eq!(l.breached, Some(Quota::Memory));
     }
 
     #[test]

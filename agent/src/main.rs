@@ -11,13 +11,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airssys_agent::actor::ComponentId;
 use airssys_agent::audit::{AuditConfig, Auditor, Rotation};
 use airssys_agent::engine::{AgentEngine, EngineConfig};
+use airssys_agent::id::ComponentId;
 use airssys_agent::manifest::Manifest;
 use airssys_agent::metrics::Metrics;
+use airssys_agent::restart::RestartPolicy;
 use airssys_agent::storage::KvStore;
-use airssys_agent::supervisor::{RestartPolicy, Supervisor};
+use airssys_agent::supervisor::Supervisor;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]

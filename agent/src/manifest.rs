@@ -17,13 +17,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use airssys_crds::artifact::Digest;
 use airssys_crds::capability::{Capabilities, CapabilitySet};
 use airssys_crds::limits::Limits;
 use serde::Deserialize;
 
-use crate::actor::ComponentId;
 use crate::engine::sha256_digest;
 use crate::error::Error;
+use crate::grant::GrantTable;
+use crate::id::ComponentId;
 use crate::limits::Quotas;
 use crate::supervisor::ComponentSpec;
 
@@ -90,12 +92,15 @@ impl ManifestComponent {
         let wasm = std::fs::read(&path)
             .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
         let actual = sha256_digest(&wasm);
-        let digest = match &self.digest {
-            Some(expected) if *expected != actual => {
-                return Err(Error::DigestMismatch {
-                    expected: expected.clone(),
-                    actual,
-                });
+        let expected = self
+            .digest
+            .as_deref()
+            .map(Digest::parse)
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        let digest = match expected {
+            Some(expected) if expected != actual => {
+                return Err(Error::DigestMismatch { expected, actual });
             }
             _ => actual,
         };
@@ -108,11 +113,12 @@ impl ManifestComponent {
             .limits
             .resolve()
             .map_err(|e| invalid(format!("limits: {e}")))?;
+        let table = GrantTable::compile(&grant);
         let env = self
             .env
             .iter()
             .filter(|(k, _)| {
-                let allowed = grant.allows_env(k);
+                let allowed = table.check_env(k);
                 if !allowed {
                     tracing::warn!(component = %id, key = %k, "env key not granted; not passed");
                 }
@@ -161,7 +167,7 @@ components:
         );
 
         let mut wrong = m.clone();
-        wrong.components[0].digest = Some(sha256_digest(b"other"));
+        wrong.components[0].digest = Some(sha256_digest(b"other").to_string());
         assert!(matches!(
             wrong.specs(dir.path(), Path::new("m.yaml")),
             Err(Error::DigestMismatch { .. })

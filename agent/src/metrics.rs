@@ -1,126 +1,18 @@
 //! The agent's Prometheus metrics: one registry, encoded as OpenMetrics text for `/metrics`.
 //!
 //! Handles are public fields; every metric type here is a cheap clone of an atomic, so hand
-//! clones to whoever updates them. The audit counters live in [`AuditMetrics`], which the
-//! audit pipeline (`audit::AuditConfig`) takes a clone of.
+//! clones to whoever updates them. The audit counters are the audit pipeline's own
+//! ([`AuditMetrics`], defined with it); they are registered here with the rest.
 
-use std::fmt::Write as _;
-
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::audit::{QuotaKind, Reason};
-use crate::grant::CapabilityKind;
+use crate::audit::AuditMetrics;
 
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Label set `{kind="network"}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: CapabilityKind,
-}
-
-/// Label set `{quota="memory"}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QuotaLabels {
-    pub quota: QuotaKind,
-}
-
-/// Label set `{reason="Killed"}`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: Reason,
-}
-
-impl EncodeLabelValue for CapabilityKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
-}
-
-impl EncodeLabelValue for QuotaKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
-}
-
-impl EncodeLabelValue for Reason {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
-}
-
-/// Counters of the audit pipeline. Clones share the same series.
-#[derive(Debug, Clone, Default)]
-pub struct AuditMetrics {
-    /// Denied capability checks, by kind (`airssys_capability_denials_total`).
-    pub denials: Family<KindLabels, Counter>,
-    /// Granted capability checks, by kind (`airssys_capability_grants_total`).
-    pub grants: Family<KindLabels, Counter>,
-    /// Quota breaches, by quota (`airssys_quota_breaches_total`).
-    pub quota_breaches: Family<QuotaLabels, Counter>,
-    /// Instances killed (`airssys_instance_kills_total`).
-    pub kills: Counter,
-    /// Audit events lost because the queue was full or closed (`airssys_audit_dropped_total`).
-    pub dropped: Counter,
-    /// Audit events written to the log, by reason (`airssys_audit_events_total`).
-    pub written: Family<ReasonLabels, Counter>,
-    /// Audit log write failures (`airssys_audit_write_errors_total`).
-    pub write_errors: Counter,
-    /// Occurrences not turned into Kubernetes Events because too many (component, reason)
-    /// series were open at once (`airssys_audit_events_suppressed_total`).
-    pub events_suppressed: Counter,
-}
-
-impl AuditMetrics {
-    fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "capability_denials",
-            "Capability checks denied, by capability kind",
-            self.denials.clone(),
-        );
-        registry.register(
-            "capability_grants",
-            "Capability checks granted, by capability kind",
-            self.grants.clone(),
-        );
-        registry.register(
-            "quota_breaches",
-            "Instances that hit a quota, by quota",
-            self.quota_breaches.clone(),
-        );
-        registry.register(
-            "instance_kills",
-            "Instances killed by the agent",
-            self.kills.clone(),
-        );
-        registry.register(
-            "audit_dropped",
-            "Audit events dropped because the audit queue was full",
-            self.dropped.clone(),
-        );
-        registry.register(
-            "audit_events",
-            "Audit events written to the audit log, by reason",
-            self.written.clone(),
-        );
-        registry.register(
-            "audit_write_errors",
-            "Failed writes to the audit log",
-            self.write_errors.clone(),
-        );
-        registry.register(
-            "audit_events_suppressed",
-            "Audit occurrences not published as Kubernetes Events (too many open series)",
-            self.events_suppressed.clone(),
-        );
-    }
-}
 
 /// Every metric the agent exports, under the `airssys_` prefix.
 #[derive(Debug)]
@@ -201,6 +93,9 @@ impl Metrics {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::audit::{KindLabels, QuotaLabels};
+    use crate::grant::CapabilityKind;
+    use crate::limits::Quota;
 
     #[test]
     fn encode_exposes_every_metric_with_labels_and_values() {
@@ -219,7 +114,7 @@ mod tests {
         m.audit
             .quota_breaches
             .get_or_create(&QuotaLabels {
-                quota: QuotaKind::Memory,
+                quota: Quota::Memory,
             })
             .inc();
         m.audit.dropped.inc_by(3);

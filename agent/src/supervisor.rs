@@ -1,119 +1,35 @@
 //! Supervision: restart with exponential backoff, crash-loop detection, and the set of
 //! actors running on this node (add, update to a new digest, remove while running).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use airssys_crds::artifact::Digest;
 use airssys_crds::capability::CapabilitySet;
 use tokio::sync::{Mutex, mpsc, watch};
 
-use crate::actor::{ActorStatus, ComponentActor, ComponentContext, ComponentId, Control, Revision};
+use crate::actor::{ActorStatus, ComponentActor, Control};
 use crate::audit::{AuditSink, ComponentIdentity};
 use crate::broker::{Broker, BrokerError, Mailbox};
+use crate::context::ComponentContext;
 use crate::engine::{AgentEngine, CompileSource};
 use crate::error::Error;
 use crate::grant::GrantTable;
+use crate::id::ComponentId;
+use crate::instance::Revision;
 use crate::limits::{Quotas, RateLimiter};
+use crate::restart::RestartPolicy;
 use crate::storage::KvStore;
-
-/// How restarts are paced and when a component counts as crash-looping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// Delay before the first restart after a healthy run.
-    pub initial_backoff: Duration,
-    /// The delay doubles per consecutive crash up to this.
-    pub max_backoff: Duration,
-    /// Crashes counted for crash-loop detection are those within this window.
-    pub window: Duration,
-    /// This many crashes within `window` mark the component crash-looping.
-    pub crash_loop_after: u32,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        Self {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
-            window: Duration::from_secs(60),
-            crash_loop_after: 5,
-        }
-    }
-}
-
-/// What to do after a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartDecision {
-    /// Wait this long, then start a fresh instance.
-    pub delay: Duration,
-    /// Crashes within the window, this one included.
-    pub recent: u32,
-    /// The component is crash-looping (keeps restarting at the backoff, reported Degraded).
-    pub crash_looping: bool,
-}
-
-/// Pure restart bookkeeping for one actor.
-#[derive(Debug, Clone)]
-pub struct RestartTracker {
-    policy: RestartPolicy,
-    recent: VecDeque<Instant>,
-    consecutive: u32,
-}
-
-impl RestartTracker {
-    pub fn new(policy: RestartPolicy) -> Self {
-        Self {
-            policy,
-            recent: VecDeque::new(),
-            consecutive: 0,
-        }
-    }
-
-    /// Records a crash at `now` and decides the backoff.
-    pub fn on_crash(&mut self, now: Instant) -> RestartDecision {
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > self.policy.window)
-        {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(now);
-        let exponent = self.consecutive.min(20);
-        self.consecutive = self.consecutive.saturating_add(1);
-        let delay = self
-            .policy
-            .initial_backoff
-            .saturating_mul(1u32 << exponent)
-            .min(self.policy.max_backoff);
-        let recent = u32::try_from(self.recent.len()).unwrap_or(u32::MAX);
-        RestartDecision {
-            delay,
-            recent,
-            crash_looping: recent >= self.policy.crash_loop_after,
-        }
-    }
-
-    /// A message was handled: the next crash starts the backoff from the beginning.
-    pub fn healthy(&mut self) {
-        self.consecutive = 0;
-    }
-
-    /// A new revision: forget the old one's crashes.
-    pub fn reset(&mut self) {
-        self.consecutive = 0;
-        self.recent.clear();
-    }
-}
 
 /// What the agent is asked to run: one component revision.
 #[derive(Debug, Clone)]
 pub struct ComponentSpec {
     pub id: ComponentId,
     /// `sha256:<hex>` the bytes must hash to.
-    pub digest: String,
+    pub digest: Digest,
     pub wasm: Arc<[u8]>,
     /// The grant: request ∩ approval, already intersected.
     pub grant: CapabilitySet,
@@ -126,7 +42,7 @@ struct ActorEntry {
     control: watch::Sender<Control>,
     status: Arc<ActorStatus>,
     task: tokio::task::JoinHandle<()>,
-    digest: String,
+    digest: Digest,
     mailbox: Mailbox,
 }
 
@@ -185,7 +101,7 @@ impl Supervisor {
 
     /// The host directory backing `guest_path` for `id` (created on start).
     pub fn host_dir(&self, id: &ComponentId, guest_path: &str) -> PathBuf {
-        crate::host::wasi::host_dir(&self.component_fs_root(id), guest_path)
+        crate::host::filesystem::host_dir(&self.component_fs_root(id), guest_path)
     }
 
     fn component_fs_root(&self, id: &ComponentId) -> PathBuf {
@@ -210,12 +126,12 @@ impl Supervisor {
             cpu_ticks: spec.quotas.cpu_ticks(self.engine.config().epoch_tick),
             rate: std::sync::Mutex::new(RateLimiter::new(spec.quotas.messages_per_second)),
             instance: AtomicU64::new(0),
-            identity: ComponentIdentity::new(&spec.id.namespace, &spec.id.name, &spec.digest),
+            identity: ComponentIdentity::of(&spec.id, spec.digest.as_str()),
         })
     }
 
     /// Compiles (or loads) `spec` and builds the context its instances run in, without
-    /// starting an actor: for benches and tools that drive [`crate::actor::LiveInstance`] directly.
+    /// starting an actor: for benches and tools that drive [`crate::instance::LiveInstance`] directly.
     /// Messages to the returned revision's own mailbox go to `mailbox`.
     pub async fn revision(
         &self,
@@ -343,7 +259,7 @@ impl Supervisor {
         self.actors.lock().await.get(id).map(|e| e.status.clone())
     }
 
-    pub async fn digest(&self, id: &ComponentId) -> Option<String> {
+    pub async fn digest(&self, id: &ComponentId) -> Option<Digest> {
         self.actors.lock().await.get(id).map(|e| e.digest.clone())
     }
 
@@ -385,59 +301,5 @@ impl Drop for Supervisor {
         for (_, entry) in actors {
             entry.task.abort();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy() -> RestartPolicy {
-        RestartPolicy {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            window: Duration::from_secs(10),
-            crash_loop_after: 3,
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let mut t = RestartTracker::new(policy());
-        let now = Instant::now();
-        let delays: Vec<_> = (0..6).map(|_| t.on_crash(now).delay.as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
-    }
-
-    #[test]
-    fn a_handled_message_resets_the_backoff() {
-        let mut t = RestartTracker::new(policy());
-        let now = Instant::now();
-        t.on_crash(now);
-        t.on_crash(now);
-        t.healthy();
-        assert_eq!(t.on_crash(now).delay, Duration::from_millis(100));
-    }
-
-    #[test]
-    fn crashes_within_the_window_mark_a_crash_loop() {
-        let mut t = RestartTracker::new(policy());
-        let now = Instant::now();
-        assert!(!t.on_crash(now).crash_looping);
-        assert!(!t.on_crash(now).crash_looping);
-        let third = t.on_crash(now + Duration::from_secs(1));
-        assert!(third.crash_looping);
-        assert_eq!(third.recent, 3);
-    }
-
-    #[test]
-    fn crashes_outside_the_window_are_forgotten() {
-        let mut t = RestartTracker::new(policy());
-        let now = Instant::now();
-        t.on_crash(now);
-        t.on_crash(now);
-        let later = t.on_crash(now + Duration::from_secs(11));
-        assert_eq!(later.recent, 1);
-        assert!(!later.crash_looping);
     }
 }

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airssys_agent::actor::{ActorState, ComponentId};
-use airssys_agent::host::wasi;
+use airssys_agent::actor::ActorState;
+use airssys_agent::host::http as outgoing;
+use airssys_agent::id::ComponentId;
 use support::{Harness, caps, quotas, spec};
 use wasmtime_wasi_http::Error as HttpError;
 
@@ -58,7 +59,7 @@ async fn infinite_loop_is_stopped_by_its_cpu_budget_and_restarted() {
     neighbour_answers_during(&h, async {
         let started = Instant::now();
         let err = h.ask("spinner", "spin").await.unwrap_err();
-        assert!(err.contains("cpu quota exceeded"), "{err}");
+        assert!(err.contains("cpu-time quota exceeded"), "{err}");
         // Deadline 100 ms plus tick granularity; far below the 10 s wall-clock timeout.
         assert!(
             started.elapsed() < Duration::from_secs(2),
@@ -175,7 +176,7 @@ async fn path_traversal_never_leaves_the_preopened_directory() {
     );
     // A path outside every preopen (`/etc/passwd`, or `../outside.txt` from the root
     // working directory) never reaches the host: wasi-libc resolves it against the preopen
-    // list inside the guest and fails there with ENOENT (see host::wasi's module doc). The
+    // list inside the guest and fails there with ENOENT (see host::filesystem's module doc). The
     // read fails and, with no host call, nothing is audited; the four attempts that do reach
     // the host through the `/data` preopen are each audited once.
     for outside in ["/etc/passwd", "../outside.txt"] {
@@ -546,12 +547,12 @@ async fn https_connects_to_the_checked_address_and_verifies_the_original_name() 
     roots
         .add(rustls::pki_types::CertificateDer::from(ca))
         .unwrap();
-    let trusted = wasi::tls_config(roots).unwrap();
+    let trusted = outgoing::tls_config(roots).unwrap();
     let checked = SocketAddr::from(([127, 0, 0, 1], port));
 
     // `rebind.test` resolves nowhere: the request can only succeed by going to the checked
     // address, with the name used for SNI and verification.
-    let (response, io) = wasi::send_to(
+    let (response, io) = outgoing::send_to(
         get(&format!("https://rebind.test:{port}/hello")),
         checked,
         &trusted,
@@ -569,7 +570,7 @@ async fn https_connects_to_the_checked_address_and_verifies_the_original_name() 
     );
 
     // The certificate is checked against the name in the URI, not the address.
-    let wrong = wasi::send_to(
+    let wrong = outgoing::send_to(
         get(&format!("https://other.test:{port}/")),
         checked,
         &trusted,
@@ -579,10 +580,10 @@ async fn https_connects_to_the_checked_address_and_verifies_the_original_name() 
     assert!(matches!(wrong, Err(HttpError::Tls(_))), "{:?}", wrong.err());
 
     // Guests get the web PKI roots: a private CA is not trusted.
-    let untrusted = wasi::send_to(
+    let untrusted = outgoing::send_to(
         get(&format!("https://rebind.test:{port}/")),
         checked,
-        &wasi::web_pki_tls().unwrap(),
+        &outgoing::web_pki_tls().unwrap(),
         None,
     )
     .await;

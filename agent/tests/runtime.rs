@@ -7,8 +7,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airssys_agent::actor::ComponentId;
 use airssys_agent::engine::{AgentEngine, CompileSource, EngineConfig, sha256_digest};
+use airssys_agent::id::ComponentId;
 use support::{Harness, caps, quotas, spec};
 
 fn id(name: &str) -> ComponentId {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use airssys_crds::capability::{TopicPattern, check_component_name, check_topic};
 
 use super::HostState;
-use super::WitError;
-use super::bindings::airssys::component::messaging::Host;
+use crate::bindings::WitError;
+use crate::bindings::airssys::component::messaging::Host;
 use crate::broker::BrokerError;
 use crate::grant::CapabilityKind;
 use crate::limits::Quota;

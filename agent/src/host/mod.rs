@@ -1,12 +1,17 @@
 //! The host side of the `airssys:component` WIT package plus the WASI 0.2 context.
 //!
 //! One module per interface: [`messaging`], [`storage`], [`logging`]; [`wasi`] builds the
-//! per-instance WASI context (preopens, sockets, outgoing HTTP) from the grant. Every
+//! per-instance WASI context from the grant, with the checked parts of WASI beside it:
+//! [`filesystem`] (shadowed `wasi:filesystem`), [`sockets`], [`http`] (outgoing requests).
+//! Every
 //! capability check happens in these modules, against the instance's immutable
 //! [`crate::grant::GrantTable`]; a denial is a WIT `access-denied` value, never a trap.
 
+pub mod filesystem;
+pub mod http;
 pub mod logging;
 pub mod messaging;
+pub mod sockets;
 pub mod storage;
 pub mod wasi;
 
@@ -15,23 +20,11 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::actor::InstanceScope;
+use crate::bindings::WitError;
+use crate::broker::{BrokerError, ReplyError};
+use crate::context::InstanceScope;
 use crate::error::Error;
 use crate::limits::{CpuBudget, InstanceLimiter, Quota};
-
-/// Generated bindings for the `component` world.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "component",
-        imports: { default: async },
-        exports: { default: async },
-    });
-}
-
-pub use bindings::airssys::component::types::{
-    Error as WitError, Message as WitMessage, Origin as WitOrigin, TopicMessage as WitTopicMessage,
-};
 
 /// Everything one instance's host functions can reach. Lives in the instance's `Store`.
 pub struct HostState {
@@ -41,11 +34,13 @@ pub struct HostState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) http: WasiHttpCtx,
-    pub(crate) http_hooks: wasi::GrantedHttp,
+    pub(crate) http_hooks: http::GrantedHttp,
     pub(crate) limiter: InstanceLimiter,
     pub(crate) cpu: CpuBudget,
     /// Quota that stopped the current call, if any (the trap that follows is reported as it).
     pub(crate) breach: Option<Quota>,
+    /// What this instance may still make the agent log.
+    pub(crate) log_budget: logging::LogBudget,
 }
 
 impl std::fmt::Debug for HostState {
@@ -66,13 +61,14 @@ impl HostState {
         let quotas = &scope.quotas;
         Ok(Self {
             limiter: InstanceLimiter::new(quotas.memory_bytes, quotas.table_elements),
-            http_hooks: wasi::GrantedHttp::new(scope.clone()),
+            http_hooks: http::GrantedHttp::new(scope.clone()),
             scope,
             wasi,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             cpu: CpuBudget::default(),
             breach: None,
+            log_budget: logging::LogBudget::new(),
         })
     }
 
@@ -97,15 +93,7 @@ impl HostState {
 
     /// Refuses payloads over the component's message size limit.
     pub(crate) fn check_size(&self, len: usize) -> Result<(), WitError> {
-        let max = self.scope.quotas.max_message_bytes as usize;
-        if len > max {
-            self.scope.quota_exceeded(Quota::MessageSize);
-            Err(WitError::InvalidInput(format!(
-                "message of {len} bytes is over the {max}-byte limit"
-            )))
-        } else {
-            Ok(())
-        }
+        self.scope.check_message_size(len)
     }
 }
 
@@ -128,7 +116,7 @@ impl WasiHttpView for HostState {
     }
 }
 
-impl bindings::airssys::component::types::Host for HostState {}
+impl crate::bindings::airssys::component::types::Host for HostState {}
 
 /// The linker every instance is created from: WASI 0.2 (with the audited filesystem
 /// open), `wasi:http`, and the airssys interfaces. Built once per engine.
@@ -137,8 +125,49 @@ pub fn linker(engine: &Engine) -> Result<Linker<HostState>, Error> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::wasm("link WASI"))?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(Error::wasm("link wasi:http"))?;
-    wasi::shadow_open_at(&mut linker)?;
-    bindings::Component::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+    filesystem::shadow_open_at(&mut linker)?;
+    crate::bindings::Component::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(Error::wasm("link airssys interfaces"))?;
     Ok(linker)
+}
+
+impl From<BrokerError> for WitError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::NotFound(_) => WitError::NotFound(e.to_string()),
+            BrokerError::MailboxFull(_) | BrokerError::Partial { .. } => {
+                WitError::QuotaExceeded(e.to_string())
+            }
+            BrokerError::Timeout(..) => WitError::Timeout(e.to_string()),
+            BrokerError::NoReply(_) => WitError::Internal(e.to_string()),
+            BrokerError::SelfRequest => WitError::InvalidInput(e.to_string()),
+            BrokerError::Remote(inner) => inner.into(),
+        }
+    }
+}
+
+impl From<ReplyError> for WitError {
+    fn from(e: ReplyError) -> Self {
+        match e {
+            ReplyError::AccessDenied(m) => WitError::AccessDenied(m),
+            ReplyError::NotFound(m) => WitError::NotFound(m),
+            ReplyError::InvalidInput(m) => WitError::InvalidInput(m),
+            ReplyError::QuotaExceeded(m) => WitError::QuotaExceeded(m),
+            ReplyError::Timeout(m) => WitError::Timeout(m),
+            ReplyError::Internal(m) => WitError::Internal(m),
+        }
+    }
+}
+
+impl From<WitError> for ReplyError {
+    fn from(e: WitError) -> Self {
+        match e {
+            WitError::AccessDenied(m) => ReplyError::AccessDenied(m),
+            WitError::NotFound(m) => ReplyError::NotFound(m),
+            WitError::InvalidInput(m) => ReplyError::InvalidInput(m),
+            WitError::QuotaExceeded(m) => ReplyError::QuotaExceeded(m),
+            WitError::Timeout(m) => ReplyError::Timeout(m),
+            WitError::Internal(m) => ReplyError::Internal(m),
+        }
+    }
 }

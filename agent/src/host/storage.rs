@@ -4,8 +4,8 @@
 use airssys_crds::capability::{FsAccess, check_bucket};
 
 use super::HostState;
-use super::WitError;
-use super::bindings::airssys::component::storage::Host;
+use crate::bindings::WitError;
+use crate::bindings::airssys::component::storage::Host;
 use crate::grant::CapabilityKind;
 use crate::limits::Quota;
 use crate::storage::StorageError;

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use airssys_agent::actor::ComponentId;
 use airssys_agent::audit::{AuditConfig, AuditSink, Auditor, AuditorHandle};
 pub use airssys_agent::engine::{AgentEngine, EngineConfig, sha256_digest};
+use airssys_agent::id::ComponentId;
 pub use airssys_agent::limits::Quotas;
+use airssys_agent::restart::RestartPolicy;
 use airssys_agent::storage::KvStore;
-use airssys_agent::supervisor::{ComponentSpec, RestartPolicy, Supervisor};
+use airssys_agent::supervisor::{ComponentSpec, Supervisor};
 use airssys_crds::capability::{Capabilities, CapabilitySet};
 
 /// Directory with the built guest `.wasm` files.

@@ -1,0 +1,72 @@
+//! A component cannot turn the agent's own log into its output channel: a 2 MB `init` error
+//! on every restart, or a message that logs 40 MB, leave the agent's log small. The whole
+//! test binary's `tracing` output is captured (one global subscriber), so it holds one test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use support::{Expect, Harness, caps, quotas, spec};
+
+/// Counts the bytes the agent logs.
+#[derive(Clone, Default)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.fetch_add(buf.len(), Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_cannot_amplify_its_output_into_the_agents_log() {
+    let logged = Counted::default();
+    let writer = logged.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_writer(move || writer.clone())
+        .init();
+    let h = Harness::new();
+
+    // init fails with a 2 MB error; the supervisor restarts it several times.
+    let mut failing = spec(
+        "init-bomb",
+        "log-bomb",
+        caps("env: [{name: MODE}]"),
+        quotas(),
+    );
+    failing.env = vec![("MODE".into(), "fail-init".into())];
+    h.add(failing).await;
+    h.wait_audit("crash loop of init-bomb", |e| {
+        Expect::CrashLoop.matches("init-bomb", e)
+    })
+    .await;
+    let kills = h
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| Expect::Killed.matches("init-bomb", e))
+        .count();
+    assert!(kills >= 4, "{kills} restarts");
+    let after_init = logged.0.load(Ordering::Relaxed);
+    assert!(
+        after_init < 64 << 10,
+        "{kills} failed inits made the agent log {after_init} bytes"
+    );
+
+    // One message logs 10,000 lines of 4,000 bytes (40 MB).
+    h.add(spec("chatty", "log-bomb", caps(""), quotas())).await;
+    assert_eq!(h.ask("chatty", "go").await.unwrap(), "logged");
+    let chatty = logged.0.load(Ordering::Relaxed) - after_init;
+    assert!(
+        chatty < 2 << 20,
+        "40 MB of guest log lines made the agent log {chatty} bytes"
+    );
+}
