@@ -60,7 +60,10 @@ fn dev(build: bool, forward: &[OsString]) -> Result<String, String> {
         let tools = start_tools_build(&root, &bin_dir);
         cargo_build(&root, &bin_dir)?;
         if let Some((mut child, log)) = tools {
-            eprintln!("xtask dev: waiting for the control-plane tools (log: {})", log.display());
+            eprintln!(
+                "xtask dev: waiting for the control-plane tools (log: {})",
+                log.display()
+            );
             let status = child
                 .wait()
                 .map_err(|e| format!("waiting for tests/cluster/build.sh: {e}"))?;
@@ -104,7 +107,10 @@ fn workspace_root() -> Result<PathBuf, String> {
 /// in the same profile.
 fn cargo_build(root: &Path, bin_dir: &Path) -> Result<(), String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let profile_dir = bin_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let profile_dir = bin_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
     let target_dir = bin_dir
         .parent()
         .ok_or_else(|| format!("{} has no parent directory", bin_dir.display()))?;
@@ -116,9 +122,7 @@ fn cargo_build(root: &Path, bin_dir: &Path) -> Result<(), String> {
         cmd.arg("--release");
     }
     eprintln!("xtask dev: {cmd:?}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("running cargo: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
     if status.success() {
         Ok(())
     } else {

@@ -29,10 +29,7 @@ async fn the_dev_examples_reach_every_decision_and_the_printed_approval_works() 
 
     let observed = match cluster.wait_for_decisions(TIMEOUT).await {
         Ok(observed) => observed,
-        Err(e) => panic!(
-            "{e}\n--- operator log:\n{}",
-            cluster.operator_log_tail(60)
-        ),
+        Err(e) => panic!("{e}\n--- operator log:\n{}", cluster.operator_log_tail(60)),
     };
     let show = dev::decision_table(&observed);
     for expected in [
@@ -54,7 +51,10 @@ async fn the_dev_examples_reach_every_decision_and_the_printed_approval_works() 
         .find(|o| o.component.expected == Expected::Trusted)
         .unwrap();
     assert!(
-        trusted.matched_sources.iter().any(|s| s == "platform-registry"),
+        trusted
+            .matched_sources
+            .iter()
+            .any(|s| s == "platform-registry"),
         "{show}"
     );
     let denied = observed
@@ -62,7 +62,10 @@ async fn the_dev_examples_reach_every_decision_and_the_printed_approval_works() 
         .find(|o| o.component.expected == Expected::Denied)
         .unwrap();
     assert!(
-        denied.matched_sources.iter().any(|s| s == "deny-quarantine"),
+        denied
+            .matched_sources
+            .iter()
+            .any(|s| s == "deny-quarantine"),
         "{show}"
     );
 

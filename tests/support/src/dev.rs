@@ -176,12 +176,8 @@ pub fn render_manifest(text: &str, registry: &str, public_key: &str) -> Result<S
 fn replace_strings(value: &mut Value, from: &str, to: &str) {
     match value {
         Value::String(s) if s.contains(from) => *s = s.replace(from, to),
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| replace_strings(v, from, to)),
-        Value::Object(map) => map
-            .values_mut()
-            .for_each(|v| replace_strings(v, from, to)),
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_strings(v, from, to)),
+        Value::Object(map) => map.values_mut().for_each(|v| replace_strings(v, from, to)),
         _ => {}
     }
 }
@@ -563,7 +559,8 @@ impl DevCluster {
         let key = SigningKey::ensure(&options.dir)?;
         let work = cp.dir().join("push");
         let pushed = {
-            let (address, guests, key) = (registry.address().to_owned(), guests.clone(), key.clone());
+            let (address, guests, key) =
+                (registry.address().to_owned(), guests.clone(), key.clone());
             // oras and cosign are blocking child processes; a few seconds in all.
             tokio::task::spawn_blocking(move || push_examples(&address, &guests, &key, &work))
                 .await
@@ -571,10 +568,15 @@ impl DevCluster {
         };
 
         let mut cmd = Command::new(&operator_bin);
-        cmd.args(["run", "--dev-mode", "--insecure-registry", registry.address()])
-            .args(&options.operator_args)
-            .env("KUBECONFIG", cp.kubeconfig_path())
-            .env("RUST_LOG", rust_log());
+        cmd.args([
+            "run",
+            "--dev-mode",
+            "--insecure-registry",
+            registry.address(),
+        ])
+        .args(&options.operator_args)
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("RUST_LOG", rust_log());
         let operator = start_watched(&cp, "operator", cmd).await?;
 
         let mut agents = Vec::new();
@@ -601,7 +603,12 @@ impl DevCluster {
         }
 
         let rendered = options.dir.join("examples");
-        render_examples(&options.examples, &rendered, registry.address(), &key.public_key)?;
+        render_examples(
+            &options.examples,
+            &rendered,
+            registry.address(),
+            &key.public_key,
+        )?;
         let out = cp
             .kubectl([
                 OsString::from("apply"),
@@ -678,7 +685,9 @@ impl DevCluster {
     /// Fails with the log tail of the operator or an agent if one has exited.
     pub fn check_running(&mut self) -> Result<(), Error> {
         self.operator.check_running()?;
-        self.agents.iter_mut().try_for_each(Supervised::check_running)
+        self.agents
+            .iter_mut()
+            .try_for_each(Supervised::check_running)
     }
 
     /// `PATH` with the workspace binaries (`kubectl-wasm`) and the harness tools (`kubectl`)
@@ -843,12 +852,42 @@ mod tests {
         let other_host = "kind: WasmComponent\nspec:\n  artifact: { oci: { reference: registry.example.com/a/b:1 } }\n";
         // (rule, manifest, JSON pointer, value after rendering)
         let rows: &[(&str, &str, &str, Value)] = &[
-            ("a registry glob names the local registry", source, "/spec/registries/0/repository", "127.0.0.1:40000/platform/**".into()),
-            ("the dev key gets the generated public key", source, "/spec/keys/0/publicKey", KEY.into()),
-            ("other keys are left alone", source, "/spec/keys/1/publicKey", "KEEP".into()),
-            ("an artifact reference names the local registry", component, "/spec/artifact/oci/reference", "127.0.0.1:40000/a/b:1".into()),
-            ("other fields are left alone", component, "/spec/artifact/oci/insecure", true.into()),
-            ("other registries are left alone", other_host, "/spec/artifact/oci/reference", "registry.example.com/a/b:1".into()),
+            (
+                "a registry glob names the local registry",
+                source,
+                "/spec/registries/0/repository",
+                "127.0.0.1:40000/platform/**".into(),
+            ),
+            (
+                "the dev key gets the generated public key",
+                source,
+                "/spec/keys/0/publicKey",
+                KEY.into(),
+            ),
+            (
+                "other keys are left alone",
+                source,
+                "/spec/keys/1/publicKey",
+                "KEEP".into(),
+            ),
+            (
+                "an artifact reference names the local registry",
+                component,
+                "/spec/artifact/oci/reference",
+                "127.0.0.1:40000/a/b:1".into(),
+            ),
+            (
+                "other fields are left alone",
+                component,
+                "/spec/artifact/oci/insecure",
+                true.into(),
+            ),
+            (
+                "other registries are left alone",
+                other_host,
+                "/spec/artifact/oci/reference",
+                "registry.example.com/a/b:1".into(),
+            ),
         ];
         for (rule, manifest, pointer, want) in rows {
             let rendered = render_manifest(manifest, "127.0.0.1:40000", KEY).unwrap();
@@ -899,7 +938,12 @@ mod tests {
                 "{}",
                 c.id()
             );
-            assert_eq!(oci["insecure"], true, "{}: the dev registry is plain HTTP", c.id());
+            assert_eq!(
+                oci["insecure"],
+                true,
+                "{}: the dev registry is plain HTTP",
+                c.id()
+            );
         }
         assert!(
             all.iter().any(|d| d["kind"] == "TrustSource"
@@ -915,7 +959,10 @@ mod tests {
             Expected::DevMode,
             Expected::Denied,
         ] {
-            assert!(decisions.contains(&decision), "no example shows {decision:?}");
+            assert!(
+                decisions.contains(&decision),
+                "no example shows {decision:?}"
+            );
         }
     }
 

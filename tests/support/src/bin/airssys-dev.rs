@@ -74,7 +74,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
-    tracing::info!("locating the control plane binaries (a first run builds them: tens of minutes)");
+    tracing::info!(
+        "locating the control plane binaries (a first run builds them: tens of minutes)"
+    );
     let tools_dir = tokio::task::spawn_blocking(|| tools::bin_dir().map(PathBuf::from))
         .await
         .map_err(|e| Error::Invalid(format!("tool lookup task failed: {e}")))??;
