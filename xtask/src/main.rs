@@ -118,6 +118,14 @@ fn cargo_build(root: &Path, bin_dir: &Path) -> Result<(), String> {
     cmd.args(["build", "--locked", "--workspace", "--bins", "--target-dir"])
         .arg(target_dir)
         .current_dir(root);
+    // `cargo run` gave us xtask's CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...; build scripts
+    // (ring's) rerun when those change, so passing them on would rebuild ring and everything
+    // above it, here and again in the developer's next plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_package_env) {
+            cmd.env_remove(&name);
+        }
+    }
     if profile_dir == "release" {
         cmd.arg("--release");
     }
@@ -128,6 +136,21 @@ fn cargo_build(root: &Path, bin_dir: &Path) -> Result<(), String> {
     } else {
         Err(format!("cargo build failed ({status})"))
     }
+}
+
+/// Variables cargo sets for the package it runs, never cargo configuration.
+fn is_package_env(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "OUT_DIR"
+        )
 }
 
 /// Starts `tests/cluster/build.sh` in the background with its output in a log file. `None`

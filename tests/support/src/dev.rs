@@ -261,6 +261,14 @@ pub fn build_workspace_bins() -> Result<PathBuf, Error> {
         .arg(target_dir)
         .current_dir(crate::repo_root())
         .stdin(Stdio::null());
+    // `cargo test` gave this process its package's CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...;
+    // build scripts (ring's) rerun when those change, so passing them on would rebuild ring
+    // and everything above it, and again in the next plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_package_env) {
+            cmd.env_remove(&name);
+        }
+    }
     if bin_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -272,6 +280,22 @@ pub fn build_workspace_bins() -> Result<PathBuf, Error> {
         )));
     }
     Ok(bin_dir)
+}
+
+/// Variables cargo sets for the package it runs or tests, never cargo configuration.
+fn is_package_env(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 /// Builds the guest components (`tests/components/build.sh`; a no-op when nothing changed)
@@ -963,6 +987,23 @@ mod tests {
                 decisions.contains(&decision),
                 "no example shows {decision:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_the_variables_cargo_sets_for_a_package_are_dropped() {
+        for (name, dropped) in [
+            ("CARGO_PKG_NAME", true),
+            ("CARGO_PKG_VERSION_MAJOR", true),
+            ("CARGO_MANIFEST_DIR", true),
+            ("CARGO_PRIMARY_PACKAGE", true),
+            ("CARGO", false),
+            ("CARGO_HOME", false),
+            ("CARGO_TARGET_DIR", false),
+            ("CARGO_BUILD_JOBS", false),
+            ("RUSTFLAGS", false),
+        ] {
+            assert_eq!(is_package_env(name), dropped, "{name}");
         }
     }
 
