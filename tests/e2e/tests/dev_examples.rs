@@ -57,6 +57,12 @@ async fn the_dev_examples_reach_every_decision_and_the_printed_approval_works() 
             .any(|s| s == "platform-registry"),
         "{show}"
     );
+    let message = trusted.approved.as_ref().map(|(_, _, m)| m.as_str());
+    assert!(
+        message.is_some_and(|m| m.contains(dev::DEV_KEY_NAME)),
+        "echo is not trusted for its signature by {}: {message:?}",
+        dev::DEV_KEY_NAME
+    );
     let denied = observed
         .iter()
         .find(|o| o.component.expected == Expected::Denied)
