@@ -1,273 +1,176 @@
-//! Developer tasks. `cargo run -p xtask -- dev` runs the whole system locally: the harness's
-//! control plane (etcd, kube-apiserver, kube-controller-manager), the CRDs, the operator and
-//! agents as real processes, and `examples/` applied; Ctrl-C stops everything.
-
+//! Developer tasks. `cargo run -p xtask -- dev` runs the whole system locally.
+//!
+//! This crate is std-only so that `cargo run -p xtask` compiles in seconds. `dev` then runs one
+//! `cargo build --locked --workspace --bins` (operator, agent, `kubectl-wasm` and the
+//! `airssys-dev` driver from airssys-test-support, all in one build graph: every dependency is
+//! compiled once, with one set of features) and hands over to `airssys-dev`, which starts the
+//! control plane, the local OCI registry and the operator and applies the examples. While cargo
+//! compiles, the Go tools of the control plane are built in the background, as `.ci/run` does.
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, ExitCode, Stdio};
 
-use airssys_test_support::{ControlPlane, ControlPlaneOptions, Supervised, repo_root, tool_path};
-use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+const USAGE: &str = "\
+usage: cargo run -p xtask -- dev [--no-build] [AIRSSYS-DEV OPTIONS]
 
-#[derive(Debug, thiserror::Error)]
-enum Error {
-    #[error(transparent)]
-    Support(#[from] airssys_test_support::Error),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("tool lookup task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
-}
+  dev          build every binary of the workspace once, then run the local cluster
+               (airssys-dev: control plane, OCI registry, operator, the examples applied)
+  --no-build   use the binaries already built (no cargo build)
 
-#[derive(Debug, Parser)]
-#[command(about = "airssys-wasm developer tasks")]
-struct Cli {
-    #[command(subcommand)]
-    command: Task,
-}
+Options after `dev` go to airssys-dev; `cargo run -p xtask -- dev --help` lists them.";
 
-#[derive(Debug, Subcommand)]
-enum Task {
-    /// Start a local control plane with the CRDs, the operator, agents and the examples.
-    Dev(DevArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct DevArgs {
-    /// Use target/debug binaries as they are instead of `cargo build`ing them first.
-    #[arg(long)]
-    no_build: bool,
-    /// Number of agents, each standing in for one node (`dev-node-1`, ...).
-    #[arg(long, default_value_t = 1)]
-    nodes: u32,
-    /// Stop right after everything is up (a smoke test of this command).
-    #[arg(long)]
-    once: bool,
-    /// Keep the control plane's directory (logs, etcd data) after stopping.
-    #[arg(long)]
-    keep: bool,
-    /// An argument for the operator binary (repeat for several). Default: `run --dev-mode`
-    /// (a local cluster is a development cluster: DevMode sources may apply).
-    #[arg(long = "operator-arg", allow_hyphen_values = true)]
-    operator_args: Vec<String>,
-    /// An argument for each agent binary (repeat for several).
-    #[arg(long = "agent-arg", allow_hyphen_values = true)]
-    agent_args: Vec<String>,
-}
-
-/// How long a just-started binary is watched for an immediate exit.
-const STARTUP_WATCH: Duration = Duration::from_millis(1500);
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Task::Dev(args) => dev(args).await,
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    match args.next().as_deref().and_then(|a| a.to_str()) {
+        Some("dev") => {}
+        Some("-h" | "--help" | "help") => {
+            eprintln!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut build = true;
+    let mut forward: Vec<OsString> = Vec::new();
+    for arg in args {
+        if arg == "--no-build" {
+            build = false;
+        } else {
+            forward.push(arg);
+        }
+    }
+    // `dev` only returns when something failed: on success it became airssys-dev (exec).
+    let message = match dev(build, &forward) {
+        Ok(message) | Err(message) => message,
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    eprintln!("xtask dev: {message}");
+    ExitCode::FAILURE
 }
 
-async fn dev(args: DevArgs) -> Result<(), Error> {
-    tracing::info!("locating the control plane binaries (first run builds them: tens of minutes)");
-    let bin_dir = tokio::task::spawn_blocking(airssys_test_support::tools::bin_dir).await??;
-    tracing::info!(bin = %bin_dir.display(), "tools ready");
-
-    let cp = ControlPlane::start(ControlPlaneOptions {
-        keep_dir: args.keep,
-        ..ControlPlaneOptions::default()
-    })
-    .await?;
-
-    if !args.no_build {
-        build_binaries();
-    }
-    let mut running = Vec::new();
-    let operator = target_binary("airssys-operator");
-    let operator_args = if args.operator_args.is_empty() {
-        vec!["run".to_owned(), "--dev-mode".to_owned()]
-    } else {
-        args.operator_args.clone()
-    };
-    if let Some(p) = start_binary(&cp, &operator, "operator", &operator_args, &[]).await? {
-        running.push(p);
-    }
-    let agent = target_binary("airssys-agent");
-    for n in 1..=args.nodes {
-        let node = format!("dev-node-{n}");
-        // No kubelets here: the Node object stands in for the machine the agent runs on.
-        if let Err(e) = cp
-            .create_node(&node, &[("kubernetes.io/hostname", node.as_str())])
-            .await
-        {
-            tracing::warn!(%node, "creating the Node object failed: {e}");
-        }
-        let env = [("NODE_NAME", node.as_str())];
-        if let Some(p) = start_binary(
-            &cp,
-            &agent,
-            &format!("agent-{node}"),
-            &args.agent_args,
-            &env,
-        )
-        .await?
-        {
-            running.push(p);
-        }
-    }
-
-    apply_examples(&cp).await?;
-    let kubectl = tool_path("kubectl")?;
-    print_summary(&cp, &kubectl);
-
-    if !args.once {
-        wait_for_shutdown().await;
-        tracing::info!("stopping");
-    }
-    // Operator and agents first, then the control plane they talk to.
-    drop(running);
-    drop(cp);
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Builds the operator and agent; a failure is reported and whatever binaries exist are used.
-fn build_binaries() {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    tracing::info!("cargo build -p airssys-operator -p airssys-agent");
-    let status = Command::new(cargo)
-        .args(["build", "-p", "airssys-operator", "-p", "airssys-agent"])
-        .current_dir(repo_root())
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => tracing::warn!("building the operator and agent failed ({s}); using what exists"),
-        Err(e) => tracing::warn!("could not run cargo: {e}; using what exists"),
-    }
-}
-
-/// `<target dir>/debug/<name>`, honouring `CARGO_TARGET_DIR` like cargo does.
-fn target_binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug").join(name)
-}
-
-/// Starts `binary` with the admin kubeconfig if it exists. A binary that exits right away
-/// (today's placeholders do) is logged and tolerated.
-async fn start_binary(
-    cp: &ControlPlane,
-    binary: &Path,
-    name: &str,
-    args: &[String],
-    env: &[(&str, &str)],
-) -> Result<Option<Supervised>, Error> {
-    if !binary.is_file() {
-        tracing::warn!(binary = %binary.display(), "not built; not starting {name}");
-        return Ok(None);
-    }
-    let mut cmd = Command::new(binary);
-    cmd.args(args).env("KUBECONFIG", cp.kubeconfig_path()).env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-    );
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let log = cp.dir().join("logs").join(format!("{name}.log"));
-    let mut process = Supervised::spawn(name, cmd, &log)?;
-    tokio::time::sleep(STARTUP_WATCH).await;
-    match process.exited() {
-        Some(status) => {
-            tracing::warn!(
-                %status,
-                log = %log.display(),
-                "{name} exited immediately; continuing without it. Last lines:\n{}",
-                process.log_tail(10)
+/// Builds, then replaces this process with airssys-dev; returns only with what went wrong.
+fn dev(build: bool, forward: &[OsString]) -> Result<String, String> {
+    let bin_dir = bin_dir()?;
+    let root = workspace_root()?;
+    if build {
+        // The Go tools download modules for much of their first build; overlap that with
+        // cargo. The script takes a lock, so airssys-dev's own call later just waits for it.
+        let tools = start_tools_build(&root, &bin_dir);
+        cargo_build(&root, &bin_dir)?;
+        if let Some((mut child, log)) = tools {
+            eprintln!(
+                "xtask dev: waiting for the control-plane tools (log: {})",
+                log.display()
             );
-            Ok(None)
-        }
-        None => {
-            tracing::info!(pid = process.pid(), log = %log.display(), "{name} running");
-            Ok(Some(process))
+            let status = child
+                .wait()
+                .map_err(|e| format!("waiting for tests/cluster/build.sh: {e}"))?;
+            if !status.success() {
+                return Err(format!(
+                    "building the control-plane tools failed ({status}); see {}",
+                    log.display()
+                ));
+            }
         }
     }
+    let driver = bin_dir.join("airssys-dev");
+    if !driver.is_file() {
+        return Err(format!(
+            "{} is not built; run without --no-build",
+            driver.display()
+        ));
+    }
+    // exec: airssys-dev gets Ctrl-C and SIGTERM directly and its exit status is ours.
+    let error = Command::new(&driver).args(forward).exec();
+    Ok(format!("starting {}: {error}", driver.display()))
 }
 
-async fn apply_examples(cp: &ControlPlane) -> Result<(), Error> {
-    let examples = repo_root().join("examples");
-    let has_yaml = std::fs::read_dir(&examples)
-        .map_err(|source| Error::Io {
-            what: format!("reading {}", examples.display()),
-            source,
-        })?
-        .filter_map(Result::ok)
-        .any(|e| e.path().extension().is_some_and(|x| x == "yaml"));
-    if !has_yaml {
-        tracing::warn!(dir = %examples.display(), "no example manifests to apply");
-        return Ok(());
+/// The directory this binary was built into (`<target>/debug`): cargo builds the workspace's
+/// binaries there too, whatever `CARGO_TARGET_DIR` or `--target-dir` said.
+fn bin_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating xtask's binary: {e}"))?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{} has no parent directory", exe.display()))
+}
+
+/// The workspace root: this crate's parent (compiled in, so any working directory works).
+fn workspace_root() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize()
+        .map_err(|e| format!("locating the workspace at {}: {e}", root.display()))
+}
+
+/// `cargo build --locked --workspace --bins` into the target directory xtask itself lives in,
+/// in the same profile.
+fn cargo_build(root: &Path, bin_dir: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let profile_dir = bin_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
+    let target_dir = bin_dir
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", bin_dir.display()))?;
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--locked", "--workspace", "--bins", "--target-dir"])
+        .arg(target_dir)
+        .current_dir(root);
+    // `cargo run` gave us xtask's CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...; build scripts
+    // (ring's) rerun when those change, so passing them on would rebuild ring and everything
+    // above it, here and again in the developer's next plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_package_env) {
+            cmd.env_remove(&name);
+        }
     }
-    let out = cp
-        .kubectl([OsStrArg::from("apply"), "-f".into(), examples.into()])
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        tracing::info!("kubectl apply -f examples/:\n{}", stdout.trim_end());
+    if profile_dir == "release" {
+        cmd.arg("--release");
+    }
+    eprintln!("xtask dev: {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+    if status.success() {
+        Ok(())
     } else {
-        tracing::warn!("kubectl apply -f examples/ failed:\n{stdout}{stderr}");
+        Err(format!("cargo build failed ({status})"))
     }
-    Ok(())
 }
 
-type OsStrArg = std::ffi::OsString;
-
-#[allow(
-    clippy::print_stdout,
-    reason = "the command's output for the developer"
-)]
-fn print_summary(cp: &ControlPlane, kubectl: &Path) {
-    let kubeconfig = cp.kubeconfig_path().display();
-    println!();
-    println!("airssys-wasm dev cluster is up at {}", cp.server());
-    println!("  kubeconfig: {kubeconfig}");
-    println!("  logs:       {}", cp.dir().join("logs").display());
-    println!(
-        "  try:        KUBECONFIG={kubeconfig} {} get wasmcomponents -A",
-        kubectl.display()
-    );
-    println!("Ctrl-C stops everything.");
+/// Variables cargo sets for the package it runs, never cargo configuration.
+fn is_package_env(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "OUT_DIR"
+        )
 }
 
-async fn wait_for_shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
+/// Starts `tests/cluster/build.sh` in the background with its output in a log file. `None`
+/// (and a note) when it cannot start; airssys-dev then runs it itself.
+fn start_tools_build(root: &Path, bin_dir: &Path) -> Option<(std::process::Child, PathBuf)> {
+    let log = bin_dir.join("airssys-dev-tools-build.log");
+    let out = std::fs::File::create(&log).ok()?;
+    let err = out.try_clone().ok()?;
+    match Command::new("bash")
+        .arg(root.join("tests/cluster/build.sh"))
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+    {
+        Ok(child) => Some((child, log)),
         Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            eprintln!("xtask dev: could not start tests/cluster/build.sh in the background: {e}");
+            None
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

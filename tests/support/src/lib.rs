@@ -16,6 +16,7 @@
 //! ```
 
 mod control_plane;
+pub mod dev;
 mod error;
 mod pki;
 mod ports;
