@@ -92,9 +92,8 @@ fn other_kinds_in_the_same_files_are_skipped() {
 fn every_source_in_a_mixed_file_is_still_checked() {
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(examples().join("trustsource-deny.yaml")).unwrap();
-    let bad =
-        std::fs::read_to_string(examples().join("invalid/trustsource-matches-nothing.yaml"))
-            .unwrap();
+    let bad = std::fs::read_to_string(examples().join("invalid/trustsource-matches-nothing.yaml"))
+        .unwrap();
     let component = std::fs::read_to_string(examples().join("component-echo.yaml")).unwrap();
     let mixed = dir.path().join("mixed.yaml");
     std::fs::write(
@@ -103,7 +102,10 @@ fn every_source_in_a_mixed_file_is_still_checked() {
     )
     .unwrap();
     let (ok, stdout, stderr) = check(&[mixed]);
-    assert!(!ok, "the invalid source must fail the check: {stdout}{stderr}");
+    assert!(
+        !ok,
+        "the invalid source must fail the check: {stdout}{stderr}"
+    );
     assert_eq!(
         stdout.matches("source is valid and in use").count(),
         1,
