@@ -67,8 +67,10 @@ struct WriteArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Lists the components waiting for a person (Approved=False with reason PendingApproval
-    /// or RequestExceedsCeiling), with their digest and requested capabilities.
+    /// Lists the components waiting for a person.
+    ///
+    /// Those with Approved=False and reason PendingApproval or RequestExceedsCeiling, with
+    /// their digest and requested capabilities.
     Pending {
         /// Every namespace.
         #[arg(short = 'A', long = "all-namespaces", conflicts_with = "namespace")]
@@ -77,9 +79,10 @@ enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
-    /// Approves a component: pins its resolved digest in a Trust source, for this component
-    /// and exactly the capabilities it requests now. A new digest or a wider request later
-    /// sends it back to PendingApproval.
+    /// Approves a component's digest with exactly the capabilities it requests now.
+    ///
+    /// Pins its resolved digest in a Trust source, for this component only. A new digest or a
+    /// wider request later sends it back to PendingApproval.
     #[command(
         after_help = "Example:\n  kubectl wasm approve wasm-demo/kv-counter --reason 'SEC-1412' --dry-run -o yaml"
     )]
@@ -91,15 +94,18 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         approved_by: Option<String>,
     },
-    /// Denies a component's resolved digest: pins it in a Deny source, which wins over every
-    /// Trust source, for every component running those bytes.
+    /// Denies a component's digest, for every component running those bytes.
+    ///
+    /// Pins its resolved digest in a Deny source, which wins over every Trust source.
     #[command(after_help = "Example:\n  kubectl wasm deny wasm-demo/miner --reason 'crypto miner'")]
     Deny {
         #[command(flatten)]
         args: WriteArgs,
     },
-    /// Says why a component is or is not approved (trust level, digests, matching sources,
-    /// conditions as the operator wrote them) and what to run next.
+    /// Says why a component is or is not approved, and what to do next.
+    ///
+    /// Shows its trust level, digests, matching sources and conditions as the operator wrote
+    /// them.
     Explain {
         /// The component, as NAMESPACE/NAME.
         #[arg(value_name = "NAMESPACE/NAME")]
