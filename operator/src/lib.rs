@@ -6,15 +6,15 @@
 //! - [`events`]: condition and Event reasons.
 //! - [`controller`]: the `TrustSource` and `WasmComponent` controllers (reconcile, error policy,
 //!   status by server-side apply, Events).
-//! - [`metrics`]: Prometheus metrics and the `/metrics` + `/healthz` endpoint.
-//! - [`plugin`]: the `kubectl wasm` plugin's logic (pending, approve, deny, explain).
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//!
+//! The `kubectl wasm` plugin is its own crate (`kubectl-wasm/`), depending on the CRDs only.
 
 pub mod artifact;
 pub mod controller;
 pub mod events;
 pub mod index;
 pub mod metrics;
-pub mod plugin;
 pub mod trust;
 
 use std::sync::{Arc, RwLock};

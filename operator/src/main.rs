@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use airssys_crds::TrustSource;
 use airssys_operator::artifact::ResolverOptions;
-use airssys_operator::metrics::Metrics;
+use airssys_operator::metrics::{Metrics, Readiness};
 use airssys_operator::{Applied, Config, Context, Resolver, TrustIndex};
 use clap::{Parser, Subcommand};
 use serde::Deserialize as _;
@@ -28,8 +28,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validates TrustSource manifests (multi-document YAML) as the operator would, keys and
-    /// certificates included. Exits 1 if any source would be rejected.
+    /// Validates the TrustSources in YAML files as the operator would, keys and certificates
+    /// included; other kinds in the same files are skipped. Exits 1 if any source would be
+    /// rejected.
     CheckSources { files: Vec<PathBuf> },
     /// Runs the controllers against the cluster of the current kubeconfig (or the in-cluster
     /// service account) until SIGTERM or Ctrl-C.
@@ -41,7 +42,8 @@ struct RunArgs {
     /// Let `DevMode` TrustSources approve components (never in production).
     #[arg(long, env = "AIRSSYS_DEV_MODE")]
     dev_mode: bool,
-    /// Serve Prometheus metrics at /metrics and a liveness probe at /healthz.
+    /// Serve Prometheus metrics at /metrics, a liveness probe at /healthz and a readiness
+    /// probe at /readyz (ready while the controllers run), e.g. 0.0.0.0:8080.
     #[arg(long, env = "AIRSSYS_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// A registry (`host` or `host:port`) that components may reach over plain HTTP with
@@ -116,21 +118,93 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         config,
     };
     let metrics = Arc::new(Metrics::default());
+    let readiness = Readiness::default();
     let server = match args.metrics_addr {
         Some(addr) => {
-            let (bound, serving) = airssys_operator::metrics::serve(addr, metrics.clone()).await?;
-            tracing::info!(%bound, "serving /metrics and /healthz");
+            let (bound, serving) =
+                airssys_operator::metrics::serve(addr, metrics.clone(), readiness.clone()).await?;
+            tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
             Some(tokio::spawn(serving))
         }
         None => None,
     };
+    // Ready while the controllers run. (Not yet "their first list is done": that is known
+    // inside controller::run only.)
+    readiness.set(true);
     let result = airssys_operator::controller::run(ctx, metrics).await;
+    readiness.set(false);
     if let Some(server) = server {
         server.abort();
     }
     Ok(result?)
 }
 
+/// What one YAML document of a `check-sources` file holds.
+#[derive(Debug)]
+enum Document {
+    Source(Box<TrustSource>),
+    /// Another kind (a Namespace, a WasmComponent next to its approval): not ours to check.
+    Other,
+    /// Not a TrustSource we can read, with why.
+    Invalid(String),
+}
+
+/// The documents of a multi-document YAML file, `kind: List` items included.
+fn documents(text: &str) -> Vec<Document> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match serde_yaml::Value::deserialize(doc) {
+            Ok(value) => classify(value, i + 1, &mut out),
+            Err(e) => out.push(Document::Invalid(format!(
+                "document {}: not YAML: {e}",
+                i + 1
+            ))),
+        }
+    }
+    out
+}
+
+fn classify(value: serde_yaml::Value, number: usize, out: &mut Vec<Document>) {
+    if value.is_null() {
+        // An empty document (a trailing `---`).
+        return;
+    }
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(serde_yaml::Value::as_str)
+        .map_or_else(|| format!("document {number}"), str::to_owned);
+    let kind = value
+        .get("kind")
+        .and_then(serde_yaml::Value::as_str)
+        .map(str::to_owned);
+    match kind.as_deref() {
+        Some("TrustSource") => match TrustSource::deserialize(value) {
+            Ok(source) => out.push(Document::Source(Box::new(source))),
+            Err(e) => out.push(Document::Invalid(format!(
+                "{name}: not a valid TrustSource: {e}"
+            ))),
+        },
+        Some("List") => {
+            let items = value
+                .get("items")
+                .and_then(serde_yaml::Value::as_sequence)
+                .cloned()
+                .unwrap_or_default();
+            for item in items {
+                classify(item, number, out);
+            }
+        }
+        Some(_) => out.push(Document::Other),
+        None => out.push(Document::Invalid(format!(
+            "{name}: has no `kind`, so it is not a Kubernetes manifest; add `kind: TrustSource` \
+             if it is meant to be one"
+        ))),
+    }
+}
+
+/// Checks every TrustSource in `files` as the operator would accept or reject it; documents of
+/// other kinds are skipped. Fails if any source would be rejected or cannot be read.
 fn check_sources(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     let mut index = TrustIndex::new();
@@ -138,32 +212,81 @@ fn check_sources(files: &[PathBuf]) -> ExitCode {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("{}: {e}", file.display());
+                eprintln!("{}: cannot read: {e}", file.display());
                 ok = false;
                 continue;
             }
         };
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let source = match TrustSource::deserialize(doc) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{}: not a TrustSource: {e}", file.display());
-                    ok = false;
-                    continue;
+        let mut sources = 0;
+        for document in documents(&text) {
+            match document {
+                Document::Source(source) => {
+                    sources += 1;
+                    let name = source.metadata.name.clone().unwrap_or_default();
+                    let applied = index.apply(&source);
+                    ok &= applied == Applied::Accepted;
+                    #[allow(clippy::print_stdout, reason = "the command's output")]
+                    {
+                        println!("{}: {name}: {}", file.display(), applied.message());
+                    }
                 }
-            };
-            let name = source.metadata.name.clone().unwrap_or_default();
-            let applied = index.apply(&source);
-            ok &= applied == Applied::Accepted;
-            #[allow(clippy::print_stdout, reason = "the command's output")]
-            {
-                println!("{}: {name}: {}", file.display(), applied.message());
+                Document::Other => {}
+                Document::Invalid(why) => {
+                    sources += 1;
+                    ok = false;
+                    eprintln!("{}: {why}", file.display());
+                }
             }
+        }
+        if sources == 0 {
+            eprintln!("{}: holds no TrustSource; nothing checked", file.display());
         }
     }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Document, documents};
+
+    fn kinds(text: &str) -> Vec<String> {
+        documents(text)
+            .into_iter()
+            .map(|d| match d {
+                Document::Source(s) => format!("source {}", s.metadata.name.unwrap_or_default()),
+                Document::Other => "other".to_owned(),
+                Document::Invalid(why) => format!("invalid {why}"),
+            })
+            .collect()
+    }
+
+    const SOURCE: &str = "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata: { name: s }\nspec: { decision: Deny, digests: [{ digest: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa' }] }\n";
+
+    #[test]
+    fn documents_of_other_kinds_are_skipped_and_every_source_is_read() {
+        let text = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: n }}\n---\n{SOURCE}---\n\
+             apiVersion: v1\nkind: List\nitems:\n  - {{ apiVersion: v1, kind: ConfigMap, metadata: {{ name: c }} }}\n  - apiVersion: wasm.airssys.dev/v1alpha1\n    kind: TrustSource\n    metadata: {{ name: in-list }}\n    spec: {{ decision: Frobnicate }}\n---\n"
+        );
+        let got = kinds(&text);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0], "other");
+        assert_eq!(got[1], "source s");
+        assert_eq!(got[2], "other");
+        assert!(
+            got[3].starts_with("invalid in-list: not a valid TrustSource"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_document_without_a_kind_is_not_skipped_silently() {
+        let got = kinds("metadata: { name: typo }\nknd: TrustSource\n");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("invalid typo: has no `kind`"), "{got:?}");
     }
 }

@@ -1,18 +1,22 @@
-//! Prometheus metrics of the controllers, and a minimal HTTP endpoint for them.
-//!
-//! The endpoint speaks just enough HTTP/1.1 for a scraper and a liveness probe (`GET /metrics`,
-//! `GET /healthz`), so the operator needs no web framework.
+//! Prometheus metrics of the controllers, and the operator's HTTP endpoint: `/metrics` for the
+//! scraper, `/healthz` (the process answers) and `/readyz` (the controllers run) for the
+//! kubelet's probes. Served by hyper, which the operator already links through kube.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -155,11 +159,73 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` until the task is dropped. Returns the
-/// bound address (useful with port 0) and the serving future.
+/// Whether the operator is ready: set while its controllers run, cleared when they stop (so a
+/// shutting-down operator leaves the Service's endpoints before it exits).
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A request head slower than this is dropped (a stalled client must not hold a connection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// The answer to one request: which path serves what.
+pub fn respond<B>(
+    request: &Request<B>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
+    let plain = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            plain,
+            "use GET\n".to_owned(),
+        );
+    }
+    match request.uri().path() {
+        "/metrics" => text(StatusCode::OK, OPENMETRICS, metrics.render()),
+        "/healthz" => text(StatusCode::OK, plain, "ok\n".to_owned()),
+        "/readyz" if readiness.is_ready() => text(StatusCode::OK, plain, "ok\n".to_owned()),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
+            "the controllers are not running\n".to_owned(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            plain,
+            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
+        ),
+    }
+}
+
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+/// Returns the bound address (useful with port 0) and the serving future.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    readiness: Readiness,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), Error> {
     let io_err = |source| Error::Metrics {
         addr: addr.to_string(),
@@ -172,58 +238,30 @@ pub async fn serve(
             let (stream, peer) = match listener.accept().await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    warn!(error = %e, "metrics: accept failed");
+                    // Out of file descriptors, usually: wait instead of spinning.
+                    warn!(error = %e, "metrics endpoint: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let metrics = metrics.clone();
+            let (metrics, readiness) = (metrics.clone(), readiness.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &metrics).await {
-                    debug!(%peer, error = %e, "metrics: connection failed");
+                let service = hyper::service::service_fn(move |request| {
+                    let response = respond(&request, &metrics, &readiness);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    debug!(%peer, error = %e, "metrics endpoint: connection failed");
                 }
             });
         }
     };
     Ok((bound, serving))
-}
-
-/// Reads one request head and answers it; the connection closes afterwards.
-async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    // A bounded head: scrapers send a few hundred bytes.
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".to_owned(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 #[cfg(test)]
@@ -257,31 +295,62 @@ mod tests {
         );
     }
 
+    /// GETs `path` from `addr` over a real HTTP/1.1 connection.
+    async fn get(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, String) {
+        use http_body_util::{BodyExt as _, Empty};
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     #[tokio::test]
-    async fn serves_metrics_and_health_over_http() {
+    async fn serves_metrics_health_and_readiness_over_http() {
         let metrics = Arc::new(Metrics::default());
         metrics.decision("Denied");
-        let (addr, serving) = serve("127.0.0.1:0".parse().unwrap(), metrics)
+        let readiness = Readiness::default();
+        let (addr, serving) = serve("127.0.0.1:0".parse().unwrap(), metrics, readiness.clone())
             .await
             .unwrap();
         let task = tokio::spawn(serving);
-        let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
-        let metrics_page = get("/metrics").await;
-        assert!(metrics_page.starts_with("HTTP/1.1 200"), "{metrics_page}");
-        assert!(
-            metrics_page.contains("reason=\"Denied\"} 1"),
-            "{metrics_page}"
+
+        let (status, page) = get(addr, Method::GET, "/metrics").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page.contains("reason=\"Denied\"} 1"), "{page}");
+        assert!(page.ends_with("# EOF\n"), "{page}");
+        assert_eq!(
+            get(addr, Method::GET, "/healthz").await,
+            (StatusCode::OK, "ok\n".to_owned())
         );
-        assert!(get("/healthz").await.ends_with("ok\n"));
-        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+
+        // Not ready until the controllers run, and not ready again once they stop.
+        let (status, _) = get(addr, Method::GET, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        readiness.set(true);
+        assert_eq!(
+            get(addr, Method::GET, "/readyz").await,
+            (StatusCode::OK, "ok\n".to_owned())
+        );
+        readiness.set(false);
+        let (status, _) = get(addr, Method::GET, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+        let (status, body) = get(addr, Method::GET, "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("/metrics"), "{body}");
+        let (status, _) = get(addr, Method::POST, "/metrics").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         task.abort();
     }
 }

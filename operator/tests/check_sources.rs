@@ -1,5 +1,6 @@
 //! `airssys-operator check-sources`: the examples pass, the invalid examples are rejected with
-//! the reason, as the operator's `Accepted` condition would say.
+//! the reason, as the operator's `Accepted` condition would say, and other kinds in the same
+//! files are skipped.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use std::path::PathBuf;
@@ -58,7 +59,7 @@ fn invalid_sources_are_rejected_with_the_reason() {
             "trustsource-approval-without-capabilities.yaml",
             "records no capabilities",
         ),
-        ("trustsource-bad-decision.yaml", "not a TrustSource"),
+        ("trustsource-bad-decision.yaml", "not a valid TrustSource"),
     ];
     for (file, want) in cases {
         let (ok, stdout, stderr) = check(&[examples().join("invalid").join(file)]);
@@ -68,4 +69,54 @@ fn invalid_sources_are_rejected_with_the_reason() {
             "{file}: {stdout}{stderr}"
         );
     }
+}
+
+#[test]
+fn other_kinds_in_the_same_files_are_skipped() {
+    // examples/ mixes Namespaces, WasmComponents and the five TrustSources.
+    let files: Vec<PathBuf> = std::fs::read_dir(examples())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    let (ok, stdout, stderr) = check(&files);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(
+        stdout.matches("source is valid and in use").count(),
+        5,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn every_source_in_a_mixed_file_is_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(examples().join("trustsource-deny.yaml")).unwrap();
+    let bad = std::fs::read_to_string(examples().join("invalid/trustsource-matches-nothing.yaml"))
+        .unwrap();
+    let component = std::fs::read_to_string(examples().join("component-echo.yaml")).unwrap();
+    let mixed = dir.path().join("mixed.yaml");
+    std::fs::write(
+        &mixed,
+        format!("{component}\n---\n{good}\n---\n{bad}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: x }}\n"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check(&[mixed]);
+    assert!(
+        !ok,
+        "the invalid source must fail the check: {stdout}{stderr}"
+    );
+    assert_eq!(
+        stdout.matches("source is valid and in use").count(),
+        1,
+        "{stdout}"
+    );
+    assert!(stdout.contains("must match something"), "{stdout}{stderr}");
+    assert!(!stderr.contains("not a valid TrustSource"), "{stderr}");
+
+    let only_components = dir.path().join("components.yaml");
+    std::fs::write(&only_components, &component).unwrap();
+    let (ok, stdout, stderr) = check(&[only_components]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stderr.contains("holds no TrustSource"), "{stderr}");
 }

@@ -1,36 +1,73 @@
 //! `kubectl wasm` end to end: the real plugin binary (run directly and through the real
 //! `kubectl` plugin lookup on PATH) against the real control plane, with the real operator
-//! binary deciding, components pushed by real `oras` into a real OCI registry, and the
-//! GitOps path taken by applying the plugin's `--dry-run -o yaml` with real `kubectl apply`.
+//! controllers deciding (in this test process, on their own runtime: a binary of another
+//! package cannot be built from a test), components pushed by real `oras` into a real OCI
+//! registry, and the GitOps path taken by applying the plugin's `--dry-run -o yaml` with real
+//! `kubectl apply`.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
-
-mod common;
-
-use common::{assert_running, spawn_operator};
 
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use airssys_crds::trust_source::Decision;
 use airssys_crds::{TrustSource, WasmComponent};
-use airssys_test_support::{ControlPlane, Registry, Supervised, push_wasm, tool_path, wait_for};
+use airssys_operator::artifact::ResolverOptions;
+use airssys_operator::metrics::Metrics;
+use airssys_operator::{Config, Context, Resolver, TrustIndex};
+use airssys_test_support::{ControlPlane, Registry, client_from, push_wasm, tool_path, wait_for};
 use kube::Api;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-wasm");
 
-static OPERATOR: tokio::sync::OnceCell<Mutex<Supervised>> = tokio::sync::OnceCell::const_new();
+/// Why the operator stopped, if it did (every wait would then time out).
+static OPERATOR_STOPPED: OnceLock<String> = OnceLock::new();
 
-/// The control plane and one operator process for this test binary.
+/// Starts the operator's controllers once for this test binary, on a thread and runtime of
+/// their own so they outlive each test's runtime. Configured as the operator tests run the
+/// binary: plain HTTP to loopback registries, a 2 s recheck.
+fn start_operator(cp: &'static ControlPlane) {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let kubeconfig = cp.kubeconfig_path().to_owned();
+        std::thread::Builder::new()
+            .name("operator".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let ctx = Context {
+                        client: client_from(&kubeconfig).await.unwrap(),
+                        index: Arc::new(RwLock::new(TrustIndex::new())),
+                        resolver: Resolver::new(ResolverOptions::default()).unwrap(),
+                        config: Config {
+                            insecure_registries: vec!["127.0.0.1".to_owned()],
+                            recheck: Duration::from_secs(2),
+                            ..Config::default()
+                        },
+                    };
+                    let metrics = Arc::new(Metrics::default());
+                    let stopped = match airssys_operator::controller::run(ctx, metrics).await {
+                        Ok(()) => "the operator's controllers stopped".to_owned(),
+                        Err(e) => format!("the operator's controllers failed: {e}"),
+                    };
+                    let _ = OPERATOR_STOPPED.set(stopped);
+                });
+            })
+            .unwrap();
+    });
+}
+
+/// The control plane, with the operator deciding.
 async fn setup() -> &'static ControlPlane {
     let cp = ControlPlane::shared().await.unwrap();
-    let operator = OPERATOR
-        .get_or_init(|| async { spawn_operator(cp, &[], "operator-plugin-tests.log") })
-        .await;
-    assert_running(operator);
+    start_operator(cp);
     cp
 }
 
@@ -81,7 +118,10 @@ async fn wait_approved(api: &Api<WasmComponent>, name: &str, status: &str, reaso
         TIMEOUT,
     )
     .await
-    .unwrap_or_else(|e| panic!("{name}: Approved={status}/{reason} never came: {e}"));
+    .unwrap_or_else(|e| {
+        let operator = OPERATOR_STOPPED.get().map_or("running", String::as_str);
+        panic!("{name}: Approved={status}/{reason} never came: {e} (operator: {operator})")
+    });
 }
 
 fn check(what: &str, out: &Output) -> String {
@@ -357,6 +397,10 @@ async fn deny_makes_a_pending_component_denied() {
         written.spec.digests[0].reason.as_deref(),
         Some("exfiltrates")
     );
+    assert_eq!(
+        written.spec.digests[0].approved_by, None,
+        "a denial must not be recorded as an approval"
+    );
     let text = check("explain", &plugin(cp, &["explain", &format!("{ns}/shady")]));
     assert!(
         text.contains("Denied") && text.contains(&source_name),
@@ -364,4 +408,59 @@ async fn deny_makes_a_pending_component_denied() {
     );
     assert!(!text.contains("kubectl wasm approve"), "{text}");
     drop(registry);
+}
+
+/// Runs the plugin with `kubeconfig` and returns its one-line error.
+fn failure(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new(PLUGIN)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "one line, got: {err}");
+    for dump in ["Status {", "ErrorResponse", "Some(", "Error {"] {
+        assert!(!err.contains(dump), "a Rust debug dump in: {err}");
+    }
+    err
+}
+
+#[tokio::test]
+async fn failures_say_the_cause_and_what_to_do_in_one_line() {
+    let cp = ControlPlane::shared().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("no-such-kubeconfig");
+    let err = failure(&missing, &["pending"]);
+    assert!(
+        err.contains(&format!("cannot read the kubeconfig {}", missing.display()))
+            && err.contains("KUBECONFIG"),
+        "{err}"
+    );
+
+    // The admin kubeconfig pointed at a port nothing listens on.
+    let admin = std::fs::read_to_string(cp.kubeconfig_path()).unwrap();
+    let dead = admin.replace(cp.server(), "https://127.0.0.1:1");
+    assert_ne!(admin, dead, "the kubeconfig names {}", cp.server());
+    let dead_path = dir.path().join("dead-kubeconfig");
+    std::fs::write(&dead_path, dead).unwrap();
+    let err = failure(&dead_path, &["pending", "-n", "default"]);
+    assert!(
+        err.contains("cannot reach the API server at https://127.0.0.1:1")
+            && err.contains("refused")
+            && err.contains("kubectl cluster-info"),
+        "{err}"
+    );
+
+    // A user without RBAC on WasmComponents.
+    let nobody = cp.user_kubeconfig("plugin-nobody", None).unwrap();
+    let err = failure(&nobody, &["explain", "default/kv"]);
+    assert!(
+        err.contains("reading WasmComponent default/kv")
+            && err.contains("403")
+            && err.contains("plugin-nobody")
+            && err.contains("RBAC"),
+        "{err}"
+    );
 }
