@@ -39,6 +39,8 @@ pub struct HostState {
     pub(crate) cpu: CpuBudget,
     /// Quota that stopped the current call, if any (the trap that follows is reported as it).
     pub(crate) breach: Option<Quota>,
+    /// Where each filesystem descriptor is (its grant and guest path), for the checks.
+    pub(crate) fs_places: filesystem::Places,
 }
 
 impl std::fmt::Debug for HostState {
@@ -66,6 +68,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             cpu: CpuBudget::default(),
             breach: None,
+            fs_places: filesystem::Places::default(),
         })
     }
 
