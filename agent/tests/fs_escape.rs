@@ -32,7 +32,12 @@ async fn denials(h: &Harness, component: &str) -> Vec<String> {
         .await
         .iter()
         .filter(|e| Expect::Denied("filesystem").matches(component, e))
-        .map(|e| e["detail"]["target"].as_str().unwrap_or_default().to_owned())
+        .map(|e| {
+            e["detail"]["target"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -188,9 +193,8 @@ async fn a_preopen_never_follows_a_symlink_planted_at_a_grant_directory() {
 async fn write_only_data_cannot_be_renamed_or_linked_into_a_readable_grant() {
     let h = Harness::new();
     neighbour(&h).await;
-    let grant = caps(
-        "filesystem: [{ path: /w, access: [write] }, { path: /w/r, access: [read, write] }]",
-    );
+    let grant =
+        caps("filesystem: [{ path: /w, access: [write] }, { path: /w/r, access: [read, write] }]");
     let s = spec("mover", "fs-escape", grant, quotas());
     let w = h.supervisor.host_dir(&s.id, "/w");
     std::fs::create_dir_all(&w).unwrap();
@@ -212,14 +216,14 @@ async fn write_only_data_cannot_be_renamed_or_linked_into_a_readable_grant() {
     }
     // Through a symlink to the mount point's name the move stays inside the write-only
     // tree: the readable grant is a directory of its own, which it cannot reach.
-    for cmd in [
-        "symlink|/w|r|via",
-        "rename|/w|existing.txt|/w|via/stolen5",
-    ] {
+    for cmd in ["symlink|/w|r|via", "rename|/w|existing.txt|/w|via/stolen5"] {
         report.push(format!("{cmd} => {:?}", h.ask("mover", cmd).await));
     }
     for n in 1..=5 {
-        let read = h.ask("mover", &format!("read|/w/r/stolen{n}")).await.unwrap();
+        let read = h
+            .ask("mover", &format!("read|/w/r/stolen{n}"))
+            .await
+            .unwrap();
         assert!(!read.contains("SECRET"), "stolen{n}: {read} {report:#?}");
     }
     let listed = h.ask("mover", "list|/w/r").await.unwrap();
@@ -308,7 +312,11 @@ async fn every_refused_path_call_is_not_permitted_and_audited_once() {
         assert!(answer.starts_with("ok"), "{cmd} => {answer}");
     }
     let refused = denials(&h, "caller").await;
-    assert_eq!(refused.len(), cmds.len(), "one record per refusal: {refused:#?}");
+    assert_eq!(
+        refused.len(),
+        cmds.len(),
+        "one record per refusal: {refused:#?}"
+    );
     for (cmd, target) in cmds.iter().zip(&refused) {
         let op = cmd.split('|').next().unwrap();
         let op = match op {

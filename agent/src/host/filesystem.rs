@@ -115,7 +115,10 @@ pub fn open_beneath(start: impl AsFd, components: &[&str]) -> std::io::Result<Ow
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut dir: Option<OwnedFd> = None;
     for component in components {
-        if component.is_empty() || *component == "." || *component == ".." || component.contains('/')
+        if component.is_empty()
+            || *component == "."
+            || *component == ".."
+            || component.contains('/')
         {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -177,11 +180,7 @@ pub fn preopen_grants(builder: &mut WasiCtxBuilder, scope: &InstanceScope) -> Re
             _ => FsPerms::ReadWrite,
         };
         builder
-            .preopened_dir(
-                format!("/proc/self/fd/{}", dir.as_raw_fd()),
-                guest,
-                perms,
-            )
+            .preopened_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()), guest, perms)
             .map_err(Error::wasm("preopen a granted directory"))?;
     }
     Ok(())
@@ -254,7 +253,10 @@ fn path_stays(path: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// `open-at`: what the open flags ask for.
-    Open { read: bool, write: bool },
+    Open {
+        read: bool,
+        write: bool,
+    },
     /// `stat-at`, `metadata-hash-at`.
     Stat,
     Readlink,
@@ -493,7 +495,12 @@ fn check_call(state: &HostState, req: &Request<'_>) -> Result<(), ErrorCode> {
         let d = state.table.get(fd).ok()?;
         Some((access_of(d), state.fs_places.0.get(&fd.rep())))
     }
-    let unknown = || deny(state, &format!("{}: descriptor of unknown origin", req.label()));
+    let unknown = || {
+        deny(
+            state,
+            &format!("{}: descriptor of unknown origin", req.label()),
+        )
+    };
     let Some((access, place)) = find(state, req.fd) else {
         return Ok(());
     };
@@ -677,8 +684,15 @@ fn shadow_filesystem(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let under_write_only = write_only(&store, &fd);
                 let result = {
                     let mut view = store.data_mut().filesystem();
-                    HostDescriptor::open_at(&mut view, fd, path_flags, path.clone(), open_flags, flags)
-                        .await
+                    HostDescriptor::open_at(
+                        &mut view,
+                        fd,
+                        path_flags,
+                        path.clone(),
+                        open_flags,
+                        flags,
+                    )
+                    .await
                 };
                 let opened = finish(store.data(), &label, result)?;
                 if let Ok(new) = &opened {
@@ -904,11 +918,7 @@ mod tests {
             ("rename into a read-only tree", Call { to: Some(at(R, &ro, "x")), ..one(Op::Rename, at(RW, &data, "f")) }, Err("the grant is read-only")),
         ];
         for (rule, call, want) in &cases {
-            assert_eq!(
-                decide(call, &grants),
-                want.map_err(str::to_owned),
-                "{rule}"
-            );
+            assert_eq!(decide(call, &grants), want.map_err(str::to_owned), "{rule}");
         }
         // A directory holding a mount point cannot be moved or removed either.
         let nested = [grant("/a", true, true), grant("/a/b/c", true, true)];
@@ -941,7 +951,11 @@ mod tests {
         let names: std::collections::HashSet<String> =
             paths.iter().map(|p| grant_dir_name(p)).collect();
         assert_eq!(names.len(), paths.len());
-        assert!(names.iter().all(|n| !n.contains('/') && n != "." && n != ".."));
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains('/') && n != "." && n != "..")
+        );
     }
 
     #[test]
