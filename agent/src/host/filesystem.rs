@@ -366,15 +366,15 @@ pub fn decide(call: &Call<'_>, grants: &[FsGrant]) -> Result<(), String> {
         }
         check_mount_points(call.op, end, grants)?;
     }
-    if let Some(to) = call.to {
-        if !transfer_allowed(call.at.access, to.access) {
-            return Err("into a directory with more access".to_owned());
-        }
+    if let Some(to) = call.to
+        && !transfer_allowed(call.at.access, to.access)
+    {
+        return Err("into a directory with more access".to_owned());
     }
-    if let Some(target) = call.link_target {
-        if !link_target_stays(target) {
-            return Err("target leaves the grant".to_owned());
-        }
+    if let Some(target) = call.link_target
+        && !link_target_stays(target)
+    {
+        return Err("target leaves the grant".to_owned());
     }
     Ok(())
 }
