@@ -38,7 +38,8 @@ pub struct ComponentContext {
     pub audit: AuditSink,
     /// This component's own mailbox (subscriptions deliver here).
     pub mailbox: Mailbox,
-    /// Host directory holding the component's filesystem grants (`<fs_root>/<guest path>`).
+    /// Host directory holding the component's filesystem grants, one directory per grant
+    /// named by its guest path (`host::filesystem::grant_dir_name`).
     pub fs_root: PathBuf,
     /// Environment variables the grant exposes.
     pub env: Vec<(String, String)>,

@@ -68,7 +68,8 @@ impl std::fmt::Debug for Supervisor {
 }
 
 impl Supervisor {
-    /// `fs_root` holds each component's granted directories (`<fs_root>/<ns>/<name>/<path>`).
+    /// `fs_root` holds each component's granted directories, side by side in
+    /// `<fs_root>/<ns>/<name>/` (`/data/inbox` is `data%2Finbox`, see `host::filesystem`).
     pub fn new(
         engine: AgentEngine,
         storage: Arc<KvStore>,

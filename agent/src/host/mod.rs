@@ -41,6 +41,8 @@ pub struct HostState {
     pub(crate) breach: Option<Quota>,
     /// What this instance may still make the agent log.
     pub(crate) log_budget: logging::LogBudget,
+    /// Where each filesystem descriptor is (its grant and guest path), for the checks.
+    pub(crate) fs_places: filesystem::Places,
 }
 
 impl std::fmt::Debug for HostState {
@@ -69,6 +71,7 @@ impl HostState {
             cpu: CpuBudget::default(),
             breach: None,
             log_budget: logging::LogBudget::new(),
+            fs_places: filesystem::Places::default(),
         })
     }
 

@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 
 use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
-use super::filesystem::host_dir;
+use super::filesystem::preopen_grants;
 use super::sockets::socket_allowed;
 use crate::context::InstanceScope;
 use crate::error::Error;
@@ -17,25 +17,8 @@ use crate::error::Error;
 pub fn build_ctx(ctx: &InstanceScope) -> Result<WasiCtx, Error> {
     let mut builder = WasiCtxBuilder::new();
     builder.envs(&ctx.env);
-    // The compiled table merges duplicate grants of one path (read + write entries).
-    let grants = ctx.grants.filesystem_grants();
-    for grant in grants {
-        let guest = &*grant.path;
-        // A write-only directory is read-write for wasmtime-wasi; its descriptors are marked
-        // at `get-directories` and the wrappers refuse every read (see the module doc).
-        let perms = match ctx.grants.dir_access(guest) {
-            (true, false) => FsPerms::ReadOnly,
-            _ => FsPerms::ReadWrite,
-        };
-        let host = host_dir(&ctx.fs_root, guest);
-        std::fs::create_dir_all(&host).map_err(|e| Error::Io {
-            what: format!("create {}", host.display()),
-            source: e,
-        })?;
-        builder
-            .preopened_dir(&host, guest, perms)
-            .map_err(Error::wasm("preopen a granted directory"))?;
-    }
+    // One preopen per granted directory, opened without following symlinks.
+    preopen_grants(&mut builder, ctx)?;
     let network = ctx.grants.has_network();
     builder
         .allow_tcp(network)
