@@ -323,13 +323,14 @@ impl CapabilitySet {
 
     /// Whether the guest may connect to `ip:port`, reached by the name `host` if it used one.
     /// A host-name grant only reaches public addresses: a name that resolves to a loopback,
-    /// private or link-local address needs an address (CIDR) grant covering that address.
+    /// private or link-local address needs an address (CIDR) grant naming that address's
+    /// range ([`super::Cidr::reaches`]: `0.0.0.0/0` does not reach loopback).
     pub fn allows_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
         let restricted = is_restricted(ip);
         self.network.iter().any(|g| {
             g.ports.contains(port)
                 && match &g.target {
-                    NetTarget::Cidr(cidr) => cidr.contains(ip),
+                    NetTarget::Cidr(cidr) => cidr.reaches(ip),
                     NetTarget::Host(pattern) => {
                         !restricted && host.is_some_and(|h| pattern.matches(h))
                     }
