@@ -5,7 +5,7 @@
 //! into sorted, de-duplicated arrays split by access mode, so every check is a binary search
 //! or a short scan: no locks, no allocation (a non-normalized path is the one exception, see
 //! [`GrantTable::check_path`]). Matching rules are the crds ones (`HostPattern::matches`,
-//! `Cidr::contains`, `TopicPattern::matches`, `is_restricted`); this module only chooses the
+//! `Cidr::reaches`, `TopicPattern::matches`, `classify`); this module only chooses the
 //! shape. Tests compare every check with the `CapabilitySet::allows_*` oracle.
 //!
 //! The table only answers; the caller records the outcome (denials through
@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use airssys_crds::capability::{
     AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern,
-    covers_normalized, is_normalized, is_restricted,
+    classify, covers_normalized, is_normalized,
 };
 
 /// Read or write, for files and buckets.
@@ -312,16 +312,18 @@ impl GrantTable {
     /// Whether the guest may connect to `ip:port`, reached through the name `host` if it used
     /// one. Call it with the resolved address, after DNS. Loopback, private and link-local
     /// addresses need an address (CIDR) grant; a host-name grant only reaches public ones.
+    /// An address grant reaches a special-purpose address (loopback, private, link-local,
+    /// metadata, ...) only when it names that address's range (`Cidr::reaches`).
     pub fn check_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
-        if self
-            .cidrs
-            .iter()
-            .any(|r| r.ports.contains(port) && r.cidr.contains(ip))
-        {
+        // Classified once per check; allocation-free.
+        let class = classify(ip);
+        if self.cidrs.iter().any(|r| {
+            r.ports.contains(port) && r.cidr.contains(ip) && r.cidr.reaches_class(&class)
+        }) {
             return true;
         }
         match host {
-            Some(host) if !self.hosts.is_empty() && !is_restricted(ip) => self
+            Some(host) if !self.hosts.is_empty() && class.public => self
                 .hosts
                 .iter()
                 .any(|r| r.ports.contains(port) && r.pattern.matches(host)),
@@ -339,6 +341,17 @@ impl GrantTable {
                 .hosts
                 .iter()
                 .any(|r| r.ports.contains(port) && r.pattern.matches(host))
+    }
+
+    /// Whether the guest may resolve `name` (`wasi:sockets` name lookup, any port): an IP
+    /// literal (answered without a query), a name some host-name grant matches, or any name
+    /// when an address grant exists (a name may resolve into it, as for HTTP). A lookup no
+    /// grant could use is refused before a DNS query leaves the node.
+    pub fn check_lookup(&self, name: &str) -> bool {
+        let literal = name.trim_start_matches('[').trim_end_matches(']');
+        literal.parse::<IpAddr>().is_ok()
+            || !self.cidrs.is_empty()
+            || self.hosts.iter().any(|r| r.pattern.matches(name))
     }
 
     /// Whether any network grant exists (sockets and name lookup are enabled only then).
