@@ -14,8 +14,8 @@
 use std::net::IpAddr;
 
 use airssys_crds::capability::{
-    AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern,
-    classify, covers_normalized, is_normalized,
+    AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern, classify,
+    covers_normalized, is_normalized,
 };
 
 /// Read or write, for files and buckets.
@@ -317,9 +317,11 @@ impl GrantTable {
     pub fn check_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
         // Classified once per check; allocation-free.
         let class = classify(ip);
-        if self.cidrs.iter().any(|r| {
-            r.ports.contains(port) && r.cidr.contains(ip) && r.cidr.reaches_class(&class)
-        }) {
+        if self
+            .cidrs
+            .iter()
+            .any(|r| r.ports.contains(port) && r.cidr.contains(ip) && r.cidr.reaches_class(&class))
+        {
             return true;
         }
         match host {
@@ -552,6 +554,53 @@ env: [{ name: LOG_LEVEL }, { name: REGION }]
                 "{rule}: crds oracle agrees"
             );
         }
+    }
+
+    #[test]
+    fn broad_address_grants_and_lookups_spec() {
+        let set = set(
+            "network: [{ host: 0.0.0.0/0, port: 80 }, { host: \"::/0\", port: 80 }, \
+             { host: localhost, port: 443 }]",
+        );
+        let t = GrantTable::compile(&set);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, bool)] = &[
+            ("broad grant reaches a public address", "93.184.216.34", true),
+            ("broad grant does not reach loopback", "127.0.0.1", false),
+            ("broad grant does not reach metadata", "169.254.169.254", false),
+            ("broad grant does not reach mapped loopback", "::ffff:127.0.0.1", false),
+            ("broad grant does not reach v6 loopback", "::1", false),
+            ("broad grant does not reach this host", "0.0.0.0", false),
+            ("broad grant does not reach NAT64 of loopback", "64:ff9b::7f00:1", false),
+            ("broad grant does not reach 6to4 of metadata", "2002:a9fe:a9fe::1", false),
+            ("broad grant does not reach AWS v6 metadata", "fd00:ec2::254", false),
+        ];
+        for (rule, addr, want) in cases {
+            assert_eq!(t.check_connect(None, ip(addr), 80), *want, "{rule}");
+            assert_eq!(
+                set.allows_connect(None, ip(addr), 80),
+                *want,
+                "{rule}: oracle"
+            );
+        }
+        let only_names = GrantTable::compile(&self::set(
+            "network: [{ host: \"*.example.com\", port: 443 }]",
+        ));
+        #[rustfmt::skip]
+        let lookups: &[(&str, &GrantTable, &str, bool)] = &[
+            ("a name a host grant matches", &only_names, "api.example.com", true),
+            ("a name no grant matches", &only_names, "secret.exfil.example.org", false),
+            ("the apex of a suffix grant", &only_names, "example.com", false),
+            ("an IP literal needs no query", &only_names, "10.1.2.3", true),
+            ("a bracketed IPv6 literal", &only_names, "[::1]", true),
+            ("any name where an address grant exists", &t, "db.internal", true),
+        ];
+        for (rule, table, name, want) in lookups {
+            assert_eq!(table.check_lookup(name), *want, "{rule}");
+        }
+        let nothing = GrantTable::compile(&CapabilitySet::default());
+        assert!(!nothing.check_lookup("example.com"), "no grant, no lookup");
     }
 
     #[test]

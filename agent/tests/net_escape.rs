@@ -65,12 +65,18 @@ async fn name_lookups_need_a_grant_that_could_use_the_name() {
     let grant = caps("network: [{ host: localhost, port: 443 }]");
     h.add(spec("resolver", "net-probe", grant, quotas())).await;
     let granted = h.ask("resolver", "lookup localhost").await.unwrap();
-    assert!(granted.starts_with("ok:"), "a granted name resolves: {granted}");
+    assert!(
+        granted.starts_with("ok:"),
+        "a granted name resolves: {granted}"
+    );
     assert_refused(&h, "resolver", "lookup secret-data.exfil.example.org").await;
     assert_refused(&h, "resolver", "lookup localhost.exfil.example.org").await;
     let denial = support::wait_kind(&h, "resolver", Expect::Denied("network")).await;
     let target = denial["detail"]["target"].as_str().unwrap();
-    assert!(target.contains("exfil.example.org"), "audit names the lookup: {target}");
+    assert!(
+        target.contains("exfil.example.org"),
+        "audit names the lookup: {target}"
+    );
     // An IP literal is answered without a query.
     assert_eq!(
         h.ask("resolver", "lookup 93.184.216.34").await.unwrap(),
@@ -127,8 +133,17 @@ async fn invalid_and_special_connects_are_refused_audited_and_never_reach_loopba
     // refused ones had any got through.
     let exact = caps(&format!("network: [{{ host: 127.0.0.1, port: {port} }}]"));
     h.add(spec("exact", "net-probe", exact, quotas())).await;
-    assert_eq!(h.ask("exact", &format!("tcp 127.0.0.1:{port}")).await.unwrap(), "ok");
-    assert_eq!(seen_at_least(&seen, 1).await, 1, "only the granted connect arrived");
+    assert_eq!(
+        h.ask("exact", &format!("tcp 127.0.0.1:{port}"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        seen_at_least(&seen, 1).await,
+        1,
+        "only the granted connect arrived"
+    );
     assert_eq!(
         support::count(&h, "exact", Expect::Denied("network")).await,
         0,

@@ -507,12 +507,16 @@ where
 }
 
 fn v4_covers(row: &Special<u32>, bits: u32, prefix: u8) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(row.prefix)).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(row.prefix))
+        .unwrap_or(0);
     prefix >= row.prefix && bits & mask == row.network
 }
 
 fn v6_covers(row: &Special<u128>, bits: u128, prefix: u8) -> bool {
-    let mask = u128::MAX.checked_shl(128 - u32::from(row.prefix)).unwrap_or(0);
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(row.prefix))
+        .unwrap_or(0);
     prefix >= row.prefix && bits & mask == row.network
 }
 
