@@ -315,17 +315,16 @@ impl GrantTable {
     /// An address grant reaches a special-purpose address (loopback, private, link-local,
     /// metadata, ...) only when it names that address's range (`Cidr::reaches`).
     pub fn check_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
-        // Classified once per check; allocation-free.
-        let class = classify(ip);
-        if self
-            .cidrs
-            .iter()
-            .any(|r| r.ports.contains(port) && r.cidr.contains(ip) && r.cidr.reaches_class(&class))
-        {
+        // Classified at most once per check, and only when a grant could use the answer.
+        let mut class = None;
+        let mut class_of = || *class.get_or_insert_with(|| classify(ip));
+        if self.cidrs.iter().any(|r| {
+            r.ports.contains(port) && r.cidr.contains(ip) && r.cidr.reaches_class(&class_of())
+        }) {
             return true;
         }
         match host {
-            Some(host) if !self.hosts.is_empty() && class.public => self
+            Some(host) if !self.hosts.is_empty() && class_of().public => self
                 .hosts
                 .iter()
                 .any(|r| r.ports.contains(port) && r.pattern.matches(host)),

@@ -382,6 +382,8 @@ enum Embeds {
 struct Special<T> {
     entry: &'static str,
     network: T,
+    /// The prefix as a bit mask, precomputed for the connect path.
+    mask: T,
     prefix: u8,
     global: bool,
     embeds: Option<Embeds>,
@@ -391,9 +393,22 @@ const fn v4(entry: &'static str, n: [u8; 4], prefix: u8, global: bool) -> Specia
     Special {
         entry,
         network: u32::from_be_bytes(n),
+        mask: if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        },
         prefix,
         global,
         embeds: None,
+    }
+}
+
+const fn v6_mask(prefix: u8) -> u128 {
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix as u32)
     }
 }
 
@@ -401,6 +416,7 @@ const fn v6(entry: &'static str, n: u128, prefix: u8, global: bool) -> Special<u
     Special {
         entry,
         network: n,
+        mask: v6_mask(prefix),
         prefix,
         global,
         embeds: None,
@@ -411,6 +427,7 @@ const fn v6_embeds(entry: &'static str, n: u128, prefix: u8, embeds: Embeds) -> 
     Special {
         entry,
         network: n,
+        mask: v6_mask(prefix),
         prefix,
         global: false,
         embeds: Some(embeds),
@@ -506,18 +523,14 @@ where
         .max_by_key(|row| row.prefix)
 }
 
+#[inline]
 fn v4_covers(row: &Special<u32>, bits: u32, prefix: u8) -> bool {
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(row.prefix))
-        .unwrap_or(0);
-    prefix >= row.prefix && bits & mask == row.network
+    prefix >= row.prefix && bits & row.mask == row.network
 }
 
+#[inline]
 fn v6_covers(row: &Special<u128>, bits: u128, prefix: u8) -> bool {
-    let mask = u128::MAX
-        .checked_shl(128 - u32::from(row.prefix))
-        .unwrap_or(0);
-    prefix >= row.prefix && bits & mask == row.network
+    prefix >= row.prefix && bits & row.mask == row.network
 }
 
 fn class_v4(v4: Ipv4Addr) -> AddrClass {
