@@ -95,6 +95,7 @@ fn shadow(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 ctx.denied(CapabilityKind::Network, &format!("lookup {name}"));
                 return Ok((Err(ErrorCode::AccessDenied),));
             }
+            ctx.granted(CapabilityKind::Network);
             let mut view = store.data_mut().sockets();
             match LookupHost::resolve_addresses(&mut view, network, name) {
                 Ok(stream) => Ok((Ok::<Resource<ResolveAddressStream>, _>(stream),)),
