@@ -68,7 +68,11 @@ fn lookup(name: &str) -> Result<String, ErrorCode> {
             Err(e) => return Err(e),
         }
     }
-    Ok(out.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(","))
+    Ok(out
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 fn tcp(addr: SocketAddr) -> Result<String, ErrorCode> {
@@ -122,7 +126,10 @@ impl Guest for Component {
     fn handle_message(message: Message) -> Result<Option<Vec<u8>>, Error> {
         let text = String::from_utf8_lossy(&message.payload).into_owned();
         let (cmd, arg) = text.split_once(' ').unwrap_or((text.as_str(), ""));
-        let addr = || arg.parse::<SocketAddr>().map_err(|_| ErrorCode::InvalidArgument);
+        let addr = || {
+            arg.parse::<SocketAddr>()
+                .map_err(|_| ErrorCode::InvalidArgument)
+        };
         let result = match cmd {
             "ping" => Ok("pong".to_owned()),
             "lookup" => lookup(arg),
