@@ -5,7 +5,7 @@
 //! into sorted, de-duplicated arrays split by access mode, so every check is a binary search
 //! or a short scan: no locks, no allocation (a non-normalized path is the one exception, see
 //! [`GrantTable::check_path`]). Matching rules are the crds ones (`HostPattern::matches`,
-//! `Cidr::contains`, `TopicPattern::matches`, `is_restricted`); this module only chooses the
+//! `Cidr::reaches`, `TopicPattern::matches`, `classify`); this module only chooses the
 //! shape. Tests compare every check with the `CapabilitySet::allows_*` oracle.
 //!
 //! The table only answers; the caller records the outcome (denials through
@@ -14,8 +14,8 @@
 use std::net::IpAddr;
 
 use airssys_crds::capability::{
-    AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern,
-    covers_normalized, is_normalized, is_restricted,
+    AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern, classify,
+    covers_normalized, is_normalized,
 };
 
 /// Read or write, for files and buckets.
@@ -312,16 +312,19 @@ impl GrantTable {
     /// Whether the guest may connect to `ip:port`, reached through the name `host` if it used
     /// one. Call it with the resolved address, after DNS. Loopback, private and link-local
     /// addresses need an address (CIDR) grant; a host-name grant only reaches public ones.
+    /// An address grant reaches a special-purpose address (loopback, private, link-local,
+    /// metadata, ...) only when it names that address's range (`Cidr::reaches`).
     pub fn check_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
-        if self
-            .cidrs
-            .iter()
-            .any(|r| r.ports.contains(port) && r.cidr.contains(ip))
-        {
+        // Classified at most once per check, and only when a grant could use the answer.
+        let mut class = None;
+        let mut class_of = || *class.get_or_insert_with(|| classify(ip));
+        if self.cidrs.iter().any(|r| {
+            r.ports.contains(port) && r.cidr.contains(ip) && r.cidr.reaches_class(&class_of())
+        }) {
             return true;
         }
         match host {
-            Some(host) if !self.hosts.is_empty() && !is_restricted(ip) => self
+            Some(host) if !self.hosts.is_empty() && class_of().public => self
                 .hosts
                 .iter()
                 .any(|r| r.ports.contains(port) && r.pattern.matches(host)),
@@ -339,6 +342,17 @@ impl GrantTable {
                 .hosts
                 .iter()
                 .any(|r| r.ports.contains(port) && r.pattern.matches(host))
+    }
+
+    /// Whether the guest may resolve `name` (`wasi:sockets` name lookup, any port): an IP
+    /// literal (answered without a query), a name some host-name grant matches, or any name
+    /// when an address grant exists (a name may resolve into it, as for HTTP). A lookup no
+    /// grant could use is refused before a DNS query leaves the node.
+    pub fn check_lookup(&self, name: &str) -> bool {
+        let literal = name.trim_start_matches('[').trim_end_matches(']');
+        literal.parse::<IpAddr>().is_ok()
+            || !self.cidrs.is_empty()
+            || self.hosts.iter().any(|r| r.pattern.matches(name))
     }
 
     /// Whether any network grant exists (sockets and name lookup are enabled only then).
@@ -539,6 +553,53 @@ env: [{ name: LOG_LEVEL }, { name: REGION }]
                 "{rule}: crds oracle agrees"
             );
         }
+    }
+
+    #[test]
+    fn broad_address_grants_and_lookups_spec() {
+        let set = set(
+            "network: [{ host: 0.0.0.0/0, port: 80 }, { host: \"::/0\", port: 80 }, \
+             { host: localhost, port: 443 }]",
+        );
+        let t = GrantTable::compile(&set);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, bool)] = &[
+            ("broad grant reaches a public address", "93.184.216.34", true),
+            ("broad grant does not reach loopback", "127.0.0.1", false),
+            ("broad grant does not reach metadata", "169.254.169.254", false),
+            ("broad grant does not reach mapped loopback", "::ffff:127.0.0.1", false),
+            ("broad grant does not reach v6 loopback", "::1", false),
+            ("broad grant does not reach this host", "0.0.0.0", false),
+            ("broad grant does not reach NAT64 of loopback", "64:ff9b::7f00:1", false),
+            ("broad grant does not reach 6to4 of metadata", "2002:a9fe:a9fe::1", false),
+            ("broad grant does not reach AWS v6 metadata", "fd00:ec2::254", false),
+        ];
+        for (rule, addr, want) in cases {
+            assert_eq!(t.check_connect(None, ip(addr), 80), *want, "{rule}");
+            assert_eq!(
+                set.allows_connect(None, ip(addr), 80),
+                *want,
+                "{rule}: oracle"
+            );
+        }
+        let only_names = GrantTable::compile(&self::set(
+            "network: [{ host: \"*.example.com\", port: 443 }]",
+        ));
+        #[rustfmt::skip]
+        let lookups: &[(&str, &GrantTable, &str, bool)] = &[
+            ("a name a host grant matches", &only_names, "api.example.com", true),
+            ("a name no grant matches", &only_names, "secret.exfil.example.org", false),
+            ("the apex of a suffix grant", &only_names, "example.com", false),
+            ("an IP literal needs no query", &only_names, "10.1.2.3", true),
+            ("a bracketed IPv6 literal", &only_names, "[::1]", true),
+            ("any name where an address grant exists", &t, "db.internal", true),
+        ];
+        for (rule, table, name, want) in lookups {
+            assert_eq!(table.check_lookup(name), *want, "{rule}");
+        }
+        let nothing = GrantTable::compile(&CapabilitySet::default());
+        assert!(!nothing.check_lookup("example.com"), "no grant, no lookup");
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub fn linker(engine: &Engine) -> Result<Linker<HostState>, Error> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(Error::wasm("link wasi:http"))?;
     filesystem::shadow_open_at(&mut linker)?;
+    sockets::shadow_sockets(&mut linker)?;
     crate::bindings::Component::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(Error::wasm("link airssys interfaces"))?;
     Ok(linker)

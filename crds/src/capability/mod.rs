@@ -13,7 +13,9 @@ mod topic;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-pub use network::{Cidr, HostPattern, MAX_HOST_LEN, NetTarget, PortRange, is_restricted};
+pub use network::{
+    AddrClass, Cidr, HostPattern, MAX_HOST_LEN, NetTarget, PortRange, classify, is_restricted,
+};
 pub use path::{AbsPath, MAX_PATH_LEN, covers_normalized, is_normalized};
 pub use set::{BucketGrant, CapabilitySet, NetGrant, PathGrant, TopicGrant};
 pub use topic::{

@@ -230,18 +230,95 @@ impl Cidr {
         if cidr.network != addr {
             return Err(invalid("has host bits set after the prefix"));
         }
-        Ok(cidr)
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: mapped addresses are matched as IPv4, so a
+        // grant written in the mapped form must be IPv4 too or it would match nothing.
+        Ok(match cidr.network {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Self {
+                    network: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                },
+                None => cidr,
+            },
+            _ => cidr,
+        })
     }
 
-    /// Whether `ip` is inside the block. IPv4-mapped IPv6 addresses count as their IPv4 address.
+    /// The block of exactly one address.
+    pub fn single(ip: IpAddr) -> Self {
+        let ip = canonical(ip);
+        Self {
+            network: ip,
+            prefix: if ip.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
+    /// Whether `ip` is inside the block (as a set of addresses; what a grant of the block
+    /// reaches is [`Cidr::reaches`]). IPv4-mapped IPv6 addresses count as their IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix) == self.network
     }
 
-    /// Whether the whole block lies inside `outer`.
-    pub fn is_within(&self, outer: &Cidr) -> bool {
+    /// Whether a grant of this block lets the guest reach `ip`: it contains `ip`, and `ip`
+    /// is public or the grant names its special range ([`classify`]): lies inside it, or
+    /// is exactly the address. So `0.0.0.0/0` reaches every public IPv4 address but not
+    /// loopback, private, link-local or metadata ones; `10.0.0.0/8` reaches `10.1.2.3`.
+    pub fn reaches(&self, ip: IpAddr) -> bool {
+        self.contains(ip) && self.reaches_class(&classify(ip))
+    }
+
+    /// [`Cidr::reaches`] for an address already known to be inside the block, with its
+    /// class computed once by the caller.
+    #[inline]
+    pub fn reaches_class(&self, class: &AddrClass) -> bool {
+        class.public || self.is_inside(&class.block)
+    }
+
+    /// Plain set containment of blocks.
+    fn is_inside(&self, outer: &Cidr) -> bool {
         self.prefix >= outer.prefix && outer.contains(self.network)
+    }
+
+    /// The special range whose addresses a grant of this block reaches, if any: for one
+    /// address its class's block; for a wider block the most specific non-public registry
+    /// range containing all of it (a wider block reaches no address that is special only
+    /// through an embedded IPv4 address: those need the exact address).
+    fn special_range(&self) -> Option<Cidr> {
+        let max = if self.network.is_ipv4() { 32 } else { 128 };
+        if self.prefix == max {
+            let class = classify(self.network);
+            return (!class.public).then_some(class.block);
+        }
+        match self.network {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let row = most_specific(SPECIAL_V4, |row| v4_covers(row, bits, self.prefix))?;
+                (!row.global).then(|| Cidr {
+                    network: IpAddr::V4(Ipv4Addr::from(row.network)),
+                    prefix: row.prefix,
+                })
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let row = most_specific(SPECIAL_V6, |row| v6_covers(row, bits, self.prefix))?;
+                (!row.global && row.embeds.is_none()).then(|| Cidr {
+                    network: IpAddr::V6(Ipv6Addr::from(row.network)),
+                    prefix: row.prefix,
+                })
+            }
+        }
+    }
+
+    /// Whether everything a grant of this block reaches, a grant of `outer` reaches too:
+    /// the block lies inside `outer`, and if it names a special range (loopback, private,
+    /// link-local, metadata, ...), `outer` names that range as well. A broad block such as
+    /// `0.0.0.0/0` therefore does not cover `127.0.0.1` or `10.0.0.0/8`.
+    pub fn is_within(&self, outer: &Cidr) -> bool {
+        self.is_inside(outer)
+            && self
+                .special_range()
+                .is_none_or(|range| outer.is_inside(&range))
     }
 }
 
@@ -273,37 +350,262 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-/// Whether an address is loopback, private, link-local or otherwise not on the public
-/// internet. Reaching one of these through a host-name grant is how SSRF to cloud metadata
-/// and cluster services happens, so they need an explicit address grant.
-pub fn is_restricted(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-                || (a == 192 && b == 0) // IETF protocol assignments
-                || (a == 198 && (b == 18 || b == 19)) // benchmarking
-                || a >= 240 // reserved
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (first == 0x64 && v6.segments()[1] == 0xff9b) // NAT64 can reach anything
-                || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
-        }
+/// What the special-purpose registries say about an address, as far as grants care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrClass {
+    /// The registry entry that decided (the most specific one), e.g. `"Loopback"`; for an
+    /// address embedding an IPv4 one, the entry of that IPv4 address.
+    pub entry: &'static str,
+    /// Globally reachable: a host-name grant or any address block containing it reaches it.
+    pub public: bool,
+    /// For a non-public address, the range a grant must lie within to name it: the registry
+    /// block (`127.0.0.0/8` for loopback), or the address itself when it is only special
+    /// through the IPv4 address it embeds (6to4, Teredo, NAT64, ...).
+    pub block: Cidr,
+}
+
+/// How an IPv6 block carries an IPv4 address (judged by that address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Embeds {
+    /// Bits 96-127: IPv4-compatible `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64.
+    Low32,
+    /// 6to4 `2002:AABB:CCDD::/48`: bits 16-47.
+    SixToFour,
+    /// Teredo: the client's address is bits 96-127, inverted.
+    Teredo,
+}
+
+/// One row of the IANA IPv4 / IPv6 special-purpose address registries (plus the few other
+/// blocks that are not on the public internet: multicast, deprecated site-local, cloud
+/// metadata endpoints). `reach` is the registry's "Globally Reachable" column; `None` with
+/// `embeds` set means "judge by the embedded IPv4 address".
+struct Special<T> {
+    entry: &'static str,
+    network: T,
+    /// The prefix as a bit mask, precomputed for the connect path.
+    mask: T,
+    prefix: u8,
+    global: bool,
+    embeds: Option<Embeds>,
+}
+
+const fn v4(entry: &'static str, n: [u8; 4], prefix: u8, global: bool) -> Special<u32> {
+    Special {
+        entry,
+        network: u32::from_be_bytes(n),
+        mask: if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        },
+        prefix,
+        global,
+        embeds: None,
     }
+}
+
+const fn v6_mask(prefix: u8) -> u128 {
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix as u32)
+    }
+}
+
+const fn v6(entry: &'static str, n: u128, prefix: u8, global: bool) -> Special<u128> {
+    Special {
+        entry,
+        network: n,
+        mask: v6_mask(prefix),
+        prefix,
+        global,
+        embeds: None,
+    }
+}
+
+const fn v6_embeds(entry: &'static str, n: u128, prefix: u8, embeds: Embeds) -> Special<u128> {
+    Special {
+        entry,
+        network: n,
+        mask: v6_mask(prefix),
+        prefix,
+        global: false,
+        embeds: Some(embeds),
+    }
+}
+
+/// IANA IPv4 Special-Purpose Address Registry (RFC 6890 and updates), multicast, and the
+/// cloud metadata addresses (named on their own so a link-local or shared-space grant does
+/// not reach them: only a grant of the exact address does).
+#[rustfmt::skip]
+const SPECIAL_V4: &[Special<u32>] = &[
+    v4("This network", [0, 0, 0, 0], 8, false),
+    v4("This host on this network", [0, 0, 0, 0], 32, false),
+    v4("Private-Use", [10, 0, 0, 0], 8, false),
+    v4("Shared Address Space", [100, 64, 0, 0], 10, false),
+    v4("Cloud metadata (Alibaba)", [100, 100, 100, 200], 32, false),
+    v4("Loopback", [127, 0, 0, 0], 8, false),
+    v4("Link Local", [169, 254, 0, 0], 16, false),
+    v4("Cloud metadata", [169, 254, 169, 254], 32, false),
+    v4("Cloud metadata (AWS ECS)", [169, 254, 170, 2], 32, false),
+    v4("Private-Use", [172, 16, 0, 0], 12, false),
+    v4("IETF Protocol Assignments", [192, 0, 0, 0], 24, false),
+    v4("IPv4 Service Continuity Prefix", [192, 0, 0, 0], 29, false),
+    v4("IPv4 dummy address", [192, 0, 0, 8], 32, false),
+    v4("Port Control Protocol Anycast", [192, 0, 0, 9], 32, true),
+    v4("Traversal Using Relays around NAT Anycast", [192, 0, 0, 10], 32, true),
+    v4("NAT64/DNS64 Discovery", [192, 0, 0, 170], 32, false),
+    v4("NAT64/DNS64 Discovery", [192, 0, 0, 171], 32, false),
+    v4("Documentation (TEST-NET-1)", [192, 0, 2, 0], 24, false),
+    v4("AS112-v4", [192, 31, 196, 0], 24, true),
+    v4("AMT", [192, 52, 193, 0], 24, true),
+    v4("Deprecated (6to4 Relay Anycast)", [192, 88, 99, 0], 24, false),
+    v4("Private-Use", [192, 168, 0, 0], 16, false),
+    v4("Direct Delegation AS112 Service", [192, 175, 48, 0], 24, true),
+    v4("Benchmarking", [198, 18, 0, 0], 15, false),
+    v4("Documentation (TEST-NET-2)", [198, 51, 100, 0], 24, false),
+    v4("Documentation (TEST-NET-3)", [203, 0, 113, 0], 24, false),
+    v4("Multicast", [224, 0, 0, 0], 4, false),
+    v4("Reserved", [240, 0, 0, 0], 4, false),
+    v4("Limited Broadcast", [255, 255, 255, 255], 32, false),
+];
+
+/// IANA IPv6 Special-Purpose Address Registry (RFC 6890 and updates), the deprecated
+/// IPv4-compatible, IPv4-translated and site-local forms, multicast, the AWS metadata
+/// address, and everything outside global unicast `2000::/3` (reserved by the IETF).
+#[rustfmt::skip]
+const SPECIAL_V6: &[Special<u128>] = &[
+    v6("Reserved by IETF (outside 2000::/3)", 0, 0, false),
+    v6("Global Unicast", 0x2000 << 112, 3, true),
+    v6("Unspecified Address", 0, 128, false),
+    v6("Loopback Address", 1, 128, false),
+    v6_embeds("IPv4-compatible (deprecated)", 0, 96, Embeds::Low32),
+    v6_embeds("IPv4-mapped Address", 0xffff << 32, 96, Embeds::Low32),
+    v6_embeds("IPv4-translated (SIIT)", 0xffff << 48, 96, Embeds::Low32),
+    v6_embeds("IPv4-IPv6 Translation (NAT64)", 0x0064_ff9b << 96, 96, Embeds::Low32),
+    // Operators choose the prefix length inside it, so where the IPv4 address sits is unknown.
+    v6("IPv4-IPv6 Translation (local use)", 0x0064_ff9b_0001 << 80, 48, false),
+    v6("Discard-Only Address Block", 0x0100 << 112, 64, false),
+    v6("Dummy IPv6 Prefix", (0x0100 << 112) | (1 << 64), 64, false),
+    v6("IETF Protocol Assignments", 0x2001 << 112, 23, false),
+    v6_embeds("TEREDO", 0x2001 << 112, 32, Embeds::Teredo),
+    v6("Port Control Protocol Anycast", (0x2001_0001 << 96) | 1, 128, true),
+    v6("Traversal Using Relays around NAT Anycast", (0x2001_0001 << 96) | 2, 128, true),
+    v6("DNS-SD Service Registration Protocol Anycast", (0x2001_0001 << 96) | 3, 128, true),
+    v6("Benchmarking", 0x2001_0002_0000 << 80, 48, false),
+    v6("AMT", 0x2001_0003 << 96, 32, true),
+    v6("AS112-v6", 0x2001_0004_0112 << 80, 48, true),
+    v6("Deprecated (previously ORCHID)", 0x2001_0010 << 96, 28, false),
+    v6("ORCHIDv2", 0x2001_0020 << 96, 28, true),
+    v6("Drone Remote ID Protocol Entity Tags (DETs) Prefix", 0x2001_0030 << 96, 28, true),
+    v6("Documentation", 0x2001_0db8 << 96, 32, false),
+    v6_embeds("6to4", 0x2002 << 112, 16, Embeds::SixToFour),
+    v6("Direct Delegation AS112 Service", 0x2620_004f_8000 << 80, 48, true),
+    v6("Documentation", 0x3fff << 112, 20, false),
+    v6("Segment Routing (SRv6) SIDs", 0x5f00 << 112, 16, false),
+    v6("Unique-Local", 0xfc00 << 112, 7, false),
+    v6("Cloud metadata (AWS)", (0xfd00_0ec2 << 96) | 0x254, 128, false),
+    v6("Site-Local (deprecated)", 0xfec0 << 112, 10, false),
+    v6("Link-Local Unicast", 0xfe80 << 112, 10, false),
+    v6("Multicast", 0xff00 << 112, 8, false),
+];
+
+/// The most specific row of `table` containing `bits` (rows are few; a linear scan with no
+/// allocation, on the connect path).
+#[inline]
+fn most_specific<T, F>(table: &'static [Special<T>], covers: F) -> Option<&'static Special<T>>
+where
+    F: Fn(&Special<T>) -> bool,
+{
+    table
+        .iter()
+        .filter(|row| covers(row))
+        .max_by_key(|row| row.prefix)
+}
+
+#[inline]
+fn v4_covers(row: &Special<u32>, bits: u32, prefix: u8) -> bool {
+    prefix >= row.prefix && bits & row.mask == row.network
+}
+
+#[inline]
+fn v6_covers(row: &Special<u128>, bits: u128, prefix: u8) -> bool {
+    prefix >= row.prefix && bits & row.mask == row.network
+}
+
+fn class_v4(v4: Ipv4Addr) -> AddrClass {
+    let bits = u32::from(v4);
+    match most_specific(SPECIAL_V4, |row| v4_covers(row, bits, 32)) {
+        Some(row) => AddrClass {
+            entry: row.entry,
+            public: row.global,
+            block: Cidr {
+                network: IpAddr::V4(Ipv4Addr::from(row.network)),
+                prefix: row.prefix,
+            },
+        },
+        None => AddrClass {
+            entry: "Global",
+            public: true,
+            block: Cidr::single(IpAddr::V4(v4)),
+        },
+    }
+}
+
+/// The IPv4 address an embedding form carries.
+fn embedded(embeds: Embeds, bits: u128) -> Ipv4Addr {
+    // Truncating casts pick the bit fields out of the address.
+    match embeds {
+        Embeds::Low32 => Ipv4Addr::from(bits as u32),
+        Embeds::SixToFour => Ipv4Addr::from((bits >> 80) as u32),
+        Embeds::Teredo => Ipv4Addr::from(!(bits as u32)),
+    }
+}
+
+/// Classifies an address by the special-purpose registries. An IPv4-mapped address is its
+/// IPv4 address; other forms that carry an IPv4 address (IPv4-compatible, IPv4-translated,
+/// NAT64, 6to4, Teredo's client) are public only when that IPv4 address is, and otherwise
+/// special under their own IPv6 address. Allocation-free.
+pub fn classify(ip: IpAddr) -> AddrClass {
+    let v6 = match canonical(ip) {
+        IpAddr::V4(v4) => return class_v4(v4),
+        IpAddr::V6(v6) => v6,
+    };
+    let bits = u128::from(v6);
+    let Some(row) = most_specific(SPECIAL_V6, |row| v6_covers(row, bits, 128)) else {
+        // Unreachable: the `::/0` row covers everything; fail closed anyway.
+        return AddrClass {
+            entry: "Reserved",
+            public: false,
+            block: Cidr::single(ip),
+        };
+    };
+    let (public, block) = match row.embeds {
+        Some(embeds) => (class_v4(embedded(embeds, bits)).public, Cidr::single(ip)),
+        None => (
+            row.global,
+            Cidr {
+                network: IpAddr::V6(Ipv6Addr::from(row.network)),
+                prefix: row.prefix,
+            },
+        ),
+    };
+    let entry = match row.embeds {
+        Some(embeds) if !public => class_v4(embedded(embeds, bits)).entry,
+        _ => row.entry,
+    };
+    AddrClass {
+        entry,
+        public,
+        block,
+    }
+}
+
+/// Whether an address is loopback, private, link-local or otherwise not on the public
+/// internet (see [`classify`]). Reaching one of these through a host-name grant is how SSRF
+/// to cloud metadata and cluster services happens, so they need a grant that names them.
+pub fn is_restricted(ip: IpAddr) -> bool {
+    !classify(ip).public
 }
 
 /// An inclusive port range; a single port is a range of one.
@@ -651,29 +953,179 @@ mod tests {
     }
 
     #[test]
-    fn restricted_ranges() {
-        let cases: &[(&str, &str, bool)] = &[
-            ("public v4", "93.184.216.34", false),
-            ("public v6", "2606:2800:220:1::1", false),
-            ("loopback", "127.0.0.1", true),
-            ("loopback anywhere in /8", "127.200.0.1", true),
-            ("rfc1918 10/8", "10.0.0.1", true),
-            ("rfc1918 172.16/12", "172.31.255.255", true),
-            ("just outside 172.16/12", "172.32.0.1", false),
-            ("rfc1918 192.168/16", "192.168.1.1", true),
-            ("cloud metadata (link-local)", "169.254.169.254", true),
-            ("carrier-grade NAT", "100.64.0.1", true),
-            ("unspecified", "0.0.0.0", true),
-            ("broadcast", "255.255.255.255", true),
-            ("v6 loopback", "::1", true),
-            ("v6 unique local", "fd00::1", true),
-            ("v6 link-local", "fe80::1", true),
-            ("v4-mapped loopback", "::ffff:127.0.0.1", true),
-            ("v4-mapped public", "::ffff:93.184.216.34", false),
-            ("NAT64 prefix", "64:ff9b::a00:1", true),
+    fn classify_spec_one_row_per_registry_entry() {
+        // (rule, address, public, the range a grant must lie within when not public)
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, bool, &str)] = &[
+            ("public v4 is global", "93.184.216.34", true, ""),
+            ("public v6 is global", "2606:2800:220:1::1", true, ""),
+            // IANA IPv4 special-purpose registry
+            ("0.0.0.0/8 this network", "0.1.2.3", false, "0.0.0.0/8"),
+            ("0.0.0.0/32 this host", "0.0.0.0", false, "0.0.0.0/32"),
+            ("10.0.0.0/8 private-use", "10.0.0.1", false, "10.0.0.0/8"),
+            ("100.64.0.0/10 shared address space", "100.127.255.254", false, "100.64.0.0/10"),
+            ("just outside shared address space", "100.128.0.1", true, ""),
+            ("127.0.0.0/8 loopback", "127.200.0.1", false, "127.0.0.0/8"),
+            ("169.254.0.0/16 link local", "169.254.1.1", false, "169.254.0.0/16"),
+            ("172.16.0.0/12 private-use", "172.31.255.255", false, "172.16.0.0/12"),
+            ("just outside 172.16.0.0/12", "172.32.0.1", true, ""),
+            ("192.0.0.0/24 IETF protocol assignments", "192.0.0.200", false, "192.0.0.0/24"),
+            ("192.0.0.0/29 service continuity", "192.0.0.1", false, "192.0.0.0/29"),
+            ("192.0.0.8/32 dummy address", "192.0.0.8", false, "192.0.0.8/32"),
+            ("192.0.0.9/32 PCP anycast is global", "192.0.0.9", true, ""),
+            ("192.0.0.10/32 TURN anycast is global", "192.0.0.10", true, ""),
+            ("192.0.0.170/32 NAT64 discovery", "192.0.0.170", false, "192.0.0.170/32"),
+            ("192.0.0.171/32 NAT64 discovery", "192.0.0.171", false, "192.0.0.171/32"),
+            ("192.0.2.0/24 TEST-NET-1", "192.0.2.7", false, "192.0.2.0/24"),
+            ("192.31.196.0/24 AS112 is global", "192.31.196.1", true, ""),
+            ("192.52.193.0/24 AMT is global", "192.52.193.1", true, ""),
+            ("192.88.99.0/24 deprecated 6to4 relay", "192.88.99.1", false, "192.88.99.0/24"),
+            ("192.168.0.0/16 private-use", "192.168.1.1", false, "192.168.0.0/16"),
+            ("192.175.48.0/24 AS112 delegation is global", "192.175.48.1", true, ""),
+            ("198.18.0.0/15 benchmarking", "198.19.255.1", false, "198.18.0.0/15"),
+            ("198.51.100.0/24 TEST-NET-2", "198.51.100.1", false, "198.51.100.0/24"),
+            ("203.0.113.0/24 TEST-NET-3", "203.0.113.1", false, "203.0.113.0/24"),
+            ("224.0.0.0/4 multicast", "239.1.2.3", false, "224.0.0.0/4"),
+            ("240.0.0.0/4 reserved", "240.0.0.1", false, "240.0.0.0/4"),
+            ("255.255.255.255/32 limited broadcast", "255.255.255.255", false, "255.255.255.255/32"),
+            // Cloud metadata: only the exact address names it
+            ("metadata inside link local", "169.254.169.254", false, "169.254.169.254/32"),
+            ("ECS task metadata", "169.254.170.2", false, "169.254.170.2/32"),
+            ("Alibaba metadata inside shared space", "100.100.100.200", false, "100.100.100.200/32"),
+            ("AWS IPv6 metadata inside ULA", "fd00:ec2::254", false, "fd00:ec2::254/128"),
+            // IANA IPv6 special-purpose registry
+            ("::1/128 loopback", "::1", false, "::1/128"),
+            ("::/128 unspecified", "::", false, "::/128"),
+            ("::ffff:0:0/96 mapped counts as its IPv4 (loopback)", "::ffff:127.0.0.1", false, "127.0.0.0/8"),
+            ("::ffff:0:0/96 mapped counts as its IPv4 (metadata)", "::ffff:169.254.169.254", false, "169.254.169.254/32"),
+            ("::ffff:0:0/96 mapped public", "::ffff:93.184.216.34", true, ""),
+            ("64:ff9b::/96 NAT64 of loopback", "64:ff9b::127.0.0.1", false, "64:ff9b::7f00:1/128"),
+            ("64:ff9b::/96 NAT64 of metadata", "64:ff9b::169.254.169.254", false, "64:ff9b::a9fe:a9fe/128"),
+            ("64:ff9b::/96 NAT64 of a public address", "64:ff9b::93.184.216.34", true, ""),
+            ("64:ff9b:1::/48 local-use translation", "64:ff9b:1::5db8:d822", false, "64:ff9b:1::/48"),
+            ("100::/64 discard-only", "100::1", false, "100::/64"),
+            ("100:0:0:1::/64 dummy prefix", "100:0:0:1::1", false, "100:0:0:1::/64"),
+            ("2001::/23 IETF protocol assignments", "2001:100::1", false, "2001::/23"),
+            ("2001::/32 Teredo, client loopback", "2001:0:4136:e378:8000:63bf:80ff:fffe", false, "2001:0:4136:e378:8000:63bf:80ff:fffe/128"),
+            ("2001::/32 Teredo, client metadata", "2001:0:4136:e378::5601:5601", false, "2001:0:4136:e378::5601:5601/128"),
+            ("2001::/32 Teredo, public client", "2001:0:4136:e378:8000:63bf:a247:2ddd", true, ""),
+            ("2001:1::1/128 PCP anycast is global", "2001:1::1", true, ""),
+            ("2001:1::2/128 TURN anycast is global", "2001:1::2", true, ""),
+            ("2001:1::3/128 DNS-SD SRP anycast is global", "2001:1::3", true, ""),
+            ("2001:2::/48 benchmarking", "2001:2::1", false, "2001:2::/48"),
+            ("2001:3::/32 AMT is global", "2001:3::1", true, ""),
+            ("2001:4:112::/48 AS112-v6 is global", "2001:4:112::1", true, ""),
+            ("2001:10::/28 deprecated ORCHID", "2001:10::1", false, "2001:10::/28"),
+            ("2001:20::/28 ORCHIDv2 is global", "2001:20::1", true, ""),
+            ("2001:30::/28 drone remote ID is global", "2001:30::1", true, ""),
+            ("2001:db8::/32 documentation", "2001:db8::1", false, "2001:db8::/32"),
+            ("2002::/16 6to4 of loopback", "2002:7f00:1::1", false, "2002:7f00:1::1/128"),
+            ("2002::/16 6to4 of private", "2002:a00:1::", false, "2002:a00:1::/128"),
+            ("2002::/16 6to4 of metadata", "2002:a9fe:a9fe::1", false, "2002:a9fe:a9fe::1/128"),
+            ("2002::/16 6to4 of a public address", "2002:5db8:d822::1", true, ""),
+            ("2620:4f:8000::/48 AS112 delegation is global", "2620:4f:8000::1", true, ""),
+            ("3fff::/20 documentation", "3fff::1", false, "3fff::/20"),
+            ("5f00::/16 SRv6 SIDs", "5f00::1", false, "5f00::/16"),
+            ("fc00::/7 unique local", "fd12::1", false, "fc00::/7"),
+            ("fe80::/10 link-local", "fe80::1", false, "fe80::/10"),
+            // Not in the registry but not public either
+            ("::/96 IPv4-compatible of loopback", "::127.0.0.1", false, "::7f00:1/128"),
+            ("::/96 IPv4-compatible of this network", "::2", false, "::2/128"),
+            ("::/96 IPv4-compatible of a public address", "::93.184.216.34", true, ""),
+            ("::ffff:0:0:0/96 IPv4-translated of loopback", "::ffff:0:127.0.0.1", false, "::ffff:0:7f00:1/128"),
+            ("::ffff:0:0:0/96 IPv4-translated of a public address", "::ffff:0:93.184.216.34", true, ""),
+            ("fec0::/10 site-local (deprecated)", "fec0::1", false, "fec0::/10"),
+            ("ff00::/8 multicast", "ff02::1", false, "ff00::/8"),
+            ("outside 2000::/3 is reserved", "4000::1", false, "::/0"),
         ];
-        for (rule, addr, want) in cases {
-            assert_eq!(is_restricted(ip(addr)), *want, "{rule}: {addr}");
+        for (rule, addr, public, block) in cases {
+            let class = classify(ip(addr));
+            assert_eq!(class.public, *public, "{rule}: {addr} ({})", class.entry);
+            assert_eq!(is_restricted(ip(addr)), !*public, "{rule}: is_restricted");
+            if !public {
+                let want = Cidr::parse(block).expect("block parses");
+                assert_eq!(class.block, want, "{rule}: {addr} ({})", class.entry);
+            }
+        }
+    }
+
+    #[test]
+    fn cidr_reach_spec() {
+        // (rule, granted block, address, reached)
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, &str, bool)] = &[
+            ("any-v4 reaches a public address", "0.0.0.0/0", "93.184.216.34", true),
+            ("any-v4 does not reach loopback", "0.0.0.0/0", "127.0.0.1", false),
+            ("any-v4 does not reach metadata", "0.0.0.0/0", "169.254.169.254", false),
+            ("any-v4 does not reach link-local", "0.0.0.0/0", "169.254.1.1", false),
+            ("any-v4 does not reach private", "0.0.0.0/0", "10.1.2.3", false),
+            ("any-v4 does not reach this host", "0.0.0.0/0", "0.0.0.0", false),
+            ("any-v4 does not reach broadcast", "0.0.0.0/0", "255.255.255.255", false),
+            ("any-v4 does not reach mapped loopback", "0.0.0.0/0", "::ffff:127.0.0.1", false),
+            ("any-v6 reaches a public address", "::/0", "2606:2800:220:1::1", true),
+            ("any-v6 does not reach loopback", "::/0", "::1", false),
+            ("any-v6 does not reach unspecified", "::/0", "::", false),
+            ("any-v6 does not reach ULA metadata", "::/0", "fd00:ec2::254", false),
+            ("any-v6 does not reach NAT64 of loopback", "::/0", "64:ff9b::127.0.0.1", false),
+            ("any-v6 reaches NAT64 of a public address", "::/0", "64:ff9b::93.184.216.34", true),
+            ("any-v6 does not reach 6to4 of metadata", "::/0", "2002:a9fe:a9fe::1", false),
+            ("any-v6 does not reach Teredo of loopback", "::/0", "2001:0:4136:e378:8000:63bf:80ff:fffe", false),
+            ("any-v6 does not reach IPv4-compatible loopback", "::/0", "::127.0.0.1", false),
+            ("any-v6 does not reach site-local", "::/0", "fec0::1", false),
+            ("any-v6 does not reach discard-only", "::/0", "100::1", false),
+            ("half of v4 does not reach loopback", "0.0.0.0/1", "127.0.0.1", false),
+            ("a block just wider than loopback does not reach it", "126.0.0.0/7", "127.0.0.1", false),
+            ("loopback block reaches loopback", "127.0.0.0/8", "127.0.0.1", true),
+            ("a loopback address reaches itself", "127.0.0.1", "127.0.0.1", true),
+            ("a loopback address reaches its mapped form", "127.0.0.1", "::ffff:127.0.0.1", true),
+            ("a mapped-form grant is its IPv4 block", "::ffff:127.0.0.1", "127.0.0.1", true),
+            ("private block reaches inside", "10.0.0.0/8", "10.1.2.3", true),
+            ("narrower private block reaches inside", "10.1.0.0/16", "10.1.2.3", true),
+            ("link-local block does not reach metadata", "169.254.0.0/16", "169.254.169.254", false),
+            ("exact metadata address reaches it", "169.254.169.254", "169.254.169.254", true),
+            ("ULA block does not reach AWS metadata", "fc00::/7", "fd00:ec2::254", false),
+            ("exact AWS metadata address reaches it", "fd00:ec2::254", "fd00:ec2::254", true),
+            ("6to4 block does not reach 6to4 of loopback", "2002::/16", "2002:7f00:1::1", false),
+            ("exact 6to4 address of loopback reaches it", "2002:7f00:1::1", "2002:7f00:1::1", true),
+            ("block outside the address", "10.0.0.0/8", "11.0.0.1", false),
+        ];
+        for (rule, block, addr, want) in cases {
+            let cidr = Cidr::parse(block).expect("block parses");
+            assert_eq!(cidr.reaches(ip(addr)), *want, "{rule}: {block} vs {addr}");
+        }
+    }
+
+    #[test]
+    fn cidr_within_spec() {
+        // (rule, inner, outer, within): within = everything inner reaches, outer reaches.
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, &str, bool)] = &[
+            ("public block within any-v4", "8.8.8.0/24", "0.0.0.0/0", true),
+            ("any-v4 within itself", "0.0.0.0/0", "0.0.0.0/0", true),
+            ("loopback address not within any-v4", "127.0.0.1", "0.0.0.0/0", false),
+            ("loopback block not within any-v4", "127.0.0.0/8", "0.0.0.0/0", false),
+            ("metadata not within any-v4", "169.254.169.254", "0.0.0.0/0", false),
+            ("link-local block not within any-v4", "169.254.0.0/16", "0.0.0.0/0", false),
+            ("private block not within any-v4", "10.0.0.0/8", "0.0.0.0/0", false),
+            ("private address not within a wider non-private block", "10.1.2.3", "8.0.0.0/5", false),
+            ("private address within its private block", "10.1.2.3", "10.0.0.0/8", true),
+            ("narrower private block within private block", "10.1.0.0/16", "10.0.0.0/8", true),
+            ("loopback address within loopback block", "127.0.0.1", "127.0.0.0/8", true),
+            ("metadata not within link-local block", "169.254.169.254", "169.254.0.0/16", false),
+            ("metadata within itself", "169.254.169.254", "169.254.169.254", true),
+            ("link-local block within itself", "169.254.0.0/16", "169.254.0.0/16", true),
+            ("v6 loopback not within any-v6", "::1", "::/0", false),
+            ("ULA block not within any-v6", "fd00::/8", "::/0", false),
+            ("AWS metadata not within ULA", "fd00:ec2::254", "fc00::/7", false),
+            ("6to4 of loopback not within 6to4 block", "2002:7f00:1::1", "2002::/16", false),
+            ("6to4 block within any-v6 (reaches only public)", "2002::/16", "::/0", true),
+            ("public v6 within any-v6", "2606:2800::/32", "::/0", true),
+            ("wider block not within narrower", "10.0.0.0/8", "10.1.0.0/16", false),
+        ];
+        for (rule, inner, outer, want) in cases {
+            let inner = Cidr::parse(inner).expect("inner parses");
+            let outer = Cidr::parse(outer).expect("outer parses");
+            assert_eq!(inner.is_within(&outer), *want, "{rule}: {inner} in {outer}");
         }
     }
 

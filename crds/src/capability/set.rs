@@ -323,13 +323,14 @@ impl CapabilitySet {
 
     /// Whether the guest may connect to `ip:port`, reached by the name `host` if it used one.
     /// A host-name grant only reaches public addresses: a name that resolves to a loopback,
-    /// private or link-local address needs an address (CIDR) grant covering that address.
+    /// private or link-local address needs an address (CIDR) grant naming that address's
+    /// range ([`super::Cidr::reaches`]: `0.0.0.0/0` does not reach loopback).
     pub fn allows_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
         let restricted = is_restricted(ip);
         self.network.iter().any(|g| {
             g.ports.contains(port)
                 && match &g.target {
-                    NetTarget::Cidr(cidr) => cidr.contains(ip),
+                    NetTarget::Cidr(cidr) => cidr.reaches(ip),
                     NetTarget::Host(pattern) => {
                         !restricted && host.is_some_and(|h| pattern.matches(h))
                     }
@@ -597,6 +598,38 @@ env: [{ name: LOG_LEVEL }]
                 "messaging topic audit.x (publish)".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn broad_address_ceiling_covers_only_public_addresses() {
+        // A ceiling of "any host" written as the broadest address blocks.
+        let ceiling = caps(
+            "network: [{ host: 0.0.0.0/0, port: 1, endPort: 65535 }, \
+             { host: \"::/0\", port: 1, endPort: 65535 }]",
+        );
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, bool)] = &[
+            ("a public address fits", "network: [{ host: 93.184.216.34, port: 443 }]", true),
+            ("a public block fits", "network: [{ host: 8.8.8.0/24, port: 53 }]", true),
+            ("the broad block itself fits", "network: [{ host: 0.0.0.0/0, port: 80 }]", true),
+            ("loopback exceeds", "network: [{ host: 127.0.0.1, port: 80 }]", false),
+            ("loopback block exceeds", "network: [{ host: 127.0.0.0/8, port: 80 }]", false),
+            ("metadata exceeds", "network: [{ host: 169.254.169.254, port: 80 }]", false),
+            ("link-local block exceeds", "network: [{ host: 169.254.0.0/16, port: 80 }]", false),
+            ("private block exceeds", "network: [{ host: 10.0.0.0/8, port: 5432 }]", false),
+            ("v6 loopback exceeds", "network: [{ host: \"::1\", port: 80 }]", false),
+            ("mapped loopback exceeds", "network: [{ host: \"::ffff:127.0.0.1\", port: 80 }]", false),
+            ("AWS v6 metadata exceeds", "network: [{ host: \"fd00:ec2::254\", port: 80 }]", false),
+            ("NAT64 of loopback exceeds", "network: [{ host: \"64:ff9b::7f00:1\", port: 80 }]", false),
+        ];
+        for (rule, request, want) in cases {
+            assert_eq!(caps(request).is_within(&ceiling), *want, "{rule}");
+        }
+        // And the agent-side check agrees: the broad grant reaches no loopback address.
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(ceiling.allows_connect(None, ip("93.184.216.34"), 443));
+        assert!(!ceiling.allows_connect(None, ip("127.0.0.1"), 443));
+        assert!(!ceiling.allows_connect(None, ip("::ffff:169.254.169.254"), 80));
     }
 
     #[test]

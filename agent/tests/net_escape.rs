@@ -1,0 +1,154 @@
+//! Network escapes over raw `wasi:sockets` (issue 10, items 4-7): name lookups are checked
+//! against the grant and audited; connects wasmtime-wasi would refuse as invalid are checked
+//! and audited first; a broad address grant (`0.0.0.0/0`, `::/0`) reaches no loopback,
+//! link-local or metadata address in any of its IPv4 or IPv6 spellings. Every refusal is an
+//! `access-denied` the guest sees, a `CapabilityDenied` audit record, and no connection at a
+//! loopback listener. Guest: `tests/components/net-probe`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::{Expect, Harness, caps, quotas, spec};
+
+/// A loopback TCP listener that counts the connections it accepts.
+async fn listener() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    (port, seen, task)
+}
+
+/// Waits (bounded) until the listener has seen `n` connections, then returns the count.
+async fn seen_at_least(seen: &AtomicUsize, n: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.load(Ordering::SeqCst) < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen.load(Ordering::SeqCst)
+}
+
+async fn neighbour(h: &Harness) {
+    h.add(spec("neighbour", "echo", caps(""), quotas())).await;
+    assert_eq!(h.ask("neighbour", "hello").await.unwrap(), "hello");
+}
+
+/// Asks `component` to probe `what`, asserts the refusal and its audit record.
+async fn assert_refused(h: &Harness, component: &str, what: &str) {
+    let before = support::count(h, component, Expect::Denied("network")).await;
+    let answer = h.ask(component, what).await.unwrap();
+    assert_eq!(answer, "error:access-denied", "{what} must be refused");
+    let after = support::count(h, component, Expect::Denied("network")).await;
+    assert_eq!(after, before + 1, "{what}: exactly one audit record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_lookups_need_a_grant_that_could_use_the_name() {
+    let h = Harness::new();
+    neighbour(&h).await;
+
+    // No network grant at all: DNS is not a side channel either.
+    h.add(spec("silent", "net-probe", caps(""), quotas())).await;
+    assert_refused(&h, "silent", "lookup secret-data.exfil.example.org").await;
+
+    // A grant for one name: that name resolves, no other does.
+    let grant = caps("network: [{ host: localhost, port: 443 }]");
+    h.add(spec("resolver", "net-probe", grant, quotas())).await;
+    let granted = h.ask("resolver", "lookup localhost").await.unwrap();
+    assert!(
+        granted.starts_with("ok:"),
+        "a granted name resolves: {granted}"
+    );
+    assert_refused(&h, "resolver", "lookup secret-data.exfil.example.org").await;
+    assert_refused(&h, "resolver", "lookup localhost.exfil.example.org").await;
+    let denial = support::wait_kind(&h, "resolver", Expect::Denied("network")).await;
+    let target = denial["detail"]["target"].as_str().unwrap();
+    assert!(
+        target.contains("exfil.example.org"),
+        "audit names the lookup: {target}"
+    );
+    // An IP literal is answered without a query.
+    assert_eq!(
+        h.ask("resolver", "lookup 93.184.216.34").await.unwrap(),
+        "ok:93.184.216.34"
+    );
+    assert_eq!(h.ask("neighbour", "still?").await.unwrap(), "still?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_and_special_connects_are_refused_audited_and_never_reach_loopback() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    let (port, seen, server) = listener().await;
+
+    // "Any public host", written as the broadest address grants.
+    let broad = caps(&format!(
+        "network: [{{ host: 0.0.0.0/0, port: {port} }}, {{ host: \"::/0\", port: {port} }}]"
+    ));
+    h.add(spec("broad", "net-probe", broad, quotas())).await;
+    let refused = [
+        // Refused by wasmtime-wasi as invalid before any check (item 6).
+        format!("tcp 0.0.0.0:{port}"),
+        format!("tcp [::]:{port}"),
+        format!("tcp [::ffff:127.0.0.1]:{port}"),
+        format!("tcp 255.255.255.255:{port}"),
+        format!("tcp 224.0.0.1:{port}"),
+        format!("udp 0.0.0.0:{port}"),
+        format!("udpsend 255.255.255.255:{port}"),
+        // Loopback and metadata through a broad grant (item 7).
+        format!("tcp 127.0.0.1:{port}"),
+        format!("tcp 127.1.2.3:{port}"),
+        format!("tcp 169.254.169.254:{port}"),
+        format!("tcp 10.1.2.3:{port}"),
+        format!("udpsend 127.0.0.1:{port}"),
+        // IPv6 spellings of loopback and metadata (item 5).
+        format!("tcp [::1]:{port}"),
+        format!("tcp [::127.0.0.1]:{port}"),
+        format!("tcp [::ffff:0:127.0.0.1]:{port}"),
+        format!("tcp [64:ff9b::127.0.0.1]:{port}"),
+        format!("tcp [64:ff9b::169.254.169.254]:{port}"),
+        format!("tcp [64:ff9b:1::7f00:1]:{port}"),
+        format!("tcp [2002:7f00:1::1]:{port}"),
+        format!("tcp [2001:0:4136:e378:8000:63bf:80ff:fffe]:{port}"),
+        format!("tcp [fd00:ec2::254]:{port}"),
+        format!("tcp [fe80::1]:{port}"),
+        format!("tcp [fec0::1]:{port}"),
+        format!("tcp [100::1]:{port}"),
+    ];
+    for what in &refused {
+        assert_refused(&h, "broad", what).await;
+    }
+
+    // Control: a grant naming loopback does connect, so the listener would have seen the
+    // refused ones had any got through.
+    let exact = caps(&format!("network: [{{ host: 127.0.0.1, port: {port} }}]"));
+    h.add(spec("exact", "net-probe", exact, quotas())).await;
+    assert_eq!(
+        h.ask("exact", &format!("tcp 127.0.0.1:{port}"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        seen_at_least(&seen, 1).await,
+        1,
+        "only the granted connect arrived"
+    );
+    assert_eq!(
+        support::count(&h, "exact", Expect::Denied("network")).await,
+        0,
+        "a granted connect is not a denial"
+    );
+    assert_eq!(h.ask("neighbour", "still?").await.unwrap(), "still?");
+    server.abort();
+}
