@@ -700,16 +700,8 @@ async fn handle(r: &mut LiveInstance, envelope: Envelope) -> Result<bool, Kill> 
         payload,
         reply,
     } = envelope;
-    if payload.len() > ctx.quotas.max_message_bytes as usize {
-        ctx.quota_exceeded(Quota::MessageSize);
-        respond(
-            reply,
-            Err(WitError::InvalidInput(format!(
-                "message of {} bytes is over the {}-byte limit",
-                payload.len(),
-                ctx.quotas.max_message_bytes
-            ))),
-        );
+    if let Err(e) = r.store.data().check_size(payload.len()) {
+        respond(reply, Err(e));
         return Ok(false);
     }
     let message = WitMessage {
@@ -730,11 +722,18 @@ async fn handle(r: &mut LiveInstance, envelope: Envelope) -> Result<bool, Kill> 
         .call_handle_message(&mut r.store, &message);
     match tokio::time::timeout(ctx.quotas.timeout, call).await {
         Ok(Ok(Ok(answer))) => {
-            respond(reply, Ok(answer.unwrap_or_default()));
+            if reply.is_some() {
+                respond(
+                    reply,
+                    r.store.data().bound_reply(Ok(answer.unwrap_or_default())),
+                );
+            }
             Ok(true)
         }
         Ok(Ok(Err(error))) => {
-            respond(reply, Err(error));
+            if reply.is_some() {
+                respond(reply, r.store.data().bound_reply(Err(error)));
+            }
             Ok(false)
         }
         Ok(Err(e)) => {
