@@ -15,7 +15,8 @@
 //! the disk a component can fill even with many tiny entries. The running total per
 //! component lives in the same database and is updated in the same transaction as the entry,
 //! so usage can never drift from the data, and concurrent writers cannot both squeeze past
-//! the quota (redb serialises write transactions).
+//! the quota (redb serialises write transactions). A database whose usage was counted under
+//! an older rule is recounted when opened.
 //!
 //! Every operation is synchronous and may block on disk I/O (a write commits with `fsync`).
 //! From async code call it through `tokio::task::spawn_blocking`; `KvStore` is `Send + Sync`
@@ -31,6 +32,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 const ENTRIES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("entries");
 /// `component -> bytes used` (sum of the costs of its entries).
 const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+/// `setting -> value`: the accounting rule the `usage` rows were computed with.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Version of [`cost`]; `usage` rows written under another are recomputed at open.
+const ACCOUNTING: (&str, u64) = ("accounting", 2);
 
 /// Quota of a component that has no explicit [`KvStore::set_quota`] (the CRD default, 10 MiB).
 pub const DEFAULT_QUOTA_BYTES: u64 = 10 * 1024 * 1024;
@@ -211,11 +216,12 @@ impl KvStore {
             path: path.clone(),
             source,
         })?;
-        // Create both tables up front so read transactions never meet a missing table.
+        // Create the tables up front so read transactions never meet a missing table.
         let txn = db.begin_write().map_err(db_err("open"))?;
         txn.open_table(ENTRIES).map_err(db_err("open"))?;
         txn.open_table(USAGE).map_err(db_err("open"))?;
-        txn.commit().map_err(db_err("open"))?;
+        let outcome = recount_if_stale(&txn);
+        finish(txn, outcome, "open")?;
         Ok(Self {
             db,
             path,
@@ -335,6 +341,36 @@ impl KvStore {
         let outcome = remove_component_in(&txn, component);
         finish(txn, outcome, "remove component")
     }
+}
+
+/// Recomputes every component's usage when the rows were counted under an older
+/// [`cost`] (a database written before entries counted their whole key and overhead), so an
+/// upgrade neither lets old data escape the quota nor makes deletes free more than they cost.
+fn recount_if_stale(txn: &WriteTransaction) -> Result<(), StorageError> {
+    const OP: &str = "recount usage";
+    let mut meta = txn.open_table(META).map_err(db_err(OP))?;
+    let (setting, version) = ACCOUNTING;
+    let current = meta.get(setting).map_err(db_err(OP))?.map(|g| g.value());
+    if current == Some(version) {
+        return Ok(());
+    }
+    let entries = txn.open_table(ENTRIES).map_err(db_err(OP))?;
+    let mut totals: HashMap<String, u64> = HashMap::new();
+    for item in entries.iter().map_err(db_err(OP))? {
+        let (k, v) = item.map_err(db_err(OP))?;
+        let (component, bucket, key) = k.value();
+        *totals.entry(component.to_owned()).or_default() +=
+            cost(component, bucket, key, v.value().len());
+    }
+    let mut usage = txn.open_table(USAGE).map_err(db_err(OP))?;
+    usage.retain(|_, _| false).map_err(db_err(OP))?;
+    for (component, total) in &totals {
+        usage
+            .insert(component.as_str(), total)
+            .map_err(db_err(OP))?;
+    }
+    meta.insert(setting, version).map_err(db_err(OP))?;
+    Ok(())
 }
 
 /// The quota check and the write, inside one write transaction.
@@ -834,5 +870,25 @@ mod tests {
             grown <= 2 * allowed,
             "{entries} entries made the database grow by {grown} bytes for {allowed} bytes of quota"
         );
+    }
+
+    #[test]
+    fn usage_counted_under_the_old_rule_is_recounted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        {
+            let kv = KvStore::open(&path).unwrap();
+            kv.set(A, "b", "k", b"value").unwrap();
+            // What a database from before the accounting change holds: key + value bytes
+            // and no accounting version.
+            let txn = kv.db.begin_write().unwrap();
+            txn.open_table(USAGE).unwrap().insert(A, 1 + 5).unwrap();
+            txn.open_table(META).unwrap().remove(ACCOUNTING.0).unwrap();
+            txn.commit().unwrap();
+        }
+        let kv = KvStore::open(&path).unwrap();
+        assert_eq!(kv.usage(A).unwrap(), cost(A, "b", "k", 5));
+        kv.delete(A, "b", "k").unwrap();
+        assert_eq!(kv.usage(A).unwrap(), 0);
     }
 }
