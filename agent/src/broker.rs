@@ -9,8 +9,12 @@
 //! Capability checks on both ends: the sender's grant is checked by the host function before
 //! the broker is called; the broker checks each subscriber's grant for the concrete topic at
 //! delivery, so a subscription can never deliver more than its owner may receive.
+//!
+//! Subscriptions are indexed by topic token (a trie), so a publish looks only at the
+//! subscriptions that match it, and a component holds at most
+//! [`MAX_SUBSCRIPTIONS_PER_COMPONENT`]: no component can slow every publish on the node.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -96,14 +100,121 @@ pub enum BrokerError {
     NoReply(String),
     #[error("a component cannot send a request to itself")]
     SelfRequest,
+    #[error(
+        "{0} already holds {MAX_SUBSCRIPTIONS_PER_COMPONENT} subscriptions, the most a component may hold"
+    )]
+    TooManySubscriptions(String),
     #[error("{0}")]
     Remote(ReplyError),
 }
 
+/// Most subscriptions one component may hold at once. Each costs the broker memory and
+/// every publish on a matching topic a delivery check, so one component must not be able to
+/// make every publish on the node slower; 256 leaves room for any real fan-in (a component
+/// subscribes to a handful of patterns, usually one per topic family).
+pub const MAX_SUBSCRIPTIONS_PER_COMPONENT: usize = 256;
+
 struct Subscription {
     subscriber: ComponentId,
-    pattern: TopicPattern,
     mailbox: Mailbox,
+}
+
+/// One level of the subscription index: a trie over topic tokens, as NATS keeps its
+/// sublist. A publish walks only the branches its topic's tokens name (plus the `*` branch
+/// of each level), so its cost grows with the topic's depth and the matching
+/// subscriptions, never with the number of subscriptions on the node.
+#[derive(Default)]
+struct Node {
+    /// Branches for a literal next token.
+    literal: HashMap<String, Node>,
+    /// The branch for `*` (exactly one token).
+    one: Option<Box<Node>>,
+    /// Patterns that end here.
+    here: Vec<Arc<Subscription>>,
+    /// Patterns that end with `>` after this level (one or more further tokens).
+    rest: Vec<Arc<Subscription>>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.literal.is_empty()
+            && self.one.is_none()
+            && self.here.is_empty()
+            && self.rest.is_empty()
+    }
+
+    /// Adds `sub` under the pattern's `tokens` (a valid pattern: `>` only last).
+    fn insert(&mut self, mut tokens: std::str::Split<'_, char>, sub: Arc<Subscription>) {
+        match tokens.next() {
+            None => self.here.push(sub),
+            Some(">") => self.rest.push(sub),
+            Some("*") => self.one.get_or_insert_default().insert(tokens, sub),
+            Some(literal) => self
+                .literal
+                .entry(literal.to_owned())
+                .or_default()
+                .insert(tokens, sub),
+        }
+    }
+
+    /// Removes `subscriber`'s subscription under `tokens`, pruning emptied levels.
+    fn remove(&mut self, mut tokens: std::str::Split<'_, char>, subscriber: &ComponentId) {
+        let owned = |s: &Arc<Subscription>| s.subscriber != *subscriber;
+        match tokens.next() {
+            None => self.here.retain(owned),
+            Some(">") => self.rest.retain(owned),
+            Some("*") => {
+                if let Some(child) = self.one.as_mut() {
+                    child.remove(tokens, subscriber);
+                    if child.is_empty() {
+                        self.one = None;
+                    }
+                }
+            }
+            Some(literal) => {
+                if let Some(child) = self.literal.get_mut(literal) {
+                    child.remove(tokens, subscriber);
+                    if child.is_empty() {
+                        self.literal.remove(literal);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `found` for every subscription whose pattern matches the topic remainder
+    /// `rest` (`None` once every token is taken). Mirrors [`TopicPattern::matches`]: `*`
+    /// and `>` never match an empty token.
+    fn visit(&self, rest: Option<&str>, found: &mut impl FnMut(&Subscription)) {
+        let Some(r) = rest else {
+            self.here.iter().for_each(|s| found(s));
+            return;
+        };
+        if !r.is_empty() && !r.starts_with('.') {
+            self.rest.iter().for_each(|s| found(s));
+        }
+        let (token, next) = match r.split_once('.') {
+            Some((token, next)) => (token, Some(next)),
+            None => (r, None),
+        };
+        if let Some(child) = self.literal.get(token) {
+            child.visit(next, found);
+        }
+        if let Some(child) = self.one.as_deref()
+            && !token.is_empty()
+        {
+            child.visit(next, found);
+        }
+    }
+}
+
+/// Every subscription on the node: the trie publishes walk, and each subscriber's patterns
+/// (for the cap, idempotence and removal without a scan).
+#[derive(Default)]
+struct Subscriptions {
+    root: Node,
+    /// Subscriber → its patterns in canonical text form.
+    owners: HashMap<ComponentId, HashSet<String>>,
 }
 
 /// Counters the metrics endpoint and tests read.
@@ -124,7 +235,7 @@ pub struct Broker {
 struct Inner {
     /// namespace → name → mailbox; nested so lookups by `&str` allocate nothing.
     mailboxes: RwLock<HashMap<String, HashMap<String, Mailbox>>>,
-    subscriptions: RwLock<Vec<Subscription>>,
+    subscriptions: RwLock<Subscriptions>,
     stats: BrokerStats,
 }
 
@@ -174,33 +285,49 @@ impl Broker {
     }
 
     /// Adds a subscription (idempotent per subscriber and pattern). The caller has checked
-    /// the subscriber's grant for the pattern.
-    pub fn subscribe(&self, subscriber: &ComponentId, pattern: TopicPattern, mailbox: Mailbox) {
+    /// the subscriber's grant for the pattern. A subscriber holds at most
+    /// [`MAX_SUBSCRIPTIONS_PER_COMPONENT`]; adding costs the pattern's depth, whatever else
+    /// is subscribed.
+    pub fn subscribe(
+        &self,
+        subscriber: &ComponentId,
+        pattern: TopicPattern,
+        mailbox: Mailbox,
+    ) -> Result<(), BrokerError> {
+        let text = pattern.to_string();
         let mut subs = self
             .inner
             .subscriptions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if subs
-            .iter()
-            .any(|s| s.subscriber == *subscriber && s.pattern == pattern)
-        {
-            return;
+        let Subscriptions { root, owners } = &mut *subs;
+        let patterns = owners.entry(subscriber.clone()).or_default();
+        if patterns.contains(&text) {
+            return Ok(());
         }
-        subs.push(Subscription {
+        if patterns.len() >= MAX_SUBSCRIPTIONS_PER_COMPONENT {
+            return Err(BrokerError::TooManySubscriptions(subscriber.to_string()));
+        }
+        let sub = Arc::new(Subscription {
             subscriber: subscriber.clone(),
-            pattern,
             mailbox,
         });
+        root.insert(text.split('.'), sub);
+        patterns.insert(text);
+        Ok(())
     }
 
     /// Drops every subscription of `subscriber` (a restarted instance subscribes again).
     pub fn unsubscribe_all(&self, subscriber: &ComponentId) {
-        self.inner
+        let mut subs = self
+            .inner
             .subscriptions
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|s| s.subscriber != *subscriber);
+            .unwrap_or_else(PoisonError::into_inner);
+        let Subscriptions { root, owners } = &mut *subs;
+        for pattern in owners.remove(subscriber).unwrap_or_default() {
+            root.remove(pattern.split('.'), subscriber);
+        }
     }
 
     /// Number of subscriptions `subscriber` holds.
@@ -209,9 +336,23 @@ impl Broker {
             .subscriptions
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|s| s.subscriber == *subscriber)
-            .count()
+            .owners
+            .get(subscriber)
+            .map_or(0, HashSet::len)
+    }
+
+    /// How many subscriptions a publish on `topic` looks at (tests: the index must not
+    /// scan the subscriptions that cannot match).
+    #[cfg(test)]
+    fn visited(&self, topic: &str) -> usize {
+        let mut n = 0;
+        self.inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .root
+            .visit(Some(topic), &mut |_| n += 1);
+        n
     }
 
     fn mailbox(&self, namespace: &str, name: &str) -> Option<Mailbox> {
@@ -239,10 +380,10 @@ impl Broker {
             .unwrap_or_else(PoisonError::into_inner);
         let stats = &self.inner.stats;
         let (mut matched, mut delivered) = (0usize, 0usize);
-        for sub in subs.iter().filter(|s| s.pattern.matches(topic)) {
+        subs.root.visit(Some(topic), &mut |sub| {
             if !sub.mailbox.grants.check_subscribe(topic) {
                 stats.denied_at_delivery.fetch_add(1, Ordering::Relaxed);
-                continue;
+                return;
             }
             matched += 1;
             let envelope = Envelope {
@@ -258,7 +399,7 @@ impl Broker {
             } else {
                 stats.rejected_full.fetch_add(1, Ordering::Relaxed);
             }
-        }
+        });
         stats
             .delivered
             .fetch_add(delivered as u64, Ordering::Relaxed);
@@ -419,8 +560,12 @@ mod tests {
         let g = grants(&[("events.>", &[MessagingAccess::Subscribe])]);
         let (a, mut ra) = mailbox(4, g.clone());
         let (b, mut rb) = mailbox(4, g);
-        broker.subscribe(&id("a"), TopicPattern::parse("events.*").unwrap(), a);
-        broker.subscribe(&id("b"), TopicPattern::parse("events.x.>").unwrap(), b);
+        broker
+            .subscribe(&id("a"), TopicPattern::parse("events.*").unwrap(), a)
+            .unwrap();
+        broker
+            .subscribe(&id("b"), TopicPattern::parse("events.x.>").unwrap(), b)
+            .unwrap();
         assert_eq!(
             broker
                 .publish(&id("p"), "events.y", Arc::from(&b"1"[..]))
@@ -443,7 +588,9 @@ mod tests {
         let narrow = grants(&[("events.public", &[MessagingAccess::Subscribe])]);
         let (a, mut ra) = mailbox(4, narrow);
         // Even if a subscription slipped through with a wide pattern, delivery re-checks.
-        broker.subscribe(&id("a"), TopicPattern::parse("events.>").unwrap(), a);
+        broker
+            .subscribe(&id("a"), TopicPattern::parse("events.>").unwrap(), a)
+            .unwrap();
         assert_eq!(
             broker
                 .publish(&id("p"), "events.secret", Arc::from(&b"s"[..]))
@@ -526,10 +673,114 @@ mod tests {
         let broker = Broker::new();
         let (a, _ra) = mailbox(1, grants(&[]));
         broker.register(&id("a"), a.clone());
-        broker.subscribe(&id("a"), TopicPattern::parse("t").unwrap(), a.clone());
-        broker.subscribe(&id("a"), TopicPattern::parse("t").unwrap(), a);
+        broker
+            .subscribe(&id("a"), TopicPattern::parse("t").unwrap(), a.clone())
+            .unwrap();
+        broker
+            .subscribe(&id("a"), TopicPattern::parse("t").unwrap(), a)
+            .unwrap();
         assert_eq!(broker.subscription_count(&id("a")), 1, "idempotent");
         broker.unregister(&id("a"));
         assert_eq!(broker.subscription_count(&id("a")), 0);
+    }
+
+    #[test]
+    fn the_index_matches_exactly_what_the_patterns_match() {
+        // Oracle: `TopicPattern::matches`. Every pattern × topic pair, one subscriber per
+        // pattern; a publish must reach exactly the subscribers whose pattern matches.
+        let patterns = [
+            "a", "a.b", "a.*", "a.>", "*", ">", "*.b", "*.*", "a.*.c", "a.b.>", "*.>", "b.>",
+            "a.*.>", "x-y.z_1",
+        ];
+        let topics = [
+            "a", "b", "a.b", "a.c", "a.b.c", "a.x.c", "b.b", "a.b.c.d", "x-y.z_1", "a..b", "a.",
+            ".a", "ab", "a.bc",
+        ];
+        let broker = Broker::new();
+        let g = grants(&[(">", &[MessagingAccess::Subscribe])]);
+        let mut boxes = Vec::new();
+        for (i, p) in patterns.iter().enumerate() {
+            let (m, rx) = mailbox(64, g.clone());
+            broker
+                .subscribe(&id(&format!("s{i}")), TopicPattern::parse(p).unwrap(), m)
+                .unwrap();
+            boxes.push(rx);
+        }
+        for topic in topics {
+            broker
+                .publish(&id("p"), topic, Arc::from(&b"x"[..]))
+                .unwrap();
+            for (p, rx) in patterns.iter().zip(boxes.iter_mut()) {
+                let want = TopicPattern::parse(p).unwrap().matches(topic);
+                assert_eq!(rx.try_recv().is_ok(), want, "{p} on {topic:?}");
+                assert!(rx.try_recv().is_err(), "{p} on {topic:?}: delivered twice");
+            }
+        }
+    }
+
+    #[test]
+    fn a_publish_visits_only_the_subscriptions_that_match() {
+        // 100 components × 200 distinct patterns under one grant (`orders.>`): 20,000
+        // subscriptions, the flood of the review. A publish looks at the matching ones only.
+        let broker = Broker::new();
+        let g = grants(&[("orders.>", &[MessagingAccess::Subscribe])]);
+        let mut keep = Vec::new();
+        for c in 0..100 {
+            let (m, rx) = mailbox(4, g.clone());
+            keep.push(rx);
+            for p in 0..200 {
+                let pattern = TopicPattern::parse(&format!("orders.c{c}-{p}.>")).unwrap();
+                broker
+                    .subscribe(&id(&format!("c{c}")), pattern, m.clone())
+                    .unwrap();
+            }
+        }
+        let (m, _rx) = mailbox(4, g);
+        broker
+            .subscribe(&id("all"), TopicPattern::parse("orders.>").unwrap(), m)
+            .unwrap();
+        assert_eq!(
+            broker.visited("orders.c7-9.new"),
+            2,
+            "its own pattern and orders.>"
+        );
+        assert_eq!(broker.visited("orders.none.new"), 1, "only orders.>");
+        assert_eq!(broker.visited("billing.x"), 0);
+        // Removal takes only the removed component's subscriptions.
+        broker.unsubscribe_all(&id("c7"));
+        assert_eq!(broker.visited("orders.c7-9.new"), 1);
+        assert_eq!(broker.subscription_count(&id("c8")), 200);
+    }
+
+    #[test]
+    fn a_component_holds_at_most_the_subscription_limit() {
+        let broker = Broker::new();
+        let (m, _rx) = mailbox(4, grants(&[("t.>", &[MessagingAccess::Subscribe])]));
+        let sub = |i: usize| {
+            broker.subscribe(
+                &id("greedy"),
+                TopicPattern::parse(&format!("t.{i}")).unwrap(),
+                m.clone(),
+            )
+        };
+        for i in 0..MAX_SUBSCRIPTIONS_PER_COMPONENT {
+            sub(i).unwrap();
+        }
+        assert!(matches!(
+            sub(MAX_SUBSCRIPTIONS_PER_COMPONENT),
+            Err(BrokerError::TooManySubscriptions(c)) if c == "ns/greedy"
+        ));
+        sub(0).expect("subscribing again to a held pattern is not a new subscription");
+        assert_eq!(
+            broker.subscription_count(&id("greedy")),
+            MAX_SUBSCRIPTIONS_PER_COMPONENT
+        );
+        // Another component is not affected by this one's count.
+        broker
+            .subscribe(&id("other"), TopicPattern::parse("t.0").unwrap(), m.clone())
+            .unwrap();
+        // After removal the component may subscribe again.
+        broker.unsubscribe_all(&id("greedy"));
+        sub(MAX_SUBSCRIPTIONS_PER_COMPONENT).unwrap();
     }
 }

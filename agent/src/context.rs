@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use airssys_crds::artifact::Digest;
-use airssys_crds::capability::CapabilitySet;
 
 use crate::audit::{AuditEvent, AuditKind, AuditSink, ComponentIdentity, InstanceIdentity};
 use crate::bindings::WitError;
@@ -27,9 +26,6 @@ pub struct ComponentContext {
     /// `namespace/name`, the component's key in storage and audit.
     pub component_key: String,
     pub digest: Digest,
-    /// The grant as parsed. Decisions use `grants`; `host/messaging.rs`'s subscribe still
-    /// reads this until it calls `GrantTable::check_subscribe_pattern`.
-    pub grant: Arc<CapabilitySet>,
     /// The same grant compiled: every capability check asks this table.
     pub grants: Arc<GrantTable>,
     pub quotas: Quotas,

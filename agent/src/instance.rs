@@ -243,6 +243,21 @@ fn respond(
     }
 }
 
+/// Answers a request with the guest's own reply, held to the guest's message-size limit
+/// (see `HostState::bound_reply`): a responder cannot hand its requester, or the agent, more
+/// than it may send.
+fn respond_from_guest(
+    store: &Store<HostState>,
+    envelope_reply: Option<tokio::sync::oneshot::Sender<Reply>>,
+    reply: Result<Vec<u8>, WitError>,
+) {
+    if let Some(tx) = envelope_reply {
+        let bounded = store.data().bound_reply(reply.map_err(ReplyError::from));
+        // The requester may have given up (timeout); that is not our problem.
+        let _ = tx.send(bounded);
+    }
+}
+
 /// Handles one message. `Ok(true)`: handled; `Ok(false)`: the guest or the host refused it
 /// without harm; `Err`: the instance must die.
 pub(crate) async fn handle(r: &mut LiveInstance, envelope: Envelope) -> Result<bool, Kill> {
@@ -274,11 +289,11 @@ pub(crate) async fn handle(r: &mut LiveInstance, envelope: Envelope) -> Result<b
         .call_handle_message(&mut r.store, &message);
     match tokio::time::timeout(ctx.quotas.timeout, call).await {
         Ok(Ok(Ok(answer))) => {
-            respond(reply, Ok(answer.unwrap_or_default()));
+            respond_from_guest(&r.store, reply, Ok(answer.unwrap_or_default()));
             Ok(true)
         }
         Ok(Ok(Err(error))) => {
-            respond(reply, Err(error));
+            respond_from_guest(&r.store, reply, Err(error));
             Ok(false)
         }
         Ok(Err(e)) => {

@@ -4,12 +4,19 @@
 //!
 //! Key space: `(component, bucket, key)` where `component` is the component's
 //! `namespace/name`, so two components can never see each other's buckets, and a component's
-//! data survives agent restarts and re-placements on the same node.
+//! data survives agent restarts and re-placements on the same node. The `/` is unambiguous
+//! because both halves are checked as Kubernetes checks them ([`check_component_id`]: a
+//! DNS-1123 label and a DNS-1123 subdomain, neither holds a `/`), and redb length-prefixes
+//! the tuple's elements: distinct `(namespace, name, bucket, key)` never share an entry.
 //!
-//! Quota accounting: an entry costs `key.len() + value.len()` bytes. The running total per
+//! Quota accounting: an entry costs what it makes the database hold: the whole stored key
+//! (component, bucket and key with their length prefixes), the value, and
+//! [`ENTRY_OVERHEAD_BYTES`] for redb's per-entry bookkeeping and page slack, so a quota bounds
+//! the disk a component can fill even with many tiny entries. The running total per
 //! component lives in the same database and is updated in the same transaction as the entry,
 //! so usage can never drift from the data, and concurrent writers cannot both squeeze past
-//! the quota (redb serialises write transactions).
+//! the quota (redb serialises write transactions). A database whose usage was counted under
+//! an older rule is recounted when opened.
 //!
 //! Every operation is synchronous and may block on disk I/O (a write commits with `fsync`).
 //! From async code call it through `tokio::task::spawn_blocking`; `KvStore` is `Send + Sync`
@@ -25,11 +32,17 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 const ENTRIES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("entries");
 /// `component -> bytes used` (sum of the costs of its entries).
 const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+/// `setting -> value`: the accounting rule the `usage` rows were computed with.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Version of [`cost`]; `usage` rows written under another are recomputed at open.
+const ACCOUNTING: (&str, u64) = ("accounting", 2);
 
 /// Quota of a component that has no explicit [`KvStore::set_quota`] (the CRD default, 10 MiB).
 pub const DEFAULT_QUOTA_BYTES: u64 = 10 * 1024 * 1024;
 /// Longest key a guest may use; keeps list results and B-tree pages bounded.
 pub const MAX_KEY_BYTES: usize = 1024;
+/// Longest bucket name (the grant grammar's limit).
+pub const MAX_BUCKET_BYTES: usize = 63;
 /// Most keys one [`KvStore::list`] call returns, whatever the caller asks for.
 pub const MAX_LIST_KEYS: usize = 1000;
 
@@ -68,7 +81,8 @@ pub enum StorageError {
         used: u64,
         needed: u64,
     },
-    /// Empty component/bucket/key, or a key longer than [`MAX_KEY_BYTES`].
+    /// A component that is not a valid `namespace/name`, an empty or over-long bucket, an
+    /// empty key or one longer than [`MAX_KEY_BYTES`].
     #[error("invalid storage {what}: {reason}")]
     Invalid {
         what: &'static str,
@@ -84,19 +98,99 @@ fn db_err<E: Into<redb::Error>>(operation: &'static str) -> impl FnOnce(E) -> St
     }
 }
 
-/// Bytes an entry counts against its component's quota.
-fn cost(key: &str, value_len: usize) -> u64 {
+/// Bytes redb spends on an entry beyond its key and value: the leaf's two `u32` offsets,
+/// the entry's share of branch pages, and page slack (B-tree pages are between half and
+/// fully used, and every commit copies the pages it changes). Measured with tiny entries
+/// (see the `tiny_entries_cannot_fill_the_disk_past_the_quota` test): about 50-60 bytes of
+/// file per entry beyond its key and value; 64 keeps the quota an upper bound.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// Bytes an entry counts against its component's quota: everything it stores.
+fn cost(component: &str, bucket: &str, key: &str, value_len: usize) -> u64 {
+    // The tuple key: each element but the last carries a varint length (1 byte below 254,
+    // else 3).
+    let prefix = |len: usize| if len < 254 { 1 } else { 3 };
+    let stored = component.len()
+        + prefix(component.len())
+        + bucket.len()
+        + prefix(bucket.len())
+        + key.len()
+        + value_len;
     // usize -> u64 is lossless on every platform the agent supports.
-    (key.len() + value_len) as u64
+    stored as u64 + ENTRY_OVERHEAD_BYTES
+}
+
+/// Longest Kubernetes namespace (a DNS-1123 label).
+pub const MAX_NAMESPACE_LEN: usize = 63;
+/// Longest Kubernetes object name (a DNS-1123 subdomain).
+pub const MAX_NAME_LEN: usize = 253;
+
+/// Checks a DNS-1123 label, as Kubernetes checks namespace names: 1-63 of `a-z 0-9 -`,
+/// starting and ending with a letter or digit.
+pub fn check_dns1123_label(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > MAX_NAMESPACE_LEN {
+        return Err("must be 1-63 characters");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("may hold only lower-case letters, digits and '-'");
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err("must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Checks a DNS-1123 subdomain, as Kubernetes checks most object names: at most 253
+/// characters, `.`-separated labels of `a-z 0-9 -` that start and end with a letter or digit.
+pub fn check_dns1123_subdomain(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > MAX_NAME_LEN {
+        return Err("must be 1-253 characters");
+    }
+    for label in s.split('.') {
+        if label.is_empty() {
+            return Err("may not hold empty '.'-separated parts");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err("may hold only lower-case letters, digits, '-' and '.'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("each '.'-separated part must start and end with a letter or digit");
+        }
+    }
+    Ok(())
+}
+
+/// Checks a component's identity as Kubernetes names it: the namespace a DNS-1123 label, the
+/// name a DNS-1123 subdomain. What makes `namespace/name` an unambiguous storage key; every
+/// place the agent takes a component in (manifest, placement) should call it.
+pub fn check_component_id(namespace: &str, name: &str) -> Result<(), StorageError> {
+    check_dns1123_label(namespace).map_err(|reason| StorageError::Invalid {
+        what: "namespace",
+        reason,
+    })?;
+    check_dns1123_subdomain(name).map_err(|reason| StorageError::Invalid {
+        what: "component name",
+        reason,
+    })
 }
 
 fn validate(component: &str, bucket: &str, key: Option<&str>) -> Result<(), StorageError> {
     let invalid = |what, reason| Err(StorageError::Invalid { what, reason });
-    if component.is_empty() {
-        return invalid("component", "empty");
-    }
+    let Some((namespace, name)) = component.split_once('/') else {
+        return invalid("component", "must be namespace/name");
+    };
+    check_component_id(namespace, name)?;
     if bucket.is_empty() {
         return invalid("bucket", "empty");
+    }
+    if bucket.len() > MAX_BUCKET_BYTES {
+        return invalid("bucket", "longer than 63 bytes");
     }
     match key {
         Some("") => invalid("key", "empty"),
@@ -122,11 +216,12 @@ impl KvStore {
             path: path.clone(),
             source,
         })?;
-        // Create both tables up front so read transactions never meet a missing table.
+        // Create the tables up front so read transactions never meet a missing table.
         let txn = db.begin_write().map_err(db_err("open"))?;
         txn.open_table(ENTRIES).map_err(db_err("open"))?;
         txn.open_table(USAGE).map_err(db_err("open"))?;
-        txn.commit().map_err(db_err("open"))?;
+        let outcome = recount_if_stale(&txn);
+        finish(txn, outcome, "open")?;
         Ok(Self {
             db,
             path,
@@ -248,6 +343,36 @@ impl KvStore {
     }
 }
 
+/// Recomputes every component's usage when the rows were counted under an older
+/// [`cost`] (a database written before entries counted their whole key and overhead), so an
+/// upgrade neither lets old data escape the quota nor makes deletes free more than they cost.
+fn recount_if_stale(txn: &WriteTransaction) -> Result<(), StorageError> {
+    const OP: &str = "recount usage";
+    let mut meta = txn.open_table(META).map_err(db_err(OP))?;
+    let (setting, version) = ACCOUNTING;
+    let current = meta.get(setting).map_err(db_err(OP))?.map(|g| g.value());
+    if current == Some(version) {
+        return Ok(());
+    }
+    let entries = txn.open_table(ENTRIES).map_err(db_err(OP))?;
+    let mut totals: HashMap<String, u64> = HashMap::new();
+    for item in entries.iter().map_err(db_err(OP))? {
+        let (k, v) = item.map_err(db_err(OP))?;
+        let (component, bucket, key) = k.value();
+        *totals.entry(component.to_owned()).or_default() +=
+            cost(component, bucket, key, v.value().len());
+    }
+    let mut usage = txn.open_table(USAGE).map_err(db_err(OP))?;
+    usage.retain(|_, _| false).map_err(db_err(OP))?;
+    for (component, total) in &totals {
+        usage
+            .insert(component.as_str(), total)
+            .map_err(db_err(OP))?;
+    }
+    meta.insert(setting, version).map_err(db_err(OP))?;
+    Ok(())
+}
+
 /// The quota check and the write, inside one write transaction.
 fn set_in(
     txn: &WriteTransaction,
@@ -267,9 +392,9 @@ fn set_in(
     let old = entries
         .get((component, bucket, key))
         .map_err(db_err("set"))?
-        .map(|g| cost(key, g.value().len()))
+        .map(|g| cost(component, bucket, key, g.value().len()))
         .unwrap_or(0);
-    let needed = used.saturating_sub(old) + cost(key, value.len());
+    let needed = used.saturating_sub(old) + cost(component, bucket, key, value.len());
     if needed > used && needed > quota {
         return Err(StorageError::QuotaExceeded {
             component: component.to_owned(),
@@ -296,7 +421,7 @@ fn delete_in(
     let removed = entries
         .remove((component, bucket, key))
         .map_err(db_err("delete"))?
-        .map(|g| cost(key, g.value().len()));
+        .map(|g| cost(component, bucket, key, g.value().len()));
     let Some(freed) = removed else {
         return Err(not_found(component, bucket, key));
     };
@@ -379,6 +504,14 @@ mod tests {
         (dir, store)
     }
 
+    /// Bytes of file the database has allocated (its pages, used or free).
+    fn allocated_bytes(kv: &KvStore) -> u64 {
+        let txn = kv.db.begin_write().unwrap();
+        let stats = txn.stats().unwrap();
+        txn.abort().unwrap();
+        stats.allocated_pages() * stats.page_size() as u64
+    }
+
     const A: &str = "team-a/counter";
     const B: &str = "team-b/counter";
 
@@ -389,7 +522,7 @@ mod tests {
         assert_eq!(kv.get(A, "b", "k").unwrap(), b"one");
         kv.set(A, "b", "k", b"two!").unwrap();
         assert_eq!(kv.get(A, "b", "k").unwrap(), b"two!");
-        assert_eq!(kv.usage(A).unwrap(), 1 + 4);
+        assert_eq!(kv.usage(A).unwrap(), cost(A, "b", "k", 4));
     }
 
     #[test]
@@ -402,7 +535,7 @@ mod tests {
         }
         let kv = KvStore::open(&path).unwrap();
         assert_eq!(kv.get(A, "b", "k").unwrap(), b"persisted");
-        assert_eq!(kv.usage(A).unwrap(), 1 + 9);
+        assert_eq!(kv.usage(A).unwrap(), cost(A, "b", "k", 9));
     }
 
     #[test]
@@ -431,7 +564,10 @@ mod tests {
         kv.set("a/x", "b", "k1", b"1").unwrap();
         kv.set("a/xy", "b", "k2", b"2").unwrap();
         assert_eq!(kv.list("a/x", "b", None, 10).unwrap(), vec!["k1"]);
-        assert_eq!(kv.remove_component("a/x").unwrap(), 3);
+        assert_eq!(
+            kv.remove_component("a/x").unwrap(),
+            cost("a/x", "b", "k1", 1)
+        );
         assert_eq!(kv.get("a/xy", "b", "k2").unwrap(), b"2");
     }
 
@@ -451,29 +587,24 @@ mod tests {
     #[test]
     fn quota_is_enforced_exactly_at_the_boundary() {
         let (_dir, kv) = store();
-        kv.set_quota(A, 10);
-        // key (1) + value (9) = 10 bytes: exactly the quota.
+        let q = cost(A, "b", "k", 9);
+        kv.set_quota(A, q);
+        // Exactly the quota.
         kv.set(A, "b", "k", b"123456789").unwrap();
-        assert_eq!(kv.usage(A).unwrap(), 10);
-        // One more byte anywhere is rejected and nothing changes.
+        assert_eq!(kv.usage(A).unwrap(), q);
+        // Any more is rejected, even an entry with an empty value, and nothing changes.
         let err = kv.set(A, "b", "j", b"").unwrap_err();
+        let needed = q + cost(A, "b", "j", 0);
         assert!(
-            matches!(
-                err,
-                StorageError::QuotaExceeded {
-                    quota: 10,
-                    used: 10,
-                    needed: 11,
-                    ..
-                }
-            ),
+            matches!(err, StorageError::QuotaExceeded { quota, used, needed: n, .. }
+                if quota == q && used == q && n == needed),
             "{err}"
         );
         assert!(matches!(
             kv.get(A, "b", "j"),
             Err(StorageError::NotFound { .. })
         ));
-        assert_eq!(kv.usage(A).unwrap(), 10);
+        assert_eq!(kv.usage(A).unwrap(), q);
         // Overwriting with a value of the same size still fits.
         kv.set(A, "b", "k", b"987654321").unwrap();
         // A bigger overwrite does not.
@@ -487,12 +618,12 @@ mod tests {
     #[test]
     fn deleting_frees_quota() {
         let (_dir, kv) = store();
-        kv.set_quota(A, 10);
+        kv.set_quota(A, cost(A, "b", "k", 9));
         kv.set(A, "b", "k", b"123456789").unwrap();
         kv.delete(A, "b", "k").unwrap();
         assert_eq!(kv.usage(A).unwrap(), 0);
         kv.set(A, "b", "z", b"abcdefghi").unwrap();
-        assert_eq!(kv.usage(A).unwrap(), 10);
+        assert_eq!(kv.usage(A).unwrap(), cost(A, "b", "z", 9));
     }
 
     #[test]
@@ -505,7 +636,7 @@ mod tests {
             Err(StorageError::QuotaExceeded { .. })
         ));
         kv.set(A, "b", "k", b"12").unwrap();
-        assert_eq!(kv.usage(A).unwrap(), 3);
+        assert_eq!(kv.usage(A).unwrap(), cost(A, "b", "k", 2));
     }
 
     #[test]
@@ -567,7 +698,10 @@ mod tests {
         kv.set(A, "b1", "k", b"12").unwrap();
         kv.set(A, "b2", "k", b"34").unwrap();
         kv.set(B, "b1", "k", b"56").unwrap();
-        assert_eq!(kv.remove_component(A).unwrap(), 6);
+        assert_eq!(
+            kv.remove_component(A).unwrap(),
+            cost(A, "b1", "k", 2) + cost(A, "b2", "k", 2)
+        );
         assert_eq!(kv.usage(A).unwrap(), 0);
         assert!(kv.list(A, "b1", None, 10).unwrap().is_empty());
         assert!(kv.list(A, "b2", None, 10).unwrap().is_empty());
@@ -578,8 +712,9 @@ mod tests {
     fn concurrent_writers_never_exceed_the_quota_together() {
         let (_dir, kv) = store();
         let kv = Arc::new(kv);
-        // Each entry costs 4 (key "kNN" = 3 bytes + 1 byte value); room for exactly 10.
-        kv.set_quota(A, 40);
+        // Every entry costs the same (key "kNN", 1-byte value); room for exactly 10.
+        let each = cost(A, "b", "k00", 1);
+        kv.set_quota(A, 10 * each);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let kv = Arc::clone(&kv);
@@ -592,7 +727,7 @@ mod tests {
             .collect();
         let written: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(written, 10);
-        assert_eq!(kv.usage(A).unwrap(), 40);
+        assert_eq!(kv.usage(A).unwrap(), 10 * each);
         assert_eq!(kv.list(A, "b", None, 100).unwrap().len(), 10);
     }
 
@@ -617,7 +752,143 @@ mod tests {
         for t in 0..4 {
             let c = format!("ns/c{t}");
             assert_eq!(kv.list(&c, "b", None, 100).unwrap().len(), 20);
-            assert_eq!(kv.usage(&c).unwrap(), 20 * 4);
+            assert_eq!(kv.usage(&c).unwrap(), 20 * cost(&c, "b", "k00", 1));
         }
+    }
+
+    #[test]
+    fn names_are_checked_as_kubernetes_checks_them() {
+        // (rule, namespace, name, valid)
+        let cases: &[(&str, &str, &str, bool)] = &[
+            ("plain names", "team-a", "counter", true),
+            ("a name may hold dots", "team-a", "counter.v2", true),
+            ("digits only", "123", "456", true),
+            ("a namespace with '/' is rejected", "ns/a", "b", false),
+            ("a name with '/' is rejected", "ns", "a/b", false),
+            ("upper case is rejected", "Team", "counter", false),
+            (
+                "a leading '-' in the namespace is rejected",
+                "-ns",
+                "a",
+                false,
+            ),
+            (
+                "a trailing '-' in the namespace is rejected",
+                "ns-",
+                "a",
+                false,
+            ),
+            ("a dot in the namespace is rejected", "a.b", "c", false),
+            ("an empty namespace is rejected", "", "a", false),
+            ("an empty name is rejected", "ns", "", false),
+            ("an empty name part is rejected", "ns", "a..b", false),
+            ("a name part ending in '-' is rejected", "ns", "a-.b", false),
+            ("a name starting with '.' is rejected", "ns", ".a", false),
+            ("underscore is rejected", "ns", "a_b", false),
+            (
+                "a 64-character namespace is rejected",
+                &"n".repeat(64),
+                "a",
+                false,
+            ),
+            (
+                "a 63-character namespace is allowed",
+                &"n".repeat(63),
+                "a",
+                true,
+            ),
+            (
+                "a 254-character name is rejected",
+                "ns",
+                &"a".repeat(254),
+                false,
+            ),
+        ];
+        for (rule, namespace, name, valid) in cases {
+            assert_eq!(
+                check_component_id(namespace, name).is_ok(),
+                *valid,
+                "{rule}: {namespace:?}/{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn namespace_and_name_cannot_be_cut_differently() {
+        // ("ns", "a/b") and ("ns/a", "b") would both be "ns/a/b": neither is a valid id,
+        // so the store refuses the ambiguous key instead of sharing one entry between them.
+        let (_dir, kv) = store();
+        assert!(check_component_id("ns", "a/b").is_err());
+        assert!(check_component_id("ns/a", "b").is_err());
+        for component in ["ns/a/b", "ns", "/b", "ns/", "NS/b"] {
+            assert!(
+                matches!(
+                    kv.set(component, "b", "k", b"v"),
+                    Err(StorageError::Invalid { .. })
+                ),
+                "{component}"
+            );
+            assert!(matches!(
+                kv.get(component, "b", "k"),
+                Err(StorageError::Invalid { .. })
+            ));
+        }
+        // Valid ids hold no '/', so the key splits back to the same pair.
+        kv.set("ns/a.b", "b", "k", b"1").unwrap();
+        kv.set("ns-a/b", "b", "k", b"2").unwrap();
+        assert_eq!(kv.get("ns/a.b", "b", "k").unwrap(), b"1");
+        assert_eq!(kv.get("ns-a/b", "b", "k").unwrap(), b"2");
+    }
+
+    #[test]
+    fn tiny_entries_cannot_fill_the_disk_past_the_quota() {
+        // The review's case: a 4 KiB quota filled with empty values under one-byte keys.
+        // Counting only key and value bytes let one component store about 80 KB; what the
+        // database allocates for a component must stay within a small factor of its quota.
+        // 32 components, so the growth is well above redb's fixed allocations.
+        const QUOTA: u64 = 4 << 10;
+        const COMPONENTS: u64 = 32;
+        let (_dir, kv) = store();
+        let before = allocated_bytes(&kv);
+        let mut entries = 0u64;
+        for c in 0..COMPONENTS {
+            let component = format!("tenant-{c}/filler");
+            kv.set_quota(&component, QUOTA);
+            for i in 0u64.. {
+                let key = format!("{i:x}");
+                match kv.set(&component, "b", &key, b"") {
+                    Ok(()) => entries += 1,
+                    Err(StorageError::QuotaExceeded { .. }) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(kv.usage(&component).unwrap() <= QUOTA);
+        }
+        let grown = allocated_bytes(&kv) - before;
+        let allowed = COMPONENTS * QUOTA;
+        assert!(
+            grown <= 2 * allowed,
+            "{entries} entries made the database grow by {grown} bytes for {allowed} bytes of quota"
+        );
+    }
+
+    #[test]
+    fn usage_counted_under_the_old_rule_is_recounted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        {
+            let kv = KvStore::open(&path).unwrap();
+            kv.set(A, "b", "k", b"value").unwrap();
+            // What a database from before the accounting change holds: key + value bytes
+            // and no accounting version.
+            let txn = kv.db.begin_write().unwrap();
+            txn.open_table(USAGE).unwrap().insert(A, 1 + 5).unwrap();
+            txn.open_table(META).unwrap().remove(ACCOUNTING.0).unwrap();
+            txn.commit().unwrap();
+        }
+        let kv = KvStore::open(&path).unwrap();
+        assert_eq!(kv.usage(A).unwrap(), cost(A, "b", "k", 5));
+        kv.delete(A, "b", "k").unwrap();
+        assert_eq!(kv.usage(A).unwrap(), 0);
     }
 }

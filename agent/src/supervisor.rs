@@ -114,7 +114,6 @@ impl Supervisor {
             id: spec.id.clone(),
             component_key: spec.id.to_string(),
             digest: spec.digest.clone(),
-            grant: Arc::new(spec.grant.clone()),
             grants: mailbox.grants.clone(),
             quotas: spec.quotas.clone(),
             broker: self.broker.clone(),

@@ -1,7 +1,10 @@
 //! `airssys:component/messaging`: publish, subscribe, send, request.
 //!
-//! Order of checks: input shape → the caller's grant (denial audited) → size and rate
-//! quotas → the broker (which checks the receiving end).
+//! Order of checks: the caller's grant (a malformed target — a wildcard publish, a name
+//! with a `/` — is never granted: audited as a denial like any other) → size and rate
+//! quotas → the broker (which checks the receiving end). Every reply, ok or error, is held
+//! to the message-size limit of its sender and of its receiver ([`HostState::check_size`],
+//! the one size rule).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +14,29 @@ use airssys_crds::capability::{TopicPattern, check_component_name, check_topic};
 use super::HostState;
 use crate::bindings::WitError;
 use crate::bindings::airssys::component::messaging::Host;
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Reply, ReplyError};
 use crate::grant::CapabilityKind;
 use crate::limits::Quota;
 
-fn invalid(e: impl std::fmt::Display) -> WitError {
-    WitError::InvalidInput(e.to_string())
+/// Bytes a reply makes its receiver hold: the payload, or the error's text.
+pub fn reply_len(reply: &Reply) -> usize {
+    match reply {
+        Ok(bytes) => bytes.len(),
+        Err(
+            ReplyError::AccessDenied(m)
+            | ReplyError::NotFound(m)
+            | ReplyError::InvalidInput(m)
+            | ReplyError::QuotaExceeded(m)
+            | ReplyError::Timeout(m)
+            | ReplyError::Internal(m),
+        ) => m.len(),
+    }
 }
 
 impl HostState {
-    fn deny(&self, kind: CapabilityKind, target: &str) -> WitError {
+    /// Audits a denial of `kind` on `target` and builds the guest's answer. Every refusal
+    /// of a messaging or storage call goes through here.
+    pub(super) fn deny(&self, kind: CapabilityKind, target: &str) -> WitError {
         self.scope.denied(kind, target);
         WitError::AccessDenied(format!(
             "{} {target} is not granted to {}",
@@ -29,10 +45,25 @@ impl HostState {
         ))
     }
 
+    /// A target that is not well formed can be in no grant: a wildcard publish (`a.>`), a
+    /// component name with a `/` or a bucket named `../x` is a probe for more than the grant
+    /// gives, so it is audited as a denial, not waved off as bad input.
+    pub(super) fn deny_malformed(
+        &self,
+        kind: CapabilityKind,
+        target: &str,
+        why: impl std::fmt::Display,
+    ) -> WitError {
+        self.scope.denied(kind, target);
+        WitError::AccessDenied(format!("{} is never granted: {why}", kind.as_str()))
+    }
+
     /// Checks a direct send/request to `component` and the payload; on success the caller
     /// may enqueue.
     fn admit_direct(&mut self, component: &str, len: usize) -> Result<(), WitError> {
-        check_component_name(component).map_err(invalid)?;
+        if let Err(e) = check_component_name(component) {
+            return Err(self.deny_malformed(CapabilityKind::Send, component, e));
+        }
         if !self.scope.grants.check_send(component) {
             return Err(self.deny(CapabilityKind::Send, component));
         }
@@ -40,9 +71,16 @@ impl HostState {
         self.check_size(len)?;
         self.take_rate_token()
     }
-}
 
-impl HostState {
+    /// Holds a reply this instance sends (the guest's answer to a request) to the
+    /// instance's own message-size limit: a reply is a message like any other, so a
+    /// responder cannot hand its requester (or the agent) more than it may send. Over the
+    /// limit, the receiver gets a short error instead.
+    pub(crate) fn bound_reply(&self, reply: Reply) -> Reply {
+        self.check_size(reply_len(&reply))?;
+        reply
+    }
+
     /// Converts a broker refusal, auditing back-pressure against this (sending) component.
     fn broker_error(&self, e: BrokerError) -> WitError {
         if matches!(e, BrokerError::MailboxFull(_) | BrokerError::Partial { .. }) {
@@ -54,7 +92,9 @@ impl HostState {
 
 impl Host for HostState {
     async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), WitError> {
-        check_topic(&topic).map_err(invalid)?;
+        if let Err(e) = check_topic(&topic) {
+            return Err(self.deny_malformed(CapabilityKind::Publish, &topic, e));
+        }
         if !self.scope.grants.check_publish(&topic) {
             return Err(self.deny(CapabilityKind::Publish, &topic));
         }
@@ -69,23 +109,27 @@ impl Host for HostState {
     }
 
     async fn subscribe(&mut self, pattern: String) -> Result<(), WitError> {
-        let parsed = TopicPattern::parse(&pattern).map_err(invalid)?;
-        // A pattern is allowed when everything it matches is within one subscribe grant
-        // (subscribe happens once per instance, so the parsed set is fine here).
-        let allowed = self
-            .scope
-            .grant
-            .topics
-            .iter()
-            .any(|g| g.subscribe && parsed.is_within(&g.pattern));
-        if !allowed {
+        let parsed = match TopicPattern::parse(&pattern) {
+            Ok(p) => p,
+            Err(e) => return Err(self.deny_malformed(CapabilityKind::Subscribe, &pattern, e)),
+        };
+        // A pattern is allowed when everything it matches is within one subscribe grant.
+        if !self.scope.grants.check_subscribe_pattern(&parsed) {
             return Err(self.deny(CapabilityKind::Subscribe, &pattern));
         }
         self.scope.granted(CapabilityKind::Subscribe);
+        // A subscription costs the broker like a message does: a loop of subscribes is
+        // held to the message rate (and to the broker's per-component cap).
+        self.take_rate_token()?;
         self.scope
             .broker
-            .subscribe(&self.scope.id, parsed, self.scope.mailbox.clone());
-        Ok(())
+            .subscribe(&self.scope.id, parsed, self.scope.mailbox.clone())
+            .map_err(|e| {
+                // No quota kind names subscriptions; the refused pattern goes on record as
+                // a denial, the guest gets `quota-exceeded`.
+                self.scope.denied(CapabilityKind::Subscribe, &pattern);
+                WitError::from(e)
+            })
     }
 
     async fn send(&mut self, component: String, payload: Vec<u8>) -> Result<(), WitError> {
@@ -107,7 +151,7 @@ impl Host for HostState {
         // Never wait longer than this component's own per-message timeout.
         let timeout = Duration::from_millis(u64::from(timeout_ms)).min(self.scope.quotas.timeout);
         let ctx = self.scope.ctx.clone();
-        let reply = ctx
+        let reply = match ctx
             .broker
             .request(
                 Some(&ctx.id),
@@ -117,8 +161,16 @@ impl Host for HostState {
                 timeout,
             )
             .await
-            .map_err(|e| self.broker_error(e))?;
-        self.check_size(reply.len())?;
-        Ok(reply)
+        {
+            Ok(bytes) => Ok(bytes),
+            // The responder's own error (or a host error about it) is a reply like any
+            // other: its text is held to this component's limit below.
+            Err(BrokerError::Remote(e)) => Err(e),
+            Err(e) => return Err(self.broker_error(e)),
+        };
+        // Before the reply reaches this guest's memory: a reply over this component's
+        // limit, ok or error, would make it hold more than it agreed to receive.
+        self.check_size(reply_len(&reply))?;
+        reply.map_err(WitError::from)
     }
 }

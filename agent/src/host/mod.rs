@@ -139,9 +139,9 @@ impl From<BrokerError> for WitError {
     fn from(e: BrokerError) -> Self {
         match e {
             BrokerError::NotFound(_) => WitError::NotFound(e.to_string()),
-            BrokerError::MailboxFull(_) | BrokerError::Partial { .. } => {
-                WitError::QuotaExceeded(e.to_string())
-            }
+            BrokerError::MailboxFull(_)
+            | BrokerError::Partial { .. }
+            | BrokerError::TooManySubscriptions(_) => WitError::QuotaExceeded(e.to_string()),
             BrokerError::Timeout(..) => WitError::Timeout(e.to_string()),
             BrokerError::NoReply(_) => WitError::Internal(e.to_string()),
             BrokerError::SelfRequest => WitError::InvalidInput(e.to_string()),

@@ -12,7 +12,10 @@ use crate::storage::StorageError;
 
 impl HostState {
     fn admit_bucket(&self, bucket: &str, access: FsAccess) -> Result<(), WitError> {
-        check_bucket(bucket).map_err(|e| WitError::InvalidInput(e.to_string()))?;
+        // A malformed bucket name (`../x`, `a/b`) is in no grant: a probe, audited as one.
+        if let Err(e) = check_bucket(bucket) {
+            return Err(self.deny_malformed(CapabilityKind::Storage, bucket, e));
+        }
         if !self.scope.grants.check_bucket(bucket, access) {
             let mode = match access {
                 FsAccess::Read => "read",
