@@ -14,6 +14,7 @@ pub mod controller;
 pub mod events;
 pub mod index;
 pub mod metrics;
+pub mod placement;
 pub mod plugin;
 pub mod trust;
 
