@@ -2020,33 +2020,45 @@ mod tests {
             .map(N::view)
             .collect();
         let req = request(7);
-        let first = place(&req, &views, &[]);
-        let current = apply(&[], &first);
+        // The extras sit on d and e, not where name order would put them.
+        let current: Vec<ExistingPlacement> = [
+            ("a", 1, ""),
+            ("b", 1, ""),
+            ("c", 1, ""),
+            ("d", 2, ""),
+            ("e", 2, ""),
+        ]
+        .into_iter()
+        .map(|c| existing(&req, c))
+        .collect();
+        assert_eq!(
+            place(&req, &views, &current).changes,
+            Vec::new(),
+            "balanced already"
+        );
         for lost in 0..views.len() {
             let mut down = views.clone();
             down[lost].agent_live = false;
             let plan = place(&req, &down, &current);
-            let moved: u32 = first
-                .shares
+            let moved: u32 = current
                 .iter()
-                .map(|s| {
+                .map(|p| {
                     let now = plan
                         .shares
                         .iter()
-                        .find(|n| n.node == s.node)
+                        .find(|n| n.node == p.spec.node_name)
                         .map_or(0, |n| n.instances);
-                    s.instances.saturating_sub(now)
+                    u32::try_from(p.spec.instances).unwrap().saturating_sub(now)
                 })
                 .sum();
-            let had = first
-                .shares
+            let had = current
                 .iter()
-                .find(|s| s.node == views[lost].name)
-                .map_or(0, |s| s.instances);
+                .find(|p| p.spec.node_name == views[lost].name)
+                .map_or(0, |p| u32::try_from(p.spec.instances).unwrap());
             assert_eq!(
                 moved, had,
-                "losing {} moves only its {had}",
-                views[lost].name
+                "losing {} moves only its {had}: {:?}",
+                views[lost].name, plan.shares
             );
             assert_eq!(plan.placed(), 7);
         }
