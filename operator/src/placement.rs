@@ -63,6 +63,14 @@ impl Footprint {
         }
     }
 
+    /// What a Placement (of any component) reserves on its node, for [`NodeView::committed`].
+    /// Limits that do not resolve (the operator writes only resolved ones) count as the
+    /// defaults.
+    pub fn of_placement(spec: &PlacementSpec) -> Self {
+        let limits = spec.limits.resolve().unwrap_or_default();
+        Self::of_replica(&limits).times(u32::try_from(spec.instances).unwrap_or(0))
+    }
+
     /// `times` of this footprint.
     pub fn times(self, times: u32) -> Self {
         Self {
@@ -90,12 +98,10 @@ impl Footprint {
     /// How many of `each` fit in `self`, at most [`MAX_INSTANCES`].
     fn fits(self, each: Self) -> u32 {
         let cap = max_instances();
+        // A zero need does not limit.
         let axis = |have: u64, need: u64| {
-            if need == 0 {
-                cap
-            } else {
-                u32::try_from(have / need).unwrap_or(u32::MAX).min(cap)
-            }
+            have.checked_div(need)
+                .map_or(cap, |n| u32::try_from(n).unwrap_or(u32::MAX).min(cap))
         };
         axis(u64::from(self.instances), u64::from(each.instances))
             .min(axis(self.memory_bytes, each.memory_bytes))
@@ -2243,6 +2249,17 @@ mod tests {
             max_concurrent_messages: 1000,
             ..ResolvedLimits::default()
         };
+        let mut spec = request(1).spec("a", 3);
+        spec.limits.memory = Some("32Mi".into());
+        spec.limits.max_concurrent_messages = Some(2);
+        assert_eq!(
+            Footprint::of_placement(&spec),
+            Footprint {
+                instances: 6,
+                memory_bytes: 192 * MIB
+            },
+            "a Placement reserves its instances' footprints"
+        );
         assert_eq!(
             Footprint::of_replica(&over).instances,
             MAX_CONCURRENT_MESSAGES,
