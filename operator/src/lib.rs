@@ -6,6 +6,7 @@
 //! - [`events`]: condition and Event reasons.
 //! - [`controller`]: the `TrustSource` and `WasmComponent` controllers (reconcile, error policy,
 //!   status by server-side apply, Events).
+//! - [`placement`]: pure placement of approved components onto nodes with live agents.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //!
 //! The `kubectl wasm` plugin is its own crate (`kubectl-wasm/`), depending on the CRDs only.
@@ -15,6 +16,7 @@ pub mod controller;
 pub mod events;
 pub mod index;
 pub mod metrics;
+pub mod placement;
 pub mod trust;
 
 use std::sync::{Arc, RwLock};
