@@ -14,8 +14,9 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dev_examples_reach_every_decision_and_the_printed_approval_works() {
-    // The operator and plugin as the dev run builds them (a no-op after `xtask dev`).
-    let bin_dir = tokio::task::spawn_blocking(dev::build_workspace_bins)
+    // The operator and plugin, as this test run built them (a no-op inside
+    // `cargo test --workspace`; a build when this test runs alone).
+    let bin_dir = tokio::task::spawn_blocking(dev::build_workspace_bins_for_tests)
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -247,17 +247,24 @@ pub fn workspace_bin_dir() -> Result<PathBuf, Error> {
     Ok(dir.to_path_buf())
 }
 
-/// `cargo build --workspace --bins` into the target directory and profile of the running
-/// executable (the same command xtask runs, so a test and the dev run share one build), and
-/// returns the binaries' directory.
-pub fn build_workspace_bins() -> Result<PathBuf, Error> {
+/// The workspace's binaries, built into the target directory and profile of the running
+/// executable, as `cargo test --workspace` builds them: `--bins --tests` unifies
+/// features exactly as the test run did (dev-dependencies included), so inside that run this
+/// is a no-op instead of a second build of the dependencies with other features, which would
+/// also overwrite the binaries the other tests run.
+/// (xtask builds the dev run's own graph, `--bins` only, itself.) Returns the binaries'
+/// directory.
+pub fn build_workspace_bins_for_tests() -> Result<PathBuf, Error> {
+    let targets = ["--bins", "--tests"];
     let bin_dir = workspace_bin_dir()?;
     let target_dir = bin_dir
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{} has no parent", bin_dir.display())))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--workspace", "--bins", "--target-dir"])
+    cmd.args(["build", "--locked", "--workspace"])
+        .args(targets)
+        .arg("--target-dir")
         .arg(target_dir)
         .current_dir(crate::repo_root())
         .stdin(Stdio::null());
@@ -276,7 +283,8 @@ pub fn build_workspace_bins() -> Result<PathBuf, Error> {
     let status = cmd.status().map_err(Error::io("running cargo build"))?;
     if !status.success() {
         return Err(Error::Invalid(format!(
-            "cargo build --workspace --bins failed ({status})"
+            "cargo build --workspace {} failed ({status})",
+            targets.join(" ")
         )));
     }
     Ok(bin_dir)
