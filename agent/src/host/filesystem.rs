@@ -35,6 +35,7 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 };
 
 use super::HostState;
+use super::resources;
 use crate::error::Error;
 use crate::grant::CapabilityKind;
 
@@ -172,6 +173,11 @@ fn shadow_filesystem(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                         &format!("open {path} for reading under a write-only grant"),
                     );
                     return Ok((Err(ErrorCode::NotPermitted),));
+                }
+                // Each open file holds a host descriptor: bounded per instance.
+                if !resources::may_open(resources::open_files(&mut store.data_mut().table)) {
+                    ctx.quota_exceeded(resources::QUOTA);
+                    return Ok((Err(ErrorCode::InsufficientMemory),));
                 }
                 let mut view = store.data_mut().filesystem();
                 let opened = HostDescriptor::open_at(
