@@ -115,4 +115,12 @@ async fn descriptor_bomb_is_refused_at_the_per_instance_cap() {
     let grant = caps("filesystem: [{ path: /data, access: [read] }]");
     h.add(spec("late", "file-reader", grant, quotas())).await;
     assert_eq!(h.ask("late", "list:/data").await.unwrap(), "");
+    // Removing the component ends its instance, and its descriptors go with it.
+    h.supervisor
+        .remove(&airssys_agent::id::ComponentId::new("test", "fds"))
+        .await
+        .unwrap();
+    // `remove` returns once the actor task ended, so the `Store` (and its table) is gone.
+    let left = open_fds().saturating_sub(before);
+    assert!(left < 50, "{left} descriptors still held after removal");
 }
