@@ -166,6 +166,9 @@ fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Kill {
     if let Some(q) = data.breach.or(data.limiter.breached) {
         return Kill::Quota(q);
     }
+    if crate::host::resources::is_breach(error) {
+        return Kill::Quota(crate::host::resources::QUOTA);
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Kill::Quota(Quota::Fuel),
         Some(trap) => Kill::Trap(trap.to_string()),

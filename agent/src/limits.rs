@@ -104,11 +104,14 @@ pub enum Quota {
     MessageSize,
     Mailbox,
     Concurrency,
+    /// Host resources the instance holds: resource-table entries (HTTP fields and bodies,
+    /// streams, pollables, files, sockets) and the open files among them.
+    Handles,
 }
 
 impl Quota {
     /// Every quota, in counter-array order (`quota as usize`).
-    pub const ALL: [Quota; 9] = [
+    pub const ALL: [Quota; 10] = [
         Self::Memory,
         Self::Fuel,
         Self::CpuTime,
@@ -118,6 +121,7 @@ impl Quota {
         Self::MessageSize,
         Self::Mailbox,
         Self::Concurrency,
+        Self::Handles,
     ];
 
     /// Stable lower-case name used in the audit log, metric labels and guest errors.
@@ -132,6 +136,7 @@ impl Quota {
             Self::MessageSize => "message-size",
             Self::Mailbox => "mailbox",
             Self::Concurrency => "concurrency",
+            Self::Handles => "handles",
         }
     }
 }

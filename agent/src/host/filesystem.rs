@@ -55,6 +55,7 @@ use wasmtime_wasi::p2::{DynInputStream, FsError};
 use wasmtime_wasi::{FsPerms, OpenMode, WasiCtxBuilder};
 
 use super::HostState;
+use super::resources;
 use crate::context::InstanceScope;
 use crate::error::Error;
 use crate::grant::{CapabilityKind, FsGrant};
@@ -678,6 +679,11 @@ fn shadow_filesystem(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 };
                 if let Err(code) = check_call(store.data(), &request) {
                     return Ok((Err(code),));
+                }
+                // Each open file holds a host descriptor: bounded per instance.
+                if !resources::may_open(resources::open_files(&mut store.data_mut().table)) {
+                    store.data().scope.quota_exceeded(resources::QUOTA);
+                    return Ok((Err(ErrorCode::InsufficientMemory),));
                 }
                 let label = request.label();
                 let parent = store.data().fs_places.0.get(&fd.rep()).cloned();

@@ -11,6 +11,7 @@ pub mod filesystem;
 pub mod http;
 pub mod logging;
 pub mod messaging;
+pub mod resources;
 pub mod sockets;
 pub mod storage;
 pub mod wasi;
@@ -61,13 +62,18 @@ impl HostState {
     pub fn new(scope: InstanceScope) -> Result<Self, Error> {
         let wasi = wasi::build_ctx(&scope)?;
         let quotas = &scope.quotas;
+        let table = resources::table(quotas.memory_bytes);
         Ok(Self {
             limiter: InstanceLimiter::new(quotas.memory_bytes, quotas.table_elements),
             http_hooks: http::GrantedHttp::new(scope.clone()),
             scope,
             wasi,
-            table: ResourceTable::new(),
-            http: WasiHttpCtx::new(),
+            table,
+            http: {
+                let mut http = WasiHttpCtx::new();
+                http.set_field_size_limit(resources::FIELD_SIZE_LIMIT);
+                http
+            },
             cpu: CpuBudget::default(),
             breach: None,
             log_budget: logging::LogBudget::new(),
