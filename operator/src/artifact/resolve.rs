@@ -444,12 +444,17 @@ impl Resolver {
                 .await
             })
             .await?;
-            check_digest(&what, &payload, &digest)?;
+            // A payload changed at rest makes this one signature unverifiable, not the
+            // artifact: it is reported and ignored, as cosign ignores it.
+            let tampered = check_digest("its payload blob", &payload, &digest)
+                .err()
+                .map(|e| e.to_string());
             layers.push(SignatureLayer {
                 payload,
                 signature: signature.clone(),
                 certificate: annotations.get(CERTIFICATE_ANNOTATION).cloned(),
                 chain: annotations.get(CHAIN_ANNOTATION).cloned(),
+                tampered,
             });
         }
         Ok(layers)
