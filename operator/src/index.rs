@@ -188,8 +188,10 @@ impl TrustIndex {
 
 #[cfg(test)]
 mod tests {
+    use airssys_crds::capability::CapabilitySet;
+
     use super::*;
-    use crate::artifact::keys::testkeys::{TestKey, indent_pem, trust_keys_yaml};
+    use crate::artifact::keys::testkeys::{TestKey, indent_pem};
     use crate::trust::tests::{facts, spec};
 
     fn caps(yaml: &str) -> CapabilitySet {

@@ -184,7 +184,7 @@ impl Owned {
 /// The repository an OCI reference names, without asking the registry.
 fn repository_of(c: &WasmComponent) -> Option<String> {
     let oci = c.spec.artifact.oci.as_ref()?;
-    let parsed: oci_client::Reference = oci.reference.parse().ok()?;
+    let parsed = oci_client::Reference::try_from(oci.reference.as_str()).ok()?;
     Some(format!("{}/{}", parsed.registry(), parsed.repository()))
 }
 
@@ -229,10 +229,14 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     // 2. The artifact. Its bytes are streamed through a hash when this digest was not already
     // verified at this generation, so rechecks of an unchanged component only re-resolve.
     let observed = c.status.as_ref().and_then(|s| s.observed_generation);
-    let verified_digest = before.resolved_digest.as_deref().filter(|_| {
-        observed == generation && before.verified.as_ref().is_some_and(Condition::is_true)
-    });
-    let resolved = match resolve(c, ctx, verified_digest).await {
+    let verified_digest = before
+        .resolved_digest
+        .as_deref()
+        .and_then(|d| Digest::parse(d).ok())
+        .filter(|_| {
+            observed == generation && before.verified.as_ref().is_some_and(Condition::is_true)
+        });
+    let resolved = match resolve(c, ctx, verified_digest.as_ref()).await {
         Ok(r) => r,
         Err(failure) if failure.class == ErrorClass::Integrity => {
             // The bytes are not what their digest says: decided as such, and the index forgets
@@ -331,7 +335,6 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
 /// what its artifact last resolved to (the index's record, else the digest in the status this
 /// operator wrote), with its current request and namespace labels: the (digest, capability
 /// set) binding needs no registry. With nothing to decide on, nothing is approved.
-#[allow(clippy::too_many_arguments, reason = "the pieces of one reconcile")]
 async fn unreachable(
     c: &WasmComponent,
     ctx: &Context,
@@ -549,7 +552,7 @@ async fn finish(
 async fn resolve(
     c: &WasmComponent,
     ctx: &Context,
-    verified_digest: Option<&str>,
+    verified_digest: Option<&Digest>,
 ) -> Result<Resolved, Failure> {
     let ns = c.namespace().unwrap_or_default();
     let artifact = &c.spec.artifact;
@@ -615,7 +618,7 @@ async fn resolve_oci(
     oci: &OciArtifact,
     ns: &str,
     ctx: &Context,
-    verified_digest: Option<&str>,
+    verified_digest: Option<&Digest>,
 ) -> Result<Resolved, Failure> {
     let registry = oci.reference.split('/').next().unwrap_or_default();
     if oci.insecure && !ctx.config.allows_insecure(registry) {
@@ -655,7 +658,7 @@ async fn resolve_oci(
     let layers = resolver
         .fetch_signatures(&resolved, credentials.as_ref())
         .await?;
-    if verified_digest != Some(resolved.digest.as_str()) {
+    if verified_digest != Some(&resolved.digest) {
         // The manifest digest is what approvals bind to; make sure the registry serves the
         // bytes it names before vouching for them.
         resolver

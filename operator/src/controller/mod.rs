@@ -11,7 +11,6 @@
 pub mod component;
 pub mod trust_source;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::utils::predicates;
+use kube::runtime::predicates;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -46,6 +45,15 @@ const NOTE_LIMIT: usize = 1000;
 pub struct Stores {
     pub components: Store<WasmComponent>,
     pub namespaces: Store<Namespace>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("components", &self.components.len())
+            .field("namespaces", &self.namespaces.len())
+            .finish()
+    }
 }
 
 impl Context {
