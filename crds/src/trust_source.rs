@@ -240,9 +240,10 @@ impl LabelSelector {
     /// of only `NotIn`/`DoesNotExist` terms, selects every namespace not labelled against it.
     pub fn names_namespaces(&self) -> bool {
         !self.match_labels.is_empty()
-            || self.match_expressions.iter().any(|e| {
-                matches!(e.operator, SelectorOperator::In | SelectorOperator::Exists)
-            })
+            || self
+                .match_expressions
+                .iter()
+                .any(|e| matches!(e.operator, SelectorOperator::In | SelectorOperator::Exists))
     }
 
     /// Whether `labels` satisfy every term. An empty selector selects everything.
@@ -343,7 +344,11 @@ impl TrustSourceSpec {
             return Err(SourceError::DevModeWithoutSelector);
         }
         for (index, id) in self.identities.iter().enumerate() {
-            if id.subject_prefix.as_ref().is_some_and(|p| !p.ends_with('/')) {
+            if id
+                .subject_prefix
+                .as_ref()
+                .is_some_and(|p| !p.ends_with('/'))
+            {
                 return Err(SourceError::SubjectPrefixBoundary { index });
             }
         }

@@ -135,7 +135,10 @@ async fn main() -> anyhow::Result<()> {
         }
         operator.check_running()?;
         if loaded.elapsed() > Duration::from_secs(120) {
-            bail!("the TrustSource was never accepted:\n{}", operator.log_tail(40));
+            bail!(
+                "the TrustSource was never accepted:\n{}",
+                operator.log_tail(40)
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

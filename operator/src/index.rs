@@ -327,7 +327,10 @@ mod tests {
             let d = index.decide(&f, Policy::default());
             index.record(f, d);
         }
-        assert!(index.affected(Policy::default()).is_empty(), "nothing changed");
+        assert!(
+            index.affected(Policy::default()).is_empty(),
+            "nothing changed"
+        );
         assert_eq!(index.covered_by("platform"), 1);
 
         // A deny for the team repository changes only `other` (Pending -> Denied).

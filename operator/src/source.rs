@@ -60,7 +60,9 @@ impl Identity {
             (Some(s), None) if !s.is_empty() => SubjectMatch::Exact(s.clone()),
             (None, Some(p)) if p.ends_with('/') => SubjectMatch::Prefix(p.clone()),
             (None, Some(_)) => {
-                return Err(SourceError::Spec(SpecError::SubjectPrefixBoundary { index }));
+                return Err(SourceError::Spec(SpecError::SubjectPrefixBoundary {
+                    index,
+                }));
             }
             _ => {
                 return Err(SourceError::Identity {
@@ -260,7 +262,6 @@ impl IndexedSource {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,17 +281,77 @@ mod tests {
         let repo = prefix("https://git/acme/repo/");
         let unbounded = prefix("https://git/acme/repo");
         let rows: &[(&str, &Identity, &str, &str, bool)] = &[
-            ("exact matches itself", &exact, "https://i", "https://git/acme/repo", true),
-            ("exact is not a prefix", &exact, "https://i", "https://git/acme/repo/x", false),
-            ("prefix admits a path below it", &repo, "https://i", "https://git/acme/repo/.ci/release.yml@refs/tags/v1", true),
-            ("prefix does not admit a longer name", &repo, "https://i", "https://git/acme/repo-evil/x", false),
-            ("prefix does not admit a parent", &repo, "https://i", "https://git/acme/", false),
-            ("prefix does not admit climbing out", &repo, "https://i", "https://git/acme/repo/../repo-evil/x", false),
-            ("issuer is exact", &repo, "https://other", "https://git/acme/repo/x", false),
+            (
+                "exact matches itself",
+                &exact,
+                "https://i",
+                "https://git/acme/repo",
+                true,
+            ),
+            (
+                "exact is not a prefix",
+                &exact,
+                "https://i",
+                "https://git/acme/repo/x",
+                false,
+            ),
+            (
+                "prefix admits a path below it",
+                &repo,
+                "https://i",
+                "https://git/acme/repo/.ci/release.yml@refs/tags/v1",
+                true,
+            ),
+            (
+                "prefix does not admit a longer name",
+                &repo,
+                "https://i",
+                "https://git/acme/repo-evil/x",
+                false,
+            ),
+            (
+                "prefix does not admit a parent",
+                &repo,
+                "https://i",
+                "https://git/acme/",
+                false,
+            ),
+            (
+                "prefix does not admit climbing out",
+                &repo,
+                "https://i",
+                "https://git/acme/repo/../repo-evil/x",
+                false,
+            ),
+            (
+                "issuer is exact",
+                &repo,
+                "https://other",
+                "https://git/acme/repo/x",
+                false,
+            ),
             // Sources indexed before the rule existed, or built in code: still only boundaries.
-            ("an unbounded prefix stops at a boundary", &unbounded, "https://i", "https://git/acme/repo-evil/x", false),
-            ("an unbounded prefix admits its own path", &unbounded, "https://i", "https://git/acme/repo/x", true),
-            ("an unbounded prefix admits itself", &unbounded, "https://i", "https://git/acme/repo", true),
+            (
+                "an unbounded prefix stops at a boundary",
+                &unbounded,
+                "https://i",
+                "https://git/acme/repo-evil/x",
+                false,
+            ),
+            (
+                "an unbounded prefix admits its own path",
+                &unbounded,
+                "https://i",
+                "https://git/acme/repo/x",
+                true,
+            ),
+            (
+                "an unbounded prefix admits itself",
+                &unbounded,
+                "https://i",
+                "https://git/acme/repo",
+                true,
+            ),
         ];
         for (rule, id, issuer, subject, want) in rows {
             assert_eq!(id.matches(issuer, subject), *want, "{rule}");

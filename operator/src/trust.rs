@@ -204,7 +204,9 @@ fn matches<'s>(
 ) -> (Vec<Match<'s>>, Notes) {
     let mut out = Vec::new();
     let mut notes = Notes::default();
-    let registry = repository.and_then(|r| r.split_once('/')).map(|(host, _)| host);
+    let registry = repository
+        .and_then(|r| r.split_once('/'))
+        .map(|(host, _)| host);
     for source in sources {
         if source.decision != Decision::Deny
             && let Some(registry) = registry
@@ -1348,13 +1350,19 @@ pub(crate) mod tests {
         }
         let mut f = facts("team", "app");
         f.request = caps(APPROVED);
-        f.unverifiable = (0..300).map(|i| format!("signature {i}: {}", "x".repeat(5000))).collect();
+        f.unverifiable = (0..300)
+            .map(|i| format!("signature {i}: {}", "x".repeat(5000)))
+            .collect();
         let d = decide(&f, &sources, Policy::default());
         assert_eq!(d.reason, Reason::RequestExceedsCeiling, "{}", d.message);
         assert!(d.message.len() < 4096, "{} bytes", d.message.len());
         assert!(!d.message.contains("team-"), "{}", d.message);
         assert!(d.message.contains("497 more"), "{}", d.message);
-        assert!(d.message.contains("Ignored 300 signature(s)"), "{}", d.message);
+        assert!(
+            d.message.contains("Ignored 300 signature(s)"),
+            "{}",
+            d.message
+        );
         assert!(d.message.contains("and 297 more"), "{}", d.message);
     }
 

@@ -233,7 +233,12 @@ async fn resolve_fetch_and_verify_cosign_signatures() {
     let facts = ComponentFacts {
         repository: Some(resolved.repository.clone()),
         signers: verification.signers.clone(),
-        ..ComponentFacts::new("wasm-demo", "echo", resolved.digest.clone(), request.clone())
+        ..ComponentFacts::new(
+            "wasm-demo",
+            "echo",
+            resolved.digest.clone(),
+            request.clone(),
+        )
     };
     let decision = index.decide(&facts, Policy::default());
     assert_eq!(
@@ -547,7 +552,10 @@ async fn blobs_changed_at_rest_fail_their_digest_check() {
         now(),
     );
     assert!(got.signers.is_empty(), "{got:?}");
-    assert!(got.broken.iter().any(|b| b.contains(payload_digest)), "{got:?}");
+    assert!(
+        got.broken.iter().any(|b| b.contains(payload_digest)),
+        "{got:?}"
+    );
 
     // The manifest itself is untouched and still resolves: the tag did not move.
     let again = resolver.resolve_oci(&reference, true, None).await.unwrap();

@@ -126,7 +126,12 @@ async fn a_namespace_relabel_is_decided_again_within_seconds() {
     let addr = registry.address().to_owned();
     let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
     let source = format!("{ns}-team");
-    apply(cp, d, &registry_source_yaml(&source, &addr, &ns, Some(&label))).await;
+    apply(
+        cp,
+        d,
+        &registry_source_yaml(&source, &addr, &ns, Some(&label)),
+    )
+    .await;
     let reference = format!("{addr}/{ns}/echo:v1");
     push(d, &reference, "echo v1");
     apply(cp, d, &component_yaml(&ns, "echo", &reference)).await;
@@ -144,7 +149,10 @@ async fn a_namespace_relabel_is_decided_again_within_seconds() {
     wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
     assert_running(op);
     let sources: Api<TrustSource> = Api::all(cp.client().await.unwrap());
-    sources.delete(&source, &DeleteParams::default()).await.unwrap();
+    sources
+        .delete(&source, &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -206,7 +214,10 @@ async fn many_sources_neither_block_status_writes_nor_revocations() {
 
     assert_running(op);
     for name in &names {
-        sources.delete(name, &DeleteParams::default()).await.unwrap();
+        sources
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
     }
 }
 

@@ -565,9 +565,7 @@ async fn resolve(
             class: ErrorClass::NeedsAction,
             message: e.to_string(),
         })?;
-        ctx.resolver
-            .fetch_https(&https.url, &expected)
-            .await?;
+        ctx.resolver.fetch_https(&https.url, &expected).await?;
         return Ok(Resolved {
             repository: None,
             digest: expected,

@@ -108,12 +108,12 @@ async fn apply(source: &TrustSource, ctx: &Context) -> Result<Action, Error> {
             .is_none_or(|(s, r)| (*s, r.as_str()) != (status, reason.as_str()))
     {
         ctx.publish(
-                &source.object_ref(&()),
-                EventReason::Condition(Reason::InvalidSource),
-                "Validate",
-                applied.message(),
-            )
-            .await;
+            &source.object_ref(&()),
+            EventReason::Condition(Reason::InvalidSource),
+            "Validate",
+            applied.message(),
+        )
+        .await;
     }
     ctx.succeeded(&name);
     Ok(Action::requeue(REFRESH))
