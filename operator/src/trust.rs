@@ -7,10 +7,10 @@
 //!    another artifact, by an unknown key) are ignored, as cosign ignores them: they neither
 //!    count nor block, and the message reports them. (A registry writer who can add a garbage
 //!    signature can also delete the good ones; failing closed on it adds a lever, not safety.)
-//! 1. **Deny wins.** Any applicable `Deny` source denies, whatever else matches.
-//! 1b. **Listed registries only** (policy `require_listed_registry`): an OCI artifact from a
-//!    registry that no `Trust` or `DevMode` source names is denied (`RegistryNotListed`); this
-//!    is the wall a name-based `Deny` cannot be against DNS aliases.
+//! 1. **Deny wins.** Any applicable `Deny` source denies, whatever else matches. Then, with
+//!    the policy `require_listed_registry`, an OCI artifact from a registry that no `Trust` or
+//!    `DevMode` source names is denied (`RegistryNotListed`): the wall a name-based `Deny`
+//!    cannot be against another DNS name of a registry.
 //! 2. **Trusted** when an applicable `Trust` source approves the request:
 //!    - a registry/signature match approves a request within the source's `capabilityCeiling`;
 //!    - a pinned digest entry without components approves a request within the entry's

@@ -432,7 +432,7 @@ impl Resolver {
                 reason: format!("signature layer digest: {e}"),
             })?;
             let image = tag.clone();
-            let payload = retry(&self.retry, &what, || async {
+            let fetched = retry(&self.retry, &what, || async {
                 self.pull_blob(
                     resolved,
                     &image,
@@ -443,12 +443,19 @@ impl Resolver {
                 )
                 .await
             })
-            .await?;
+            .await;
             // A payload changed at rest makes this one signature unverifiable, not the
             // artifact: it is reported and ignored, as cosign ignores it.
-            let tampered = check_digest("its payload blob", &payload, &digest)
-                .err()
-                .map(|e| e.to_string());
+            let (payload, tampered) = match fetched {
+                Ok(payload) => {
+                    let tampered = check_digest("its payload blob", &payload, &digest)
+                        .err()
+                        .map(|e| e.to_string());
+                    (payload, tampered)
+                }
+                Err(e) if e.class() == ErrorClass::Integrity => (Vec::new(), Some(e.to_string())),
+                Err(e) => return Err(e),
+            };
             layers.push(SignatureLayer {
                 payload,
                 signature: signature.clone(),

@@ -114,14 +114,18 @@ struct Owned {
     approved: Option<Condition>,
 }
 
-/// The owned fields as sent: every one present, `null` or empty when it does not hold, so a
-/// value someone else wrote is taken over and cleared.
+/// The owned fields as sent. A field that does not hold is left out (the API server refuses
+/// `null` for an enum), which removes it where it was ours alone; where another manager set it
+/// too, [`finish`] clears it with a merge patch.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct OwnedStatus<'a> {
     observed_generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     resolved_digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     approved_digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     trust_level: Option<TrustLevel>,
     matched_sources: &'a [String],
     conditions: Vec<&'a Condition>,
@@ -717,8 +721,8 @@ mod tests {
         assert_eq!(patch["apiVersion"], "wasm.airssys.dev/v1alpha1");
         assert_eq!(status["observedGeneration"], 3);
         assert!(
-            status["approvedDigest"].is_null() && status.contains_key("approvedDigest"),
-            "a field that does not hold is sent as null, so a foreign value is cleared"
+            !status.contains_key("approvedDigest"),
+            "a field that does not hold is left out (null is refused for enums)"
         );
         assert_eq!(status["matchedSources"], serde_json::json!([]));
         assert!(
