@@ -446,14 +446,19 @@ impl Resolver {
             .await;
             // A payload changed at rest makes this one signature unverifiable, not the
             // artifact: it is reported and ignored, as cosign ignores it.
+            let changed = || {
+                format!(
+                    "its payload blob does not hash to {digest}: changed at rest or tampered with"
+                )
+            };
             let (payload, tampered) = match fetched {
                 Ok(payload) => {
-                    let tampered = check_digest("its payload blob", &payload, &digest)
+                    let tampered = check_digest("payload", &payload, &digest)
                         .err()
-                        .map(|e| e.to_string());
+                        .map(|_| changed());
                     (payload, tampered)
                 }
-                Err(e) if e.class() == ErrorClass::Integrity => (Vec::new(), Some(e.to_string())),
+                Err(e) if e.class() == ErrorClass::Integrity => (Vec::new(), Some(changed())),
                 Err(e) => return Err(e),
             };
             layers.push(SignatureLayer {
