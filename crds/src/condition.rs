@@ -5,12 +5,42 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::reason::Reason;
+
+/// The most bytes a condition message (and an Event note built from one) carries. The API
+/// server refuses a whole status write when one message passes its 32 KiB limit, which would
+/// block every later write too (revocations included); this stays far below it.
+pub const MESSAGE_LIMIT: usize = 4096;
+
 /// `True`, `False` or `Unknown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum ConditionStatus {
     True,
     False,
     Unknown,
+}
+
+impl ConditionStatus {
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(value: bool) -> Self {
+        if value { Self::True } else { Self::False }
+    }
+}
+
+impl fmt::Display for ConditionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Condition types, one meaning each.
@@ -74,7 +104,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    /// A condition stamped with the current time.
+    /// A condition stamped with the current time; the message is cut to [`MESSAGE_LIMIT`].
     pub fn new(
         type_: ConditionType,
         status: ConditionStatus,
@@ -88,14 +118,34 @@ impl Condition {
             observed_generation,
             last_transition_time: now_rfc3339(),
             reason: reason.to_string(),
-            message: message.into(),
+            message: bounded(message.into(), MESSAGE_LIMIT),
         }
+    }
+
+    /// The reason, if it is one of the vocabulary's.
+    pub fn reason(&self) -> Option<Reason> {
+        self.reason.parse().ok()
     }
 
     /// Whether the status is `True`.
     pub fn is_true(&self) -> bool {
         self.status == ConditionStatus::True
     }
+}
+
+/// Cuts `message` to at most `max` bytes on a character boundary, marking the cut with `…`.
+pub fn bounded(mut message: String, max: usize) -> String {
+    const MARK: &str = " …";
+    if message.len() <= max {
+        return message;
+    }
+    let mut end = max.saturating_sub(MARK.len());
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(MARK);
+    message
 }
 
 /// The current time as Kubernetes writes it (second precision, `Z`).
@@ -189,6 +239,22 @@ mod tests {
         assert!(is_true(&list, ConditionType::Approved));
         assert!(!is_true(&list, ConditionType::Ready), "missing is not true");
         assert_eq!(list.len(), 1, "one entry per type");
+    }
+
+    #[test]
+    fn messages_are_bounded_on_char_boundaries() {
+        assert_eq!(bounded("abc".into(), 10), "abc");
+        let cut = bounded("é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
+        let huge = Condition::new(
+            ConditionType::Approved,
+            ConditionStatus::False,
+            Reason::PendingApproval,
+            "x".repeat(100_000),
+            None,
+        );
+        assert!(huge.message.len() <= MESSAGE_LIMIT);
+        assert_eq!(huge.reason(), Some(Reason::PendingApproval));
     }
 
     #[test]

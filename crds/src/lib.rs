@@ -4,7 +4,7 @@
 //! - [`trust_source`]: `TrustSource`, what platform teams trust, deny or approve.
 //! - [`placement`]: `Placement`, one component on one node (internal).
 //! - [`capability`]: the capability grammar, matching and set comparison.
-//! - [`artifact`], [`limits`], [`condition`]: shared pieces.
+//! - [`artifact`], [`limits`], [`condition`], [`reason`]: shared pieces.
 //! - [`generate`]: the CRD YAML the cluster is given.
 pub mod artifact;
 pub mod capability;
@@ -13,6 +13,7 @@ pub mod condition;
 pub mod generate;
 pub mod limits;
 pub mod placement;
+pub mod reason;
 pub mod trust_source;
 
 pub use artifact::{Artifact, Digest};
@@ -21,6 +22,7 @@ pub use component::{WasmComponent, WasmComponentSpec, WasmComponentStatus};
 pub use condition::{Condition, ConditionStatus, ConditionType};
 pub use limits::{Limits, ResolvedLimits};
 pub use placement::{Placement, PlacementSpec, PlacementStatus};
+pub use reason::Reason;
 pub use trust_source::{TrustSource, TrustSourceSpec, TrustSourceStatus};
 
 /// The API group.

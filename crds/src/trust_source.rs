@@ -50,7 +50,7 @@ use crate::condition::Condition;
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = kube::core::Rule::new("has(self.registries) || has(self.keys) || has(self.identities) || has(self.digests)").message("a TrustSource must match something: set registries, keys, identities or digests"))]
-#[x_kube(validation = kube::core::Rule::new("self.decision != 'DevMode' || has(self.namespaceSelector)").message("a DevMode source must select namespaces with namespaceSelector"))]
+#[x_kube(validation = kube::core::Rule::new("self.decision != 'DevMode' || (has(self.namespaceSelector) && ((has(self.namespaceSelector.matchLabels) && size(self.namespaceSelector.matchLabels) > 0) || (has(self.namespaceSelector.matchExpressions) && self.namespaceSelector.matchExpressions.exists(e, e.operator == 'In' || e.operator == 'Exists'))))").message("a DevMode source must select namespaces with namespaceSelector: matchLabels, or an In or Exists expression (an empty or only-negative selector selects every namespace)"))]
 #[x_kube(validation = kube::core::Rule::new("self.decision != 'Deny' || !has(self.capabilityCeiling)").message("a Deny source takes no capabilityCeiling"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.identities) || has(self.trustRoot)").message("certificate identities need a trustRoot to verify certificates against"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.minimumSignatures) || has(self.keys) || has(self.identities)").message("minimumSignatures needs keys or identities"))]
@@ -130,10 +130,12 @@ pub struct CosignKey {
     pub public_key: String,
 }
 
-/// A keyless signer: the certificate's OIDC issuer and subject (exact or prefix).
+/// A keyless signer: the certificate's OIDC issuer and subject, exact or by a prefix that ends
+/// with `/` (so it matches whole path segments).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = kube::core::Rule::new("has(self.subject) != has(self.subjectPrefix)").message("an identity needs exactly one of subject or subjectPrefix"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.subjectPrefix) || self.subjectPrefix.endsWith('/')").message("subjectPrefix must end with '/': a prefix matches whole path segments only (https://git.example.com/acme/repo/ must not also match .../acme/repo-evil)"))]
 pub struct CertificateIdentity {
     #[schemars(length(min = 1, max = 1024))]
     pub issuer: String,
@@ -233,6 +235,17 @@ pub enum SelectorOperator {
 }
 
 impl LabelSelector {
+    /// Whether the selector has a positive term (a `matchLabels` entry, an `In` or `Exists`
+    /// expression), so it selects only namespaces labelled for it. An empty selector, or one
+    /// of only `NotIn`/`DoesNotExist` terms, selects every namespace not labelled against it.
+    pub fn names_namespaces(&self) -> bool {
+        !self.match_labels.is_empty()
+            || self
+                .match_expressions
+                .iter()
+                .any(|e| matches!(e.operator, SelectorOperator::In | SelectorOperator::Exists))
+    }
+
     /// Whether `labels` satisfy every term. An empty selector selects everything.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let labels_ok = self
@@ -273,8 +286,14 @@ pub struct TrustSourceStatus {
 pub enum SourceError {
     #[error("a TrustSource must match something: set registries, keys, identities or digests")]
     MatchesNothing,
-    #[error("a DevMode source must select namespaces with namespaceSelector")]
+    #[error(
+        "a DevMode source must select namespaces with namespaceSelector: matchLabels, or an In or Exists expression (an empty or only-negative selector selects every namespace)"
+    )]
     DevModeWithoutSelector,
+    #[error(
+        "identities[{index}]: subjectPrefix must end with '/': a prefix matches whole path segments only (https://git.example.com/acme/repo/ must not also match .../acme/repo-evil)"
+    )]
+    SubjectPrefixBoundary { index: usize },
     #[error("a Deny source takes no capabilityCeiling")]
     DenyWithCeiling,
     #[error("certificate identities need a trustRoot to verify certificates against")]
@@ -316,8 +335,22 @@ impl TrustSourceSpec {
         {
             return Err(SourceError::MatchesNothing);
         }
-        if self.decision == Decision::DevMode && self.namespace_selector.is_none() {
+        if self.decision == Decision::DevMode
+            && !self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(LabelSelector::names_namespaces)
+        {
             return Err(SourceError::DevModeWithoutSelector);
+        }
+        for (index, id) in self.identities.iter().enumerate() {
+            if id
+                .subject_prefix
+                .as_ref()
+                .is_some_and(|p| !p.ends_with('/'))
+            {
+                return Err(SourceError::SubjectPrefixBoundary { index });
+            }
         }
         if self.decision == Decision::Deny && self.capability_ceiling.is_some() {
             return Err(SourceError::DenyWithCeiling);
@@ -393,17 +426,25 @@ impl RepositoryGlob {
             }
         }
         Ok(Self {
-            host: host.to_ascii_lowercase(),
+            host: canonical_registry(host),
             segments,
         })
     }
 
-    /// Whether `repository` (`host/path`, without tag or digest) matches.
+    /// The registry (`host[:port]`, canonical) the glob names.
+    pub fn registry(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether `repository` (`host/path`, without tag or digest) matches. Both sides are
+    /// compared in canonical form ([`canonical_repository`]), so another spelling of the same
+    /// registry matches the same globs.
     pub fn matches(&self, repository: &str) -> bool {
+        let repository = canonical_repository(repository);
         let Some((host, path)) = repository.split_once('/') else {
             return false;
         };
-        if !host.eq_ignore_ascii_case(&self.host) {
+        if host != self.host {
             return false;
         }
         let mut parts = path.split('/');
@@ -419,9 +460,116 @@ impl RepositoryGlob {
     }
 }
 
+/// The canonical spelling of a registry (`host[:port]`), so that every spelling a client would
+/// connect to the same way compares equal: lower case, no trailing dot, the port as a plain
+/// number (`:05000` is `:5000`), no default port (`:443`, `:80`), IPv6 literals in brackets
+/// and compressed form, Docker Hub's aliases as `docker.io`. Names that resolve to the same
+/// address through DNS stay different: no spelling rule can see those (see the operator's
+/// `--require-listed-registry`).
+pub fn canonical_registry(raw: &str) -> String {
+    let raw = raw.trim();
+    let (host, port) = match raw.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, tail)) => {
+                let host = match v6.parse::<std::net::Ipv6Addr>() {
+                    Ok(ip) => format!("[{ip}]"),
+                    Err(_) => format!("[{}]", v6.to_ascii_lowercase()),
+                };
+                (host, tail.strip_prefix(':'))
+            }
+            None => (raw.to_ascii_lowercase(), None),
+        },
+        None => match raw.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                (canonical_host(h), Some(p))
+            }
+            _ => (canonical_host(raw), None),
+        },
+    };
+    match port.map(|p| p.trim_start_matches('0')) {
+        None => host,
+        // All zeros: port 0.
+        Some("") => format!("{host}:0"),
+        Some("443" | "80") => host,
+        Some(p) => format!("{host}:{p}"),
+    }
+}
+
+fn canonical_host(host: &str) -> String {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_owned()
+        }
+        _ => host,
+    }
+}
+
+/// `host[:port]/path` with the host in [`canonical_registry`] form and the path in lower case
+/// (repository names are lower case; a registry that folds case must not fold past a glob).
+pub fn canonical_repository(repository: &str) -> String {
+    match repository.split_once('/') {
+        Some((host, path)) => format!("{}/{}", canonical_registry(host), path.to_ascii_lowercase()),
+        None => canonical_registry(repository),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_spellings_are_canonical() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("case", "R.IO", "r.io"),
+            ("trailing dot", "r.io.", "r.io"),
+            ("trailing dot with port", "r.io.:5000", "r.io:5000"),
+            ("zero-padded port", "r.io:05000", "r.io:5000"),
+            ("https default port", "r.io:443", "r.io"),
+            ("zero-padded default port", "r.io:0443", "r.io"),
+            ("http default port", "r.io:80", "r.io"),
+            ("port zero stays", "r.io:000", "r.io:0"),
+            ("other ports stay", "r.io:8443", "r.io:8443"),
+            ("ipv4 with port", "127.0.0.1:05000", "127.0.0.1:5000"),
+            ("ipv6 compressed", "[0:0:0:0:0:0:0:1]:5000", "[::1]:5000"),
+            ("ipv6 case", "[FE80::1]", "[fe80::1]"),
+            ("ipv6 default port", "[::1]:443", "[::1]"),
+            ("docker hub alias", "index.docker.io", "docker.io"),
+            ("docker hub registry", "registry-1.docker.io", "docker.io"),
+            ("localhost", "LocalHost:5000", "localhost:5000"),
+        ];
+        for (rule, raw, want) in cases {
+            assert_eq!(canonical_registry(raw), *want, "{rule}: {raw}");
+            assert_eq!(
+                canonical_registry(want),
+                *want,
+                "{rule}: canonical is a fixed point"
+            );
+        }
+        assert_eq!(
+            canonical_repository("R.io.:0443/Acme/Evil"),
+            "r.io/acme/evil"
+        );
+    }
+
+    #[test]
+    fn globs_match_every_spelling_of_their_registry() {
+        let deny = RepositoryGlob::parse("r.io:5000/acme-evil/**").unwrap();
+        for repo in [
+            "r.io:5000/acme-evil/x",
+            "r.io:05000/acme-evil/x",
+            "R.IO:5000/acme-evil/x",
+            "r.io.:5000/acme-evil/x",
+            "r.io:5000/ACME-EVIL/x",
+        ] {
+            assert!(deny.matches(repo), "{repo}");
+        }
+        assert!(!deny.matches("r.io:5001/acme-evil/x"), "another port");
+        let hub = RepositoryGlob::parse("docker.io/library/*").unwrap();
+        assert!(hub.matches("index.docker.io/library/busybox"));
+        let v6 = RepositoryGlob::parse("[::1]:5000/a/*").unwrap_or_else(|e| panic!("{e}"));
+        assert!(v6.matches("[0::1]:05000/a/b"));
+    }
 
     #[test]
     fn repository_globs() {
@@ -461,6 +609,12 @@ mod tests {
             ("matches nothing", "decision: Trust".into(), Some("must match something")),
             ("dev mode needs a selector", "decision: DevMode\nregistries: [{ repository: r.io/** }]".into(), Some("namespaceSelector")),
             ("dev mode with a selector", "decision: DevMode\nregistries: [{ repository: r.io/** }]\nnamespaceSelector: { matchLabels: { a: b } }".into(), None),
+            ("dev mode with an empty selector selects everything", "decision: DevMode\nregistries: [{ repository: r.io/** }]\nnamespaceSelector: {}".into(), Some("namespaceSelector")),
+            ("dev mode with empty matchLabels selects everything", "decision: DevMode\nregistries: [{ repository: r.io/** }]\nnamespaceSelector: { matchLabels: {} }".into(), Some("namespaceSelector")),
+            ("dev mode with only negative terms selects nearly everything", "decision: DevMode\nregistries: [{ repository: r.io/** }]\nnamespaceSelector: { matchExpressions: [{ key: prod, operator: DoesNotExist }] }".into(), Some("namespaceSelector")),
+            ("dev mode with an Exists term", "decision: DevMode\nregistries: [{ repository: r.io/** }]\nnamespaceSelector: { matchExpressions: [{ key: dev, operator: Exists }] }".into(), None),
+            ("subject prefix must end on a path boundary", "decision: Trust\nidentities: [{ issuer: i, subjectPrefix: 'https://github.com/acme/repo' }]\ntrustRoot: { certificateAuthorities: [{ pem: '-----BEGIN CERTIFICATE-----' }] }".into(), Some("must end with '/'")),
+            ("subject prefix ending in a slash", "decision: Trust\nidentities: [{ issuer: i, subjectPrefix: 'https://github.com/acme/repo/' }]\ntrustRoot: { certificateAuthorities: [{ pem: '-----BEGIN CERTIFICATE-----' }] }".into(), None),
             ("deny takes no ceiling", "decision: Deny\nregistries: [{ repository: r.io/** }]\ncapabilityCeiling: {}".into(), Some("no capabilityCeiling")),
             ("identities need a root", "decision: Trust\nidentities: [{ issuer: i, subject: s }]".into(), Some("trustRoot")),
             ("minimum above signers", format!("decision: Trust\nminimumSignatures: 2\n{key}"), Some("lists only 1")),

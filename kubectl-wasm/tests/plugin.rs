@@ -9,14 +9,14 @@
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use airssys_crds::trust_source::Decision;
 use airssys_crds::{TrustSource, WasmComponent};
 use airssys_operator::artifact::ResolverOptions;
 use airssys_operator::metrics::Metrics;
-use airssys_operator::{Config, Context, Resolver, TrustIndex};
+use airssys_operator::{Config, Resolver};
 use airssys_test_support::{ControlPlane, Registry, client_from, push_wasm, tool_path, wait_for};
 use kube::Api;
 
@@ -42,18 +42,16 @@ fn start_operator(cp: &'static ControlPlane) {
                     .build()
                     .unwrap();
                 runtime.block_on(async move {
-                    let ctx = Context {
-                        client: client_from(&kubeconfig).await.unwrap(),
-                        index: Arc::new(RwLock::new(TrustIndex::new())),
-                        resolver: Resolver::new(ResolverOptions::default()).unwrap(),
-                        config: Config {
-                            insecure_registries: vec!["127.0.0.1".to_owned()],
-                            recheck: Duration::from_secs(2),
-                            ..Config::default()
-                        },
+                    let client = client_from(&kubeconfig).await.unwrap();
+                    let resolver = Resolver::new(ResolverOptions::default()).unwrap();
+                    let config = Config {
+                        insecure_registries: vec!["127.0.0.1".to_owned()],
+                        recheck: Duration::from_secs(2),
+                        ..Config::default()
                     };
                     let metrics = Arc::new(Metrics::default());
-                    let stopped = match airssys_operator::controller::run(ctx, metrics).await {
+                    let run = airssys_operator::controller::run(client, resolver, config, metrics);
+                    let stopped = match run.await {
                         Ok(()) => "the operator's controllers stopped".to_owned(),
                         Err(e) => format!("the operator's controllers failed: {e}"),
                     };

@@ -1,72 +1,14 @@
-//! Condition reasons and Event reasons: the fixed CamelCase vocabulary the operator writes.
+//! Event reasons: the fixed CamelCase vocabulary of the Events the operator publishes.
 //!
 //! Auditors filter on these strings (`kubectl get events --field-selector reason=...`), so they
-//! are constants from one enum each, never formatted ad hoc. Publishing comes with the
-//! controllers; this module holds no I/O.
+//! are constants from one enum, never formatted ad hoc. An Event about a condition transition
+//! carries the condition's own reason ([`Reason`], from crds): one word per transition, whether
+//! read from the status or from the Events. Only what has no condition of its own
+//! (a revocation, an ignored signature) has an Event-only reason. This module holds no I/O.
 
 use std::fmt;
 
-/// Reasons on status conditions (`Verified`, `Approved` of a `WasmComponent`; `Accepted` of a
-/// `TrustSource`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    // Approved
-    /// A `Trust` source matched and the request fits its ceiling.
-    TrustSourceMatched,
-    /// A digest entry naming this component approves its digest and request.
-    ManuallyApproved,
-    /// Nothing vouches for the artifact (or an approval no longer covers it); waiting for a person.
-    PendingApproval,
-    /// A `Deny` source matched.
-    Denied,
-    /// Runs only because dev mode is on for its namespace.
-    DevModeBypass,
-    /// A source vouches for the artifact but the request is wider than its ceiling.
-    RequestExceedsCeiling,
-    /// The artifact failed an integrity check (digest mismatch, forged signature payload).
-    VerificationFailed,
-    // Verified
-    /// Resolved to a digest and signatures checked.
-    ArtifactVerified,
-    /// The registry or URL could not be reached; retrying with backoff.
-    ArtifactUnreachable,
-    /// The artifact cannot be fetched until someone acts (not found, unauthorized, bad secret).
-    ArtifactUnavailable,
-    /// The spec does not parse (capabilities, limits, digests).
-    InvalidSpec,
-    // Accepted (TrustSource)
-    /// The source parsed and is in use.
-    SourceAccepted,
-    /// The source is ignored: a pattern, key, certificate or capability did not parse.
-    InvalidSource,
-}
-
-impl Reason {
-    /// The wire string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TrustSourceMatched => "TrustSourceMatched",
-            Self::ManuallyApproved => "ManuallyApproved",
-            Self::PendingApproval => "PendingApproval",
-            Self::Denied => "Denied",
-            Self::DevModeBypass => "DevModeBypass",
-            Self::RequestExceedsCeiling => "RequestExceedsCeiling",
-            Self::VerificationFailed => "VerificationFailed",
-            Self::ArtifactVerified => "ArtifactVerified",
-            Self::ArtifactUnreachable => "ArtifactUnreachable",
-            Self::ArtifactUnavailable => "ArtifactUnavailable",
-            Self::InvalidSpec => "InvalidSpec",
-            Self::SourceAccepted => "SourceAccepted",
-            Self::InvalidSource => "InvalidSource",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use airssys_crds::reason::Reason;
 
 /// Whether an Event is routine or needs a look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,57 +29,68 @@ impl EventType {
 /// Reasons on Kubernetes Events about components and sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventReason {
-    /// The component was approved (source, person or dev mode).
-    Approved,
-    /// The component waits for a person.
-    PendingApproval,
-    /// A `Deny` source matched.
-    Denied,
-    /// The request is wider than the matching source's ceiling.
-    RequestExceedsCeiling,
-    /// A component starts under dev mode; emitted on every start.
-    DevModeBypass,
+    /// A condition took this reason (same word as the condition's).
+    Condition(Reason),
     /// An approval stopped holding (source changed or deleted, digest or request changed).
     ApprovalRevoked,
-    /// An integrity check failed.
-    VerificationFailed,
-    /// The artifact could not be fetched (retrying).
-    ArtifactUnreachable,
-    /// A `TrustSource` did not validate and is ignored.
-    InvalidSource,
-    /// A `WasmComponent` spec does not parse.
-    InvalidSpec,
+    /// Signatures stored for the artifact do not verify (garbage, tampered, for another
+    /// artifact); they are ignored, as cosign ignores them.
+    SignatureUnverifiable,
 }
 
 impl EventReason {
+    /// The Event for a condition taking `reason`; `None` for routine states that need no
+    /// Event of their own.
+    pub fn for_condition(reason: Reason) -> Option<Self> {
+        match reason {
+            Reason::ArtifactVerified | Reason::SourceAccepted => None,
+            Reason::TrustSourceMatched
+            | Reason::ManuallyApproved
+            | Reason::PendingApproval
+            | Reason::Denied
+            | Reason::RegistryNotListed
+            | Reason::DevModeBypass
+            | Reason::RequestExceedsCeiling
+            | Reason::VerificationFailed
+            | Reason::ArtifactUnreachable
+            | Reason::ArtifactUnavailable
+            | Reason::InvalidSpec
+            | Reason::InvalidSource => Some(Self::Condition(reason)),
+        }
+    }
+
     /// The wire string.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Approved => "Approved",
-            Self::PendingApproval => "PendingApproval",
-            Self::Denied => "Denied",
-            Self::RequestExceedsCeiling => "RequestExceedsCeiling",
-            Self::DevModeBypass => "DevModeBypass",
+            Self::Condition(reason) => reason.as_str(),
             Self::ApprovalRevoked => "ApprovalRevoked",
-            Self::VerificationFailed => "VerificationFailed",
-            Self::ArtifactUnreachable => "ArtifactUnreachable",
-            Self::InvalidSource => "InvalidSource",
-            Self::InvalidSpec => "InvalidSpec",
+            Self::SignatureUnverifiable => "SignatureUnverifiable",
         }
     }
 
     /// The Event type auditors should expect for this reason.
     pub fn event_type(self) -> EventType {
         match self {
-            Self::Approved | Self::PendingApproval => EventType::Normal,
-            Self::Denied
-            | Self::RequestExceedsCeiling
-            | Self::DevModeBypass
+            Self::Condition(
+                Reason::TrustSourceMatched
+                | Reason::ManuallyApproved
+                | Reason::PendingApproval
+                | Reason::ArtifactVerified
+                | Reason::SourceAccepted,
+            ) => EventType::Normal,
+            Self::Condition(
+                Reason::Denied
+                | Reason::RegistryNotListed
+                | Reason::DevModeBypass
+                | Reason::RequestExceedsCeiling
+                | Reason::VerificationFailed
+                | Reason::ArtifactUnreachable
+                | Reason::ArtifactUnavailable
+                | Reason::InvalidSpec
+                | Reason::InvalidSource,
+            )
             | Self::ApprovalRevoked
-            | Self::VerificationFailed
-            | Self::ArtifactUnreachable
-            | Self::InvalidSource
-            | Self::InvalidSpec => EventType::Warning,
+            | Self::SignatureUnverifiable => EventType::Warning,
         }
     }
 }
@@ -148,81 +101,48 @@ impl fmt::Display for EventReason {
     }
 }
 
-impl Reason {
-    /// The Event to publish when a condition takes this reason; `None` for routine states that
-    /// need no Event of their own.
-    pub fn event(self) -> Option<EventReason> {
-        match self {
-            Self::TrustSourceMatched | Self::ManuallyApproved => Some(EventReason::Approved),
-            Self::PendingApproval => Some(EventReason::PendingApproval),
-            Self::Denied => Some(EventReason::Denied),
-            Self::DevModeBypass => Some(EventReason::DevModeBypass),
-            Self::RequestExceedsCeiling => Some(EventReason::RequestExceedsCeiling),
-            Self::VerificationFailed => Some(EventReason::VerificationFailed),
-            Self::ArtifactUnreachable | Self::ArtifactUnavailable => {
-                Some(EventReason::ArtifactUnreachable)
-            }
-            Self::InvalidSpec => Some(EventReason::InvalidSpec),
-            Self::InvalidSource => Some(EventReason::InvalidSource),
-            Self::ArtifactVerified | Self::SourceAccepted => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 13] = [
-        Reason::TrustSourceMatched,
-        Reason::ManuallyApproved,
-        Reason::PendingApproval,
-        Reason::Denied,
-        Reason::DevModeBypass,
-        Reason::RequestExceedsCeiling,
-        Reason::VerificationFailed,
-        Reason::ArtifactVerified,
-        Reason::ArtifactUnreachable,
-        Reason::ArtifactUnavailable,
-        Reason::InvalidSpec,
-        Reason::SourceAccepted,
-        Reason::InvalidSource,
-    ];
-
     #[test]
-    fn reasons_are_camel_case_and_match_their_names() {
-        for reason in ALL {
-            let s = reason.to_string();
-            assert_eq!(s, format!("{reason:?}"), "wire string is the variant name");
-            assert!(
-                s.chars().next().is_some_and(|c| c.is_ascii_uppercase()),
-                "{s}"
+    fn an_event_about_a_condition_carries_the_condition_reason() {
+        for reason in Reason::ALL {
+            if let Some(event) = EventReason::for_condition(reason) {
+                assert_eq!(event.as_str(), reason.as_str(), "one word per transition");
+            }
+        }
+        // Both ways an artifact can be out of reach have an Event, each under its own word.
+        for reason in [Reason::ArtifactUnreachable, Reason::ArtifactUnavailable] {
+            assert_eq!(
+                EventReason::for_condition(reason).map(EventReason::as_str),
+                Some(reason.as_str())
             );
-            assert!(s.chars().all(|c| c.is_ascii_alphanumeric()), "{s}");
         }
     }
 
     #[test]
-    fn the_approved_reasons_of_issue_4_exist() {
-        let wanted = [
-            "TrustSourceMatched",
-            "ManuallyApproved",
-            "PendingApproval",
-            "Denied",
-            "DevModeBypass",
-            "RequestExceedsCeiling",
-            "VerificationFailed",
-        ];
-        for w in wanted {
-            assert!(ALL.iter().any(|r| r.as_str() == w), "{w}");
+    fn event_only_reasons_are_camel_case_and_not_condition_reasons() {
+        for event in [
+            EventReason::ApprovalRevoked,
+            EventReason::SignatureUnverifiable,
+        ] {
+            let s = event.as_str();
+            assert!(s.chars().all(|c| c.is_ascii_alphanumeric()), "{s}");
+            assert!(s.parse::<Reason>().is_err(), "{s} is Event-only");
+            assert_eq!(event.event_type(), EventType::Warning);
         }
     }
 
     #[test]
     fn dev_mode_and_denials_are_warnings() {
-        let event_type = |r: Reason| r.event().map(EventReason::event_type);
+        let event_type = |r: Reason| EventReason::for_condition(r).map(EventReason::event_type);
         assert_eq!(event_type(Reason::DevModeBypass), Some(EventType::Warning));
         assert_eq!(event_type(Reason::Denied), Some(EventType::Warning));
+        assert_eq!(
+            event_type(Reason::RegistryNotListed),
+            Some(EventType::Warning)
+        );
         assert_eq!(
             event_type(Reason::RequestExceedsCeiling),
             Some(EventType::Warning)
@@ -236,6 +156,5 @@ mod tests {
             None,
             "routine, no Event"
         );
-        assert_eq!(EventReason::ApprovalRevoked.to_string(), "ApprovalRevoked");
     }
 }

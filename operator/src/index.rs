@@ -1,258 +1,20 @@
 //! The in-memory `TrustSource` index the trust-source controller keeps.
 //!
-//! Sources are parsed and validated once here (globs, capability sets, digests, and the
-//! cryptographic material: cosign keys and trust-root CAs), so the decision in [`crate::trust`]
-//! only ever sees well-formed sources and a bad source shows up as `Accepted=False` with the
-//! reason. The index also remembers, per component, the facts and decision of its last
-//! evaluation, so a source change can name exactly the components whose decision it changes.
+//! Sources are parsed once ([`crate::source`]) when they are applied, so a bad source shows up
+//! as `Accepted=False` with the reason. The index also remembers, per component, the facts and
+//! decision of its last evaluation, so a source change can name exactly the components whose
+//! decision it changes, and a component whose registry is unreachable is decided on the facts
+//! last resolved.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use airssys_crds::capability::CapabilitySet;
-use airssys_crds::trust_source::{
-    CertificateIdentity, ComponentRef, Decision, LabelSelector, RepositoryGlob,
-    SourceError as SpecError, TrustSourceSpec,
-};
-use airssys_crds::{Digest, TrustSource};
+use airssys_crds::TrustSource;
+use airssys_crds::trust_source::{Decision, TrustSourceSpec};
 
 use crate::artifact::cosign::TrustMaterial;
-use crate::artifact::{CaCertificate, KeyError, PublicKey, Signer};
-use crate::trust::{ComponentFacts, TrustDecision, decide};
-
-/// Why a source is not accepted. The message is what `Accepted=False` says.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SourceError {
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    #[error("keys[{index}] ({name}): {source}")]
-    Key {
-        index: usize,
-        name: String,
-        source: KeyError,
-    },
-    #[error("keys[{index}]: the name {name:?} is used twice")]
-    DuplicateKey { index: usize, name: String },
-    #[error("trustRoot.certificateAuthorities[{index}]: {source}")]
-    Root { index: usize, source: KeyError },
-    #[error("identities[{index}]: {reason}")]
-    Identity { index: usize, reason: &'static str },
-}
-
-/// A named cosign key of a source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedKey {
-    pub name: String,
-    pub key: PublicKey,
-}
-
-/// How a certificate subject must look.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubjectMatch {
-    Exact(String),
-    Prefix(String),
-}
-
-/// A keyless signer the source trusts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub issuer: String,
-    pub subject: SubjectMatch,
-}
-
-impl Identity {
-    fn parse(index: usize, id: &CertificateIdentity) -> Result<Self, SourceError> {
-        let subject = match (&id.subject, &id.subject_prefix) {
-            (Some(s), None) if !s.is_empty() => SubjectMatch::Exact(s.clone()),
-            (None, Some(p)) if !p.is_empty() => SubjectMatch::Prefix(p.clone()),
-            _ => {
-                return Err(SourceError::Identity {
-                    index,
-                    reason: "needs exactly one non-empty subject or subjectPrefix",
-                });
-            }
-        };
-        if id.issuer.is_empty() {
-            return Err(SourceError::Identity {
-                index,
-                reason: "needs an issuer",
-            });
-        }
-        Ok(Self {
-            issuer: id.issuer.clone(),
-            subject,
-        })
-    }
-
-    pub fn matches(&self, issuer: &str, subject: &str) -> bool {
-        issuer == self.issuer
-            && match &self.subject {
-                SubjectMatch::Exact(s) => subject == s,
-                SubjectMatch::Prefix(p) => subject.starts_with(p.as_str()),
-            }
-    }
-}
-
-/// A pinned digest; with components, a manual approval.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinnedDigest {
-    pub digest: Digest,
-    pub components: Vec<ComponentRef>,
-    pub capabilities: Option<CapabilitySet>,
-    pub approved_by: Option<String>,
-    pub reason: Option<String>,
-}
-
-impl PinnedDigest {
-    /// Whether the entry names components (is a manual approval).
-    pub fn is_approval(&self) -> bool {
-        !self.components.is_empty()
-    }
-
-    pub fn names(&self, namespace: &str, name: &str) -> bool {
-        self.components
-            .iter()
-            .any(|c| c.namespace == namespace && c.name == name)
-    }
-}
-
-/// A validated source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexedSource {
-    pub name: String,
-    pub generation: Option<i64>,
-    pub decision: Decision,
-    pub registries: Vec<RepositoryGlob>,
-    pub keys: Vec<NamedKey>,
-    pub identities: Vec<Identity>,
-    pub roots: Vec<CaCertificate>,
-    pub digests: Vec<PinnedDigest>,
-    pub namespace_selector: Option<LabelSelector>,
-    pub ceiling: Option<CapabilitySet>,
-    pub minimum_signatures: usize,
-}
-
-impl IndexedSource {
-    /// Validates `spec` completely, including keys and certificates.
-    pub fn parse(
-        name: &str,
-        generation: Option<i64>,
-        spec: &TrustSourceSpec,
-    ) -> Result<Self, SourceError> {
-        spec.validate()?;
-        let minimum = spec.minimum_signatures.unwrap_or(1);
-        let mut keys: Vec<NamedKey> = Vec::with_capacity(spec.keys.len());
-        for (index, k) in spec.keys.iter().enumerate() {
-            if keys.iter().any(|seen| seen.name == k.name) {
-                return Err(SourceError::DuplicateKey {
-                    index,
-                    name: k.name.clone(),
-                });
-            }
-            let key = PublicKey::from_pem(&k.public_key).map_err(|source| SourceError::Key {
-                index,
-                name: k.name.clone(),
-                source,
-            })?;
-            keys.push(NamedKey {
-                name: k.name.clone(),
-                key,
-            });
-        }
-        let identities = spec
-            .identities
-            .iter()
-            .enumerate()
-            .map(|(i, id)| Identity::parse(i, id))
-            .collect::<Result<_, _>>()?;
-        let roots = spec
-            .trust_root
-            .iter()
-            .flat_map(|r| r.certificate_authorities.iter())
-            .enumerate()
-            .map(|(index, ca)| {
-                CaCertificate::from_pem(&ca.pem)
-                    .map_err(|source| SourceError::Root { index, source })
-            })
-            .collect::<Result<_, _>>()?;
-        let mut digests = Vec::with_capacity(spec.digests.len());
-        for (index, entry) in spec.digests.iter().enumerate() {
-            // validate() above parsed these; parse again to keep the values.
-            let digest = Digest::parse(&entry.digest)
-                .map_err(|source| SpecError::Digest { index, source })?;
-            let capabilities = entry
-                .capabilities
-                .as_ref()
-                .map(|c| {
-                    CapabilitySet::parse(c).map_err(|source| SpecError::Approval { index, source })
-                })
-                .transpose()?;
-            digests.push(PinnedDigest {
-                digest,
-                components: entry.components.clone(),
-                capabilities,
-                approved_by: entry.approved_by.clone(),
-                reason: entry.reason.clone(),
-            });
-        }
-        let registries = spec
-            .registries
-            .iter()
-            .map(|r| RepositoryGlob::parse(&r.repository))
-            .collect::<Result<_, _>>()
-            .map_err(SpecError::from)?;
-        let ceiling = spec
-            .capability_ceiling
-            .as_ref()
-            .map(CapabilitySet::parse)
-            .transpose()
-            .map_err(SpecError::Ceiling)?;
-        Ok(Self {
-            name: name.to_owned(),
-            generation,
-            decision: spec.decision,
-            registries,
-            keys,
-            identities,
-            roots,
-            digests,
-            namespace_selector: spec.namespace_selector.clone(),
-            ceiling,
-            minimum_signatures: usize::try_from(minimum).unwrap_or(1).max(1),
-        })
-    }
-
-    /// Whether the source vouches by signer.
-    pub fn has_signers(&self) -> bool {
-        !self.keys.is_empty() || !self.identities.is_empty()
-    }
-
-    /// The verified signers this source counts, as labels (`key release-key`,
-    /// `identity https://...`). One signer counts once however many signatures it made.
-    pub fn matching_signers(&self, signers: &[Signer]) -> Vec<String> {
-        let labels: BTreeSet<String> = signers
-            .iter()
-            .filter_map(|signer| match signer {
-                Signer::Key { fingerprint } => self
-                    .keys
-                    .iter()
-                    .find(|k| k.key.fingerprint() == fingerprint)
-                    .map(|k| format!("key {}", k.name)),
-                Signer::Certificate {
-                    issuer,
-                    subject,
-                    roots,
-                } => {
-                    let rooted = roots
-                        .iter()
-                        .any(|fp| self.roots.iter().any(|ca| ca.fingerprint() == fp));
-                    (rooted && self.identities.iter().any(|id| id.matches(issuer, subject)))
-                        .then(|| format!("identity {subject}"))
-                }
-            })
-            .collect();
-        labels.into_iter().collect()
-    }
-}
+use crate::artifact::{CaCertificate, PublicKey};
+use crate::source::{IndexedSource, SourceError};
+use crate::trust::{ComponentFacts, Policy, TrustDecision, decide};
 
 /// `namespace/name` of a component.
 pub type ComponentKey = (String, String);
@@ -371,8 +133,15 @@ impl TrustIndex {
     }
 
     /// Runs the decision against the current sources.
-    pub fn decide(&self, facts: &ComponentFacts, dev_mode_enabled: bool) -> TrustDecision {
-        decide(facts, self.sources(), dev_mode_enabled)
+    pub fn decide(&self, facts: &ComponentFacts, policy: Policy) -> TrustDecision {
+        decide(facts, self.sources(), policy)
+    }
+
+    /// The facts of a component's last evaluation (what its artifact last resolved to).
+    pub fn last_facts(&self, namespace: &str, name: &str) -> Option<&ComponentFacts> {
+        self.components
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|(facts, _)| facts)
     }
 
     /// Remembers a component's last evaluation (facts and decision).
@@ -391,10 +160,10 @@ impl TrustIndex {
 
     /// Components whose decision differs under the current sources from the recorded one:
     /// the ones to re-queue after a source changed or was deleted.
-    pub fn affected(&self, dev_mode_enabled: bool) -> Vec<ComponentKey> {
+    pub fn affected(&self, policy: Policy) -> Vec<ComponentKey> {
         self.components
             .iter()
-            .filter(|(_, (facts, old))| &self.decide(facts, dev_mode_enabled) != old)
+            .filter(|(_, (facts, old))| &self.decide(facts, policy) != old)
             .map(|(key, _)| key.clone())
             .collect()
     }
@@ -419,8 +188,10 @@ impl TrustIndex {
 
 #[cfg(test)]
 mod tests {
+    use airssys_crds::capability::CapabilitySet;
+
     use super::*;
-    use crate::artifact::keys::testkeys::{TestKey, indent_pem, trust_keys_yaml};
+    use crate::artifact::keys::testkeys::{TestKey, indent_pem};
     use crate::trust::tests::{facts, spec};
 
     fn caps(yaml: &str) -> CapabilitySet {
@@ -541,57 +312,6 @@ mod tests {
     }
 
     #[test]
-    fn signers_are_counted_per_source() {
-        let a = TestKey::p256();
-        let b = TestKey::ed25519();
-        let yaml = trust_keys_yaml(None, &[("a", &a), ("b", &b)]);
-        let source = IndexedSource::parse("s", None, &spec(&yaml)).unwrap();
-        let fp = |k: &TestKey| {
-            PublicKey::from_pem(&k.public_pem())
-                .unwrap()
-                .fingerprint()
-                .to_owned()
-        };
-        let stranger = Signer::Key {
-            fingerprint: fp(&TestKey::p256()),
-        };
-        let signers = vec![
-            Signer::Key {
-                fingerprint: fp(&a),
-            },
-            Signer::Key {
-                fingerprint: fp(&b),
-            },
-            stranger,
-        ];
-        assert_eq!(source.matching_signers(&signers), vec!["key a", "key b"]);
-        let cert = |issuer: &str, subject: &str, root: &str| Signer::Certificate {
-            issuer: issuer.into(),
-            subject: subject.into(),
-            roots: vec![root.into()],
-        };
-        let id = Identity {
-            issuer: "https://i".into(),
-            subject: SubjectMatch::Prefix("https://git/x@refs/tags/".into()),
-        };
-        assert!(id.matches("https://i", "https://git/x@refs/tags/v1"));
-        assert!(
-            !id.matches("https://i", "https://git/x@refs/heads/main"),
-            "prefix"
-        );
-        assert!(
-            !id.matches("https://other", "https://git/x@refs/tags/v1"),
-            "issuer is exact"
-        );
-        assert!(
-            source
-                .matching_signers(&[cert("https://i", "https://git/x@refs/tags/v1", "sha256:x")])
-                .is_empty(),
-            "no identities, no roots"
-        );
-    }
-
-    #[test]
     fn affected_components_are_those_whose_decision_changes() {
         let mut index = TrustIndex::new();
         let platform = spec(
@@ -604,10 +324,13 @@ mod tests {
         let mut other = facts("ns", "other");
         other.repository = Some("r.io/team/other".into());
         for f in [trusted.clone(), other.clone()] {
-            let d = index.decide(&f, false);
+            let d = index.decide(&f, Policy::default());
             index.record(f, d);
         }
-        assert!(index.affected(false).is_empty(), "nothing changed");
+        assert!(
+            index.affected(Policy::default()).is_empty(),
+            "nothing changed"
+        );
         assert_eq!(index.covered_by("platform"), 1);
 
         // A deny for the team repository changes only `other` (Pending -> Denied).
@@ -617,16 +340,16 @@ mod tests {
             &spec("decision: Deny\nregistries: [{ repository: 'r.io/team/**' }]"),
         );
         assert_eq!(
-            index.affected(false),
+            index.affected(Policy::default()),
             vec![("ns".to_owned(), "other".to_owned())]
         );
 
         // Deleting the platform source changes `echo` (Trusted -> Pending) as well.
         index.remove("platform");
-        assert_eq!(index.affected(false).len(), 2);
+        assert_eq!(index.affected(Policy::default()).len(), 2);
         index.forget("ns", "echo");
         assert_eq!(
-            index.affected(false),
+            index.affected(Policy::default()),
             vec![("ns".to_owned(), "other".to_owned())]
         );
     }

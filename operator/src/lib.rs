@@ -1,6 +1,7 @@
 //! airssys-operator: verifies artifacts, decides trust, approves and places `WasmComponent`s.
 //!
 //! - [`artifact`]: resolve references to digests, fetch by digest, verify cosign signatures.
+//! - [`source`]: the pure model of an accepted `TrustSource` (parsed, validated).
 //! - [`trust`]: the pure trust decision (DESIGN §2).
 //! - [`index`]: the in-memory `TrustSource` index the trust-source controller keeps.
 //! - [`events`]: condition and Event reasons.
@@ -17,36 +18,21 @@ pub mod events;
 pub mod index;
 pub mod metrics;
 pub mod placement;
+pub mod source;
 pub mod trust;
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use artifact::{ArtifactError, ErrorClass, Resolver};
 pub use events::{EventReason, Reason};
-pub use index::{Applied, IndexedSource, SourceError, TrustIndex};
-pub use trust::{ComponentFacts, TrustDecision, decide};
+pub use index::{Applied, TrustIndex};
+pub use source::{IndexedSource, SourceError};
+pub use trust::{ComponentFacts, Policy, TrustDecision, decide};
 
 /// Everything that can fail in the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("artifact of {component}: {source}")]
-    Artifact {
-        component: String,
-        #[source]
-        source: ArtifactError,
-    },
-    #[error("WasmComponent {component}: {source}")]
-    Spec {
-        component: String,
-        #[source]
-        source: airssys_crds::component::SpecError,
-    },
-    #[error("TrustSource {name}: {source}")]
-    Source {
-        name: String,
-        #[source]
-        source: SourceError,
-    },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("the trust index lock is poisoned (a thread panicked while updating it)")]
@@ -65,7 +51,6 @@ impl Error {
     /// Whether a retry may succeed without anyone acting (network, API server hiccups).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Artifact { source, .. } => source.is_transient(),
             Self::Kube(_) => true,
             Self::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
@@ -74,10 +59,7 @@ impl Error {
                 | kube::runtime::finalizer::Error::RemoveFinalizer(_) => true,
                 _ => false,
             },
-            Self::Spec { .. }
-            | Self::Source { .. }
-            | Self::IndexPoisoned
-            | Self::Metrics { .. } => false,
+            Self::IndexPoisoned | Self::Metrics { .. } => false,
         }
     }
 }
@@ -93,6 +75,10 @@ pub struct Config {
     /// How often an approved or pending component's reference is resolved again (a tag can
     /// move to new bytes).
     pub recheck: std::time::Duration,
+    /// Deny OCI artifacts from registries no `Trust` or `DevMode` source names
+    /// (`--require-listed-registry`): the only wall against another DNS name of a denied
+    /// registry, which no spelling rule can see.
+    pub require_listed_registry: bool,
 }
 
 impl Default for Config {
@@ -101,30 +87,54 @@ impl Default for Config {
             dev_mode: false,
             insecure_registries: Vec::new(),
             recheck: std::time::Duration::from_secs(300),
+            require_listed_registry: false,
         }
     }
 }
 
 impl Config {
-    /// Whether plain HTTP to `registry` (`host[:port]`) is allowed.
+    /// Whether plain HTTP to `registry` (`host[:port]`) is allowed: the registry, or its host
+    /// with any port, is listed (both compared in canonical spelling).
     pub fn allows_insecure(&self, registry: &str) -> bool {
+        use airssys_crds::trust_source::canonical_registry;
+        let registry = canonical_registry(registry);
         let host = registry
             .rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(registry, |(host, _)| host);
+            .map_or(registry.as_str(), |(host, _)| host);
         self.insecure_registries.iter().any(|allowed| {
-            allowed.eq_ignore_ascii_case(registry) || allowed.eq_ignore_ascii_case(host)
+            let allowed = canonical_registry(allowed);
+            allowed == registry || allowed == host
         })
+    }
+
+    /// The switches the trust decision depends on.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            dev_mode: self.dev_mode,
+            require_listed_registry: self.require_listed_registry,
+        }
     }
 }
 
-/// Shared state of the controllers.
+/// What the controllers share: the client, the trust index, the resolver, the settings, the
+/// Event recorder and metrics, the re-queue channel to the component controller, the
+/// reflector stores, and the per-object failure counts for backoff.
 #[derive(Clone)]
 pub struct Context {
     pub client: kube::Client,
     pub index: Arc<RwLock<TrustIndex>>,
     pub resolver: Resolver,
     pub config: Config,
+    pub recorder: kube::runtime::events::Recorder,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Components to evaluate again (a source they depend on changed).
+    pub requeue: tokio::sync::mpsc::UnboundedSender<
+        kube::runtime::reflector::ObjectRef<airssys_crds::WasmComponent>,
+    >,
+    pub stores: controller::Stores,
+    /// Consecutive failures per object, for the backoff.
+    failures: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl std::fmt::Debug for Context {

@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airssys_crds::TrustSource;
 use airssys_operator::artifact::ResolverOptions;
 use airssys_operator::metrics::{Metrics, Readiness};
-use airssys_operator::{Applied, Config, Context, Resolver, TrustIndex};
+use airssys_operator::{Applied, Config, Resolver, TrustIndex};
 use clap::{Parser, Subcommand};
 use serde::Deserialize as _;
 
@@ -57,6 +57,10 @@ struct RunArgs {
     /// Seconds between re-resolving a component's reference (a tag can move).
     #[arg(long, env = "AIRSSYS_RECHECK_SECONDS", default_value_t = 300)]
     recheck_seconds: u64,
+    /// Deny OCI artifacts from registries that no Trust or DevMode TrustSource names
+    /// (allow-list mode; a name-based Deny alone cannot stop another DNS name of a registry).
+    #[arg(long, env = "AIRSSYS_REQUIRE_LISTED_REGISTRY")]
+    require_listed_registry: bool,
 }
 
 fn main() -> ExitCode {
@@ -109,14 +113,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         dev_mode: args.dev_mode,
         insecure_registries: args.insecure_registries,
         recheck: Duration::from_secs(args.recheck_seconds.max(1)),
+        require_listed_registry: args.require_listed_registry,
     };
     tracing::info!(?config, "starting the operator");
-    let ctx = Context {
-        client,
-        index: Arc::new(RwLock::new(TrustIndex::new())),
-        resolver,
-        config,
-    };
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let server = match args.metrics_addr {
@@ -131,7 +130,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Ready while the controllers run. (Not yet "their first list is done": that is known
     // inside controller::run only.)
     readiness.set(true);
-    let result = airssys_operator::controller::run(ctx, metrics).await;
+    let result = airssys_operator::controller::run(client, resolver, config, metrics).await;
     readiness.set(false);
     if let Some(server) = server {
         server.abort();

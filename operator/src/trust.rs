@@ -1,8 +1,16 @@
-//! The trust decision of DESIGN §2, as a pure function: (artifact facts, sources, request) →
-//! [`TrustDecision`].
+//! The trust decision of DESIGN §2, as a pure function: (artifact facts, sources, request,
+//! policy) → [`TrustDecision`].
 //!
 //! Rules, in order:
-//! 1. **Deny wins.** Any applicable `Deny` source denies, whatever else matches.
+//! 0. **Integrity.** Component bytes that do not hash to their digest fail verification,
+//!    whatever the sources say. Signatures that do not verify (garbage, tampered, made for
+//!    another artifact, by an unknown key) are ignored, as cosign ignores them: they neither
+//!    count nor block, and the message reports them. (A registry writer who can add a garbage
+//!    signature can also delete the good ones; failing closed on it adds a lever, not safety.)
+//! 1. **Deny wins.** Any applicable `Deny` source denies, whatever else matches. Then, with
+//!    the policy `require_listed_registry`, an OCI artifact from a registry that no `Trust` or
+//!    `DevMode` source names is denied (`RegistryNotListed`): the wall a name-based `Deny`
+//!    cannot be against another DNS name of a registry.
 //! 2. **Trusted** when an applicable `Trust` source approves the request:
 //!    - a registry/signature match approves a request within the source's `capabilityCeiling`;
 //!    - a pinned digest entry without components approves a request within the entry's
@@ -13,14 +21,20 @@
 //!
 //!    A missing ceiling approves nothing beyond an empty request (fail closed).
 //! 3. **DevMode** when the operator runs with dev mode enabled and an applicable `DevMode`
-//!    source (which must select namespaces) admits the request within its ceiling.
+//!    source (which must select namespaces by a positive term) admits the request within its
+//!    ceiling.
 //! 4. Otherwise **Unknown**: `RequestExceedsCeiling` when a source vouches for the artifact but
 //!    the request is too wide, else `PendingApproval`.
 //!
 //! A source applies when its `namespaceSelector` (if any) selects the component's namespace and
 //! either its digest list holds the artifact's digest (for approvals: naming this component),
 //! or it has registries and/or signers and the artifact meets all of them: repository matches a
-//! glob, and at least `minimumSignatures` distinct signers of the source verified.
+//! glob (both in canonical spelling), and at least `minimumSignatures` distinct signers of the
+//! source verified.
+//!
+//! Messages are bounded: each list is summarized ("and N more"), and only sources that concern
+//! the component are named (one that matched it, or that matched its repository or some of its
+//! signers); a tenant never learns the names of unrelated cluster-wide sources.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,11 +42,26 @@ use std::fmt::Write as _;
 use airssys_crds::Digest;
 use airssys_crds::capability::CapabilitySet;
 use airssys_crds::component::TrustLevel;
-use airssys_crds::trust_source::Decision;
+use airssys_crds::condition::bounded;
+use airssys_crds::trust_source::{Decision, canonical_registry};
 
 use crate::artifact::Signer;
 use crate::events::Reason;
-use crate::index::{IndexedSource, PinnedDigest};
+use crate::source::{IndexedSource, PinnedDigest};
+
+/// How many items of one list a message names before it counts the rest.
+const LIST_LIMIT: usize = 3;
+/// The most bytes one item (a problem found in a signature, an excess) takes in a message.
+const ITEM_LIMIT: usize = 240;
+
+/// Operator-wide switches the decision depends on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Whether `DevMode` sources may approve (Helm value `devMode.enabled`).
+    pub dev_mode: bool,
+    /// Whether an OCI artifact needs its registry named by a `Trust` or `DevMode` source.
+    pub require_listed_registry: bool,
+}
 
 /// Everything the decision needs to know about one component and its artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,12 +71,34 @@ pub struct ComponentFacts {
     pub namespace_labels: BTreeMap<String, String>,
     /// `host[:port]/path` for OCI artifacts; `None` for HTTPS and ConfigMap artifacts.
     pub repository: Option<String>,
-    /// The resolved digest (the manifest digest for OCI).
-    pub digest: Digest,
+    /// The resolved digest (the manifest digest for OCI); `None` when the bytes failed their
+    /// integrity check before a digest could be trusted.
+    pub digest: Option<Digest>,
     /// Signers whose cosign signatures verified.
     pub signers: Vec<Signer>,
+    /// Signatures that did not verify, one line each: ignored, and reported.
+    pub unverifiable: Vec<String>,
+    /// Why the component's own bytes failed their integrity check, if they did.
+    pub integrity: Option<String>,
     /// The requested capabilities, parsed.
     pub request: CapabilitySet,
+}
+
+impl ComponentFacts {
+    /// Facts about a component whose artifact resolved to `digest` with nothing else known.
+    pub fn new(namespace: &str, name: &str, digest: Digest, request: CapabilitySet) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            namespace_labels: BTreeMap::new(),
+            repository: None,
+            digest: Some(digest),
+            signers: Vec::new(),
+            unverifiable: Vec::new(),
+            integrity: None,
+            request,
+        }
+    }
 }
 
 /// The outcome, ready for status (`trustLevel`, `matchedSources`, the `Approved` condition).
@@ -62,25 +113,8 @@ pub struct TrustDecision {
     pub matched_sources: Vec<String>,
     /// What the component gets: request ∩ approval; empty unless approved.
     pub grant: CapabilitySet,
-    /// For people: why, and what to do next.
+    /// For people: why, and what to do next. Bounded.
     pub message: String,
-}
-
-impl TrustDecision {
-    /// The decision when the artifact failed an integrity check (digest mismatch, tampered
-    /// signature): not approved, not denied either; fixed by fixing the artifact.
-    pub fn verification_failed(problem: &str) -> Self {
-        Self {
-            level: TrustLevel::Unknown,
-            approved: false,
-            reason: Reason::VerificationFailed,
-            matched_sources: Vec::new(),
-            grant: CapabilitySet::default(),
-            message: format!(
-                "The artifact failed verification: {problem}. Publish a correct artifact or fix the reference."
-            ),
-        }
-    }
 }
 
 /// Why a source applies.
@@ -99,7 +133,7 @@ enum Basis<'s> {
 
 impl Basis<'_> {
     fn describe(&self, facts: &ComponentFacts) -> String {
-        match self {
+        let text = match self {
             Self::Approval(e) => match &e.approved_by {
                 Some(who) => format!("approval of digest {} by {who}", e.digest),
                 None => format!("approval of digest {}", e.digest),
@@ -117,11 +151,12 @@ impl Basis<'_> {
                     parts.push(format!("repository {repo} matches"));
                 }
                 if !signers.is_empty() {
-                    parts.push(format!("signed by {}", signers.join(", ")));
+                    parts.push(format!("signed by {}", summarize(signers)));
                 }
                 parts.join(", ")
             }
-        }
+        };
+        bounded(text, ITEM_LIMIT * 2)
     }
 }
 
@@ -146,29 +181,46 @@ impl<'s> Match<'s> {
     }
 }
 
-/// What the evaluation of the sources noticed besides matches, for the message.
+/// What the evaluation of the sources noticed besides matches, for the message. Only sources
+/// that concern the component land here.
 #[derive(Default)]
 struct Notes {
-    /// Sources that would match if they had more signatures.
+    /// Sources that matched the repository or some signers, but had too few signatures.
     short_of_signatures: Vec<String>,
     /// Approvals naming this component for another digest.
     stale_approvals: Vec<String>,
     /// DevMode sources ignored because dev mode is off.
     dev_mode_off: Vec<String>,
+    /// Whether a `Trust` or `DevMode` source names the component's registry.
+    registry_listed: bool,
 }
 
 /// Which sources apply, and notes on near misses.
 fn matches<'s>(
     facts: &ComponentFacts,
+    repository: Option<&str>,
     sources: impl IntoIterator<Item = &'s IndexedSource>,
-    dev_mode_enabled: bool,
+    policy: Policy,
 ) -> (Vec<Match<'s>>, Notes) {
     let mut out = Vec::new();
     let mut notes = Notes::default();
+    let registry = repository
+        .and_then(|r| r.split_once('/'))
+        .map(|(host, _)| host);
     for source in sources {
+        if source.decision != Decision::Deny
+            && let Some(registry) = registry
+            && source.registries.iter().any(|g| g.registry() == registry)
+        {
+            notes.registry_listed = true;
+        }
         let selected = match &source.namespace_selector {
-            Some(selector) => selector.matches(&facts.namespace_labels),
-            // DevMode without a selector never applies (the index rejects it anyway).
+            // A DevMode source applies only through a selector that names namespaces (the
+            // index rejects any other; this holds even for a source built in code).
+            Some(selector) => {
+                (source.decision != Decision::DevMode || selector.names_namespaces())
+                    && selector.matches(&facts.namespace_labels)
+            }
             None => source.decision != Decision::DevMode,
         };
         if !selected {
@@ -176,39 +228,41 @@ fn matches<'s>(
         }
         let mut bases = Vec::new();
         for entry in &source.digests {
+            let same = facts.digest.as_ref() == Some(&entry.digest);
             if entry.is_approval() {
                 if entry.names(&facts.namespace, &facts.name) {
-                    if entry.digest == facts.digest {
+                    if same {
                         bases.push(Basis::Approval(entry));
                     } else if source.decision != Decision::Deny {
                         notes.stale_approvals.push(format!(
-                            "The approval in TrustSource {} is for digest {}, but the artifact now resolves to {}",
-                            source.name, entry.digest, facts.digest
+                            "the approval in TrustSource {} is for digest {}, but the artifact now resolves to {}",
+                            source.name,
+                            entry.digest,
+                            facts.digest.as_ref().map_or("no trusted digest", Digest::as_str)
                         ));
                     }
                 }
-            } else if entry.digest == facts.digest {
+            } else if same {
                 bases.push(Basis::Pinned(entry));
             }
         }
         if !source.registries.is_empty() || source.has_signers() {
-            let repository = source.registries.is_empty()
-                || facts
-                    .repository
-                    .as_deref()
-                    .is_some_and(|r| source.registries.iter().any(|g| g.matches(r)));
+            let repository_matches = source.registries.is_empty()
+                || repository.is_some_and(|r| source.registries.iter().any(|g| g.matches(r)));
             let signers = if source.has_signers() {
                 source.matching_signers(&facts.signers)
             } else {
                 Vec::new()
             };
             let enough = !source.has_signers() || signers.len() >= source.minimum_signatures;
-            if repository && enough {
+            // A key-only source concerns this component only if some of its signers signed it.
+            let concerns = !signers.is_empty() || !source.registries.is_empty();
+            if repository_matches && enough {
                 bases.push(Basis::Vouched {
                     repository: !source.registries.is_empty(),
                     signers,
                 });
-            } else if repository && source.decision != Decision::Deny {
+            } else if repository_matches && concerns && source.decision != Decision::Deny {
                 notes.short_of_signatures.push(format!(
                     "TrustSource {} needs {} signature(s) from its keys and identities, found {}{}",
                     source.name,
@@ -217,12 +271,12 @@ fn matches<'s>(
                     if signers.is_empty() {
                         String::new()
                     } else {
-                        format!(" ({})", signers.join(", "))
+                        format!(" ({})", summarize(&signers))
                     }
                 ));
             }
         }
-        if source.decision == Decision::DevMode && !dev_mode_enabled {
+        if source.decision == Decision::DevMode && !policy.dev_mode {
             if !bases.is_empty() {
                 notes.dev_mode_off.push(source.name.clone());
             }
@@ -237,11 +291,40 @@ fn matches<'s>(
 pub fn decide<'s>(
     facts: &ComponentFacts,
     sources: impl IntoIterator<Item = &'s IndexedSource>,
-    dev_mode_enabled: bool,
+    policy: Policy,
 ) -> TrustDecision {
-    let (found, notes) = matches(facts, sources, dev_mode_enabled);
+    let mut decision = decide_unbounded(facts, sources, policy);
+    decision.message = bounded(decision.message, airssys_crds::condition::MESSAGE_LIMIT);
+    decision
+}
+
+fn decide_unbounded<'s>(
+    facts: &ComponentFacts,
+    sources: impl IntoIterator<Item = &'s IndexedSource>,
+    policy: Policy,
+) -> TrustDecision {
+    // 0. Integrity of the component's own bytes.
+    if let Some(problem) = &facts.integrity {
+        return TrustDecision {
+            level: TrustLevel::Unknown,
+            approved: false,
+            reason: Reason::VerificationFailed,
+            matched_sources: Vec::new(),
+            grant: CapabilitySet::default(),
+            message: format!(
+                "The artifact failed verification: {}. Publish a correct artifact or fix the reference; nothing is approved meanwhile.",
+                bounded(problem.clone(), ITEM_LIMIT * 2)
+            ),
+        };
+    }
+    let canonical = facts
+        .repository
+        .as_deref()
+        .map(airssys_crds::trust_source::canonical_repository);
+    let (found, notes) = matches(facts, canonical.as_deref(), sources, policy);
     let who = format!("{}/{}", facts.namespace, facts.name);
     let approve_hint = format!("`kubectl wasm approve {who}`");
+    let ignored = unverifiable_note(&facts.unverifiable);
 
     // 1. Deny wins.
     let denials: Vec<&Match<'_>> = found
@@ -266,8 +349,29 @@ pub fn decide<'s>(
             matched_sources: names(denials.iter().copied()),
             grant: CapabilitySet::default(),
             message: format!(
-                "Denied by {}. Deny always wins: this artifact does not run while a Deny source matches it; use another artifact or ask the platform team to change the source.",
-                why.join("; ")
+                "Denied by {}. Deny always wins: this artifact does not run while a Deny source matches it; use another artifact or ask the platform team to change the source.{ignored}",
+                summarize_with(&why, "; ")
+            ),
+        };
+    }
+
+    // 1b. Listed registries only.
+    if policy.require_listed_registry
+        && let Some(repository) = &canonical
+        && !notes.registry_listed
+    {
+        let registry = repository
+            .split_once('/')
+            .map_or(repository.as_str(), |(host, _)| host);
+        return TrustDecision {
+            level: TrustLevel::Denied,
+            approved: false,
+            reason: Reason::RegistryNotListed,
+            matched_sources: Vec::new(),
+            grant: CapabilitySet::default(),
+            message: format!(
+                "Registry {} is named by no Trust or DevMode TrustSource, and the operator runs components only from registries a source names. Use a listed registry, or ask the platform team to add one.",
+                canonical_registry(registry)
             ),
         };
     }
@@ -298,13 +402,14 @@ pub fn decide<'s>(
                 first.source.name,
                 first.basis.describe(facts)
             );
+            let shown_grant = bounded(grant.to_string(), ITEM_LIMIT * 4);
             let message = if decision == Decision::DevMode {
                 format!(
-                    "Runs unreviewed under dev mode: {basis} selects namespace {}; a Warning Event is emitted on every start. Granted: {grant}.",
+                    "Runs unreviewed under dev mode: {basis} selects namespace {}; a Warning Event is emitted on every start. Granted: {shown_grant}.{ignored}",
                     facts.namespace
                 )
             } else {
-                format!("Approved by {basis}. Granted: {grant}.")
+                format!("Approved by {basis}. Granted: {shown_grant}.{ignored}")
             };
             return TrustDecision {
                 level,
@@ -330,13 +435,20 @@ pub fn decide<'s>(
     let reason = if automatic.is_empty() {
         Reason::PendingApproval
     } else {
-        for (m, excess) in &automatic {
+        for (m, excess) in automatic.iter().take(LIST_LIMIT) {
             let _ = write!(
                 message,
                 "TrustSource {} vouches for this artifact ({}) but the request exceeds its ceiling: {}. ",
                 m.source.name,
                 m.basis.describe(facts),
-                excess.join("; ")
+                summarize_with(excess, "; ")
+            );
+        }
+        if automatic.len() > LIST_LIMIT {
+            let _ = write!(
+                message,
+                "{} more TrustSource(s) vouch for it with too low a ceiling. ",
+                automatic.len() - LIST_LIMIT
             );
         }
         let _ = write!(
@@ -345,41 +457,45 @@ pub fn decide<'s>(
         );
         Reason::RequestExceedsCeiling
     };
-    for (m, excess) in &approvals {
+    for (m, excess) in approvals.iter().take(LIST_LIMIT) {
         let _ = write!(
             message,
             "{}The approval in TrustSource {} covers less than requested: {}. Approvals bind to a digest and a capability set; ask an approver to re-run {approve_hint}.",
             sep(&message),
             m.source.name,
-            excess.join("; ")
+            summarize_with(excess, "; ")
         );
     }
     if reason == Reason::PendingApproval && approvals.is_empty() {
-        let from = facts
-            .repository
+        let from = canonical
             .as_deref()
             .map(|r| format!(" from {r}"))
             .unwrap_or_default();
+        let digest = facts.digest.as_ref().map_or("", Digest::as_str);
         let _ = write!(
             message,
-            "No TrustSource trusts digest {}{from}; it waits for an approver: {approve_hint}.",
-            facts.digest
+            "No TrustSource trusts digest {digest}{from}; it waits for an approver: {approve_hint}."
         );
     }
-    for note in notes
-        .stale_approvals
-        .iter()
-        .chain(&notes.short_of_signatures)
-    {
-        let _ = write!(message, "{}{note}.", sep(&message));
+    for list in [&notes.stale_approvals, &notes.short_of_signatures] {
+        if !list.is_empty() {
+            let _ = write!(
+                message,
+                "{}{}.",
+                sep(&message),
+                capitalize(&summarize_with(list, "; "))
+            );
+        }
     }
-    for name in &notes.dev_mode_off {
+    if !notes.dev_mode_off.is_empty() {
         let _ = write!(
             message,
-            "{}TrustSource {name} would allow dev mode here, but the operator runs with dev mode disabled.",
-            sep(&message)
+            "{}TrustSource {} would allow dev mode here, but the operator runs with dev mode disabled.",
+            sep(&message),
+            summarize(&notes.dev_mode_off)
         );
     }
+    message.push_str(&ignored);
     TrustDecision {
         level: TrustLevel::Unknown,
         approved: false,
@@ -388,6 +504,43 @@ pub fn decide<'s>(
         grant: CapabilitySet::default(),
         message,
     }
+}
+
+/// The message tail reporting signatures that were ignored; empty when there are none.
+fn unverifiable_note(unverifiable: &[String]) -> String {
+    if unverifiable.is_empty() {
+        return String::new();
+    }
+    format!(
+        " Ignored {} signature(s) that do not verify: {}.",
+        unverifiable.len(),
+        summarize_with(unverifiable, "; ")
+    )
+}
+
+/// `a, b, c and 7 more`: at most [`LIST_LIMIT`] items, each at most [`ITEM_LIMIT`] bytes.
+pub fn summarize(items: &[String]) -> String {
+    summarize_with(items, ", ")
+}
+
+fn summarize_with(items: &[String], separator: &str) -> String {
+    let mut out = items
+        .iter()
+        .take(LIST_LIMIT)
+        .map(|item| bounded(item.clone(), ITEM_LIMIT))
+        .collect::<Vec<_>>()
+        .join(separator);
+    if items.len() > LIST_LIMIT {
+        let _ = write!(out, " and {} more", items.len() - LIST_LIMIT);
+    }
+    out
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
 }
 
 fn sep(message: &str) -> &'static str {
@@ -408,7 +561,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::artifact::keys::testkeys::{TestKey, trust_keys_yaml};
     use crate::artifact::{PublicKey, Signer};
-    use crate::index::IndexedSource;
+    use crate::source::IndexedSource;
 
     pub(crate) fn spec(yaml: &str) -> TrustSourceSpec {
         serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("test TrustSource YAML: {e}\n{yaml}"))
@@ -424,15 +577,7 @@ pub(crate) mod tests {
 
     /// A component in namespace `ns` with digest 1, no repository, no signers, empty request.
     pub(crate) fn facts(ns: &str, name: &str) -> ComponentFacts {
-        ComponentFacts {
-            namespace: ns.into(),
-            name: name.into(),
-            namespace_labels: BTreeMap::new(),
-            repository: None,
-            digest: digest(1),
-            signers: Vec::new(),
-            request: CapabilitySet::default(),
-        }
+        ComponentFacts::new(ns, name, digest(1), CapabilitySet::default())
     }
 
     const NARROW: &str = "storage: [{ bucket: counters, access: [read] }]";
@@ -546,12 +691,20 @@ pub(crate) mod tests {
         signed: bool,
         labels: &'static [(&'static str, &'static str)],
         request: &'static str,
+        /// Signatures that did not verify.
+        unverifiable: &'static [&'static str],
+        /// The component's bytes failed their hash check.
+        integrity: Option<&'static str>,
         dev_mode: bool,
+        /// Policy `require_listed_registry`.
+        listed: bool,
         level: TrustLevel,
         approved: bool,
         reason: Reason,
         matched: &'static [&'static str],
         message: &'static str,
+        /// Words the message must not hold (names of sources that do not concern it).
+        absent: &'static [&'static str],
     }
 
     const ROW: Row = Row {
@@ -562,12 +715,16 @@ pub(crate) mod tests {
         signed: false,
         labels: &[],
         request: "{}",
+        unverifiable: &[],
+        integrity: None,
         dev_mode: false,
+        listed: false,
         level: TrustLevel::Unknown,
         approved: false,
         reason: Reason::PendingApproval,
         matched: &[],
         message: "",
+        absent: &[],
     };
 
     const PLATFORM: Option<&str> = Some("r.io/platform/echo");
@@ -682,10 +839,50 @@ pub(crate) mod tests {
                 ..ROW
             },
             Row {
-                rule: "unsigned does not match a key source, and says so",
+                rule: "unsigned does not match a key source, which is not named",
                 sources: &["signed"],
                 request: NARROW,
-                message: "needs 1 signature(s)",
+                absent: &["signed", "signature"],
+                ..ROW
+            },
+            Row {
+                rule: "unsigned from a source's registry: the source says it needs signatures",
+                sources: &["signed-platform"],
+                repository: PLATFORM,
+                request: NARROW,
+                message: "signed-platform needs 1 signature(s)",
+                ..ROW
+            },
+            Row {
+                rule: "a signature that does not verify is ignored; the good one counts",
+                sources: &["signed"],
+                signed: true,
+                unverifiable: &["signature 2: its 70 bytes are no ECDSA, ed25519 or RSA signature"],
+                request: NARROW,
+                level: Trusted,
+                approved: true,
+                reason: TrustSourceMatched,
+                matched: &["signed"],
+                message: "Ignored 1 signature(s) that do not verify: signature 2",
+                ..ROW
+            },
+            Row {
+                rule: "only unverifiable signatures: pending, each reported",
+                sources: &["signed"],
+                unverifiable: &["signature 1: garbage", "signature 2: tampered"],
+                request: NARROW,
+                message: "Ignored 2 signature(s) that do not verify: signature 1: garbage; signature 2: tampered",
+                ..ROW
+            },
+            // Integrity of the component's own bytes.
+            Row {
+                rule: "component bytes that fail their hash fail verification whatever trusts them",
+                sources: &["platform", "pinned"],
+                repository: PLATFORM,
+                integrity: Some("component layer has digest sha256:1, expected sha256:2"),
+                request: NARROW,
+                reason: VerificationFailed,
+                message: "failed verification: component layer has digest",
                 ..ROW
             },
             Row {
@@ -861,6 +1058,94 @@ pub(crate) mod tests {
                 ..ROW
             },
             Row {
+                rule: "deny by repository holds for every spelling of the registry",
+                sources: &["platform", "deny-repo"],
+                repository: Some("R.IO.:0443/platform/quarantine/x"),
+                request: NARROW,
+                level: DeniedLevel,
+                reason: Denied,
+                matched: &["deny-repo"],
+                ..ROW
+            },
+            Row {
+                rule: "trust by repository holds for every spelling of the registry",
+                sources: &["platform"],
+                repository: Some("r.io:443/platform/echo"),
+                request: NARROW,
+                level: Trusted,
+                approved: true,
+                reason: TrustSourceMatched,
+                matched: &["platform"],
+                ..ROW
+            },
+            // Listed registries only.
+            Row {
+                rule: "listed-registry policy denies a registry no source names, approval or not",
+                sources: &["approval"],
+                repository: Some("alias.r.io/platform/echo"),
+                request: APPROVED,
+                listed: true,
+                level: DeniedLevel,
+                reason: RegistryNotListed,
+                message: "Registry alias.r.io is named by no",
+                absent: &["approval"],
+                ..ROW
+            },
+            Row {
+                rule: "listed-registry policy admits a registry a trust source names",
+                sources: &["approval", "platform"],
+                repository: Some("R.io:443/team/echo"),
+                request: APPROVED,
+                listed: true,
+                level: Trusted,
+                approved: true,
+                reason: ManuallyApproved,
+                matched: &["approval"],
+                ..ROW
+            },
+            Row {
+                rule: "a registry named only by a deny source is not listed",
+                sources: &["approval", "deny-repo"],
+                repository: Some("r.io/team/echo"),
+                request: APPROVED,
+                listed: true,
+                level: DeniedLevel,
+                reason: RegistryNotListed,
+                ..ROW
+            },
+            Row {
+                rule: "without the policy an approval holds from any registry",
+                sources: &["approval"],
+                repository: Some("alias.r.io/platform/echo"),
+                request: APPROVED,
+                level: Trusted,
+                approved: true,
+                reason: ManuallyApproved,
+                matched: &["approval"],
+                ..ROW
+            },
+            Row {
+                rule: "the policy leaves artifacts without a registry to the sources",
+                sources: &["approval"],
+                request: APPROVED,
+                listed: true,
+                level: Trusted,
+                approved: true,
+                reason: ManuallyApproved,
+                matched: &["approval"],
+                ..ROW
+            },
+            Row {
+                rule: "sources that do not concern the component are not named",
+                sources: &["signed", "platform-team-only", "deny-repo", "pinned"],
+                repository: Some("r.io/team/echo"),
+                digest: 2,
+                request: NARROW,
+                message: "waits for an approver",
+                absent: &["signed", "platform-team-only", "deny-repo", "pinned"],
+                ..ROW
+            },
+            Row {
                 rule: "deny that does not match leaves trust alone",
                 sources: &["platform", "deny-repo"],
                 repository: PLATFORM,
@@ -953,15 +1238,21 @@ pub(crate) mod tests {
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
                 repository: row.repository.map(str::to_owned),
-                digest: digest(row.digest),
+                digest: Some(digest(row.digest)),
                 signers: if row.signed {
                     vec![world.signer()]
                 } else {
                     Vec::new()
                 },
+                unverifiable: row.unverifiable.iter().map(|u| (*u).to_owned()).collect(),
+                integrity: row.integrity.map(str::to_owned),
                 request: caps(row.request),
             };
-            let d = decide(&facts, &sources, row.dev_mode);
+            let policy = Policy {
+                dev_mode: row.dev_mode,
+                require_listed_registry: row.listed,
+            };
+            let d = decide(&facts, &sources, policy);
             let rule = row.rule;
             assert_eq!(
                 (d.level, d.approved, d.reason),
@@ -993,6 +1284,13 @@ pub(crate) mod tests {
                 );
             }
             assert!(!d.message.is_empty(), "{rule}: a message is always given");
+            for word in row.absent {
+                assert!(
+                    !d.message.contains(word),
+                    "{rule}: message {:?} names {word:?}",
+                    d.message
+                );
+            }
         }
         // Keep the key alive and used: signatures in the table come from this key.
         assert!(!world.key.sign(b"x").is_empty());
@@ -1023,9 +1321,10 @@ pub(crate) mod tests {
         ];
         for (rule, signers, approved) in cases {
             f.signers = signers;
-            let d = decide(&f, [&source], false);
+            let some = !f.signers.is_empty();
+            let d = decide(&f, [&source], Policy::default());
             assert_eq!(d.approved, approved, "{rule}: {}", d.message);
-            if !approved {
+            if !approved && some {
                 assert!(
                     d.message.contains("needs 2 signature(s)"),
                     "{rule}: {}",
@@ -1036,12 +1335,49 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn verification_failure_is_not_denial() {
-        let d = TrustDecision::verification_failed("manifest digest mismatch");
-        assert_eq!(
-            (d.level, d.approved, d.reason),
-            (TrustLevel::Unknown, false, Reason::VerificationFailed)
+    fn many_sources_keep_the_message_short_and_name_only_those_that_concern_it() {
+        let world = World::new();
+        let mut sources = Vec::new();
+        for i in 0..500 {
+            // Key-only sources of other teams: none concerns an unsigned component.
+            let mut s = world.source("signed");
+            s.name = format!("team-{i}-keys");
+            sources.push(s);
+            // Sources that vouch for the repository with too low a ceiling: they concern it.
+            let mut p = world.source("pinned-own-caps");
+            p.name = format!("narrow-{i}");
+            sources.push(p);
+        }
+        let mut f = facts("team", "app");
+        f.request = caps(APPROVED);
+        f.unverifiable = (0..300)
+            .map(|i| format!("signature {i}: {}", "x".repeat(5000)))
+            .collect();
+        let d = decide(&f, &sources, Policy::default());
+        assert_eq!(d.reason, Reason::RequestExceedsCeiling, "{}", d.message);
+        assert!(d.message.len() < 4096, "{} bytes", d.message.len());
+        assert!(!d.message.contains("team-"), "{}", d.message);
+        assert!(d.message.contains("497 more"), "{}", d.message);
+        assert!(
+            d.message.contains("Ignored 300 signature(s)"),
+            "{}",
+            d.message
         );
-        assert!(d.message.contains("manifest digest mismatch"));
+        assert!(d.message.contains("and 297 more"), "{}", d.message);
+    }
+
+    #[test]
+    fn dev_mode_needs_a_selector_that_names_namespaces_even_if_built_in_code() {
+        let world = World::new();
+        let mut dev = world.source("dev");
+        dev.namespace_selector = Some(airssys_crds::trust_source::LabelSelector::default());
+        let mut f = facts("team", "app");
+        f.repository = Some("localhost:5000/x".into());
+        let policy = Policy {
+            dev_mode: true,
+            require_listed_registry: false,
+        };
+        let d = decide(&f, [&dev], policy);
+        assert!(!d.approved, "{}", d.message);
     }
 }

@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{assert_running, replace_signature, spawn_operator};
+use common::{
+    add_signature, assert_running, remove_extra_signatures, replace_signature, spawn_operator,
+};
 
 use std::path::Path;
 use std::process::Command;
@@ -250,7 +252,8 @@ async fn trusted_registry_source_approves_within_its_ceiling_without_a_person() 
             .is_some_and(|f| f.iter().any(|f| f == "wasm.airssys.dev/cleanup")),
         "the component carries the operator's finalizer"
     );
-    wait_event(cp, &ns, "echo", "Normal", "Approved").await;
+    // The Event carries the condition's own reason.
+    wait_event(cp, &ns, "echo", "Normal", "TrustSourceMatched").await;
 
     // Another writer's condition (the placement step's `Scheduled`) survives the operator's
     // status writes: it applies only the fields it owns.
@@ -381,7 +384,7 @@ async fn unknown_source_waits_for_a_gitops_approval() {
         Some("Trusted")
     );
     assert_eq!(s.matched_sources, std::slice::from_ref(&source));
-    wait_event(cp, &ns, "kv", "Normal", "Approved").await;
+    wait_event(cp, &ns, "kv", "Normal", "ManuallyApproved").await;
 
     // Deleting the component passes the operator's finalizer (the index forgets it).
     api.delete("kv", &DeleteParams::default()).await.unwrap();
@@ -643,7 +646,41 @@ async fn failures_have_their_own_condition_and_approve_nothing() {
     assert!(approved_is(&c, "True", "TrustSourceMatched"), "{c:?}");
     assert_eq!(status(&c).approved_digest.as_deref(), Some(digest.as_str()));
     let (_, _, msg) = condition(&c, "Verified").unwrap();
-    assert!(msg.contains("approval is kept"), "{msg}");
+    assert!(msg.contains("holds meanwhile"), "{msg}");
+    wait_event(cp, &ns, "signed", "Warning", "ArtifactUnreachable").await;
+
+    // A wider request while the registry is down: the (digest, capability set) binding
+    // needs no registry, so the approval lapses at once, on the digest last resolved.
+    apply(
+        cp,
+        d,
+        &component_yaml(&ns, "signed", &reference, &["LOG_LEVEL", "SECRET"]),
+    )
+    .await;
+    let c = wait_for(
+        &api,
+        "signed",
+        |c| status(c).observed_generation == Some(2),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(approved_is(&c, "False", "RequestExceedsCeiling"), "{c:?}");
+    assert_eq!(status(&c).approved_digest, None);
+    let (v, r, _) = condition(&c, "Verified").unwrap();
+    assert_eq!((v.as_str(), r.as_str()), ("Unknown", "ArtifactUnreachable"));
+    wait_event(cp, &ns, "signed", "Warning", "ApprovalRevoked").await;
+
+    // Narrowed again, still unreachable: approved again on the same digest.
+    apply(
+        cp,
+        d,
+        &component_yaml(&ns, "signed", &reference, &["LOG_LEVEL"]),
+    )
+    .await;
+    let c = wait_approved(&api, "signed", "True", "TrustSourceMatched").await;
+    assert_eq!(status(&c).approved_digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(status(&c).observed_generation, Some(3));
 
     assert_running(op);
     delete_source(cp, &keyed).await;
@@ -1020,7 +1057,7 @@ async fn pull_secrets_open_private_registries_only_in_their_own_namespace() {
 }
 
 #[tokio::test]
-async fn tampered_or_corrupted_signatures_fail_verification_and_revoke() {
+async fn unverifiable_signatures_are_ignored_reported_and_count_for_nothing() {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let (cp, op) = setup().await;
@@ -1060,11 +1097,30 @@ async fn tampered_or_corrupted_signatures_fail_verification_and_revoke() {
     .await;
     wait_approved(&api, "sealed", "True", "TrustSourceMatched").await;
 
-    // Garbage where cosign's signature was: verification fails, the approval is revoked.
+    // A garbage signature next to the good one: ignored (cosign's rule), still approved,
+    // reported in the condition and by a Warning Event.
+    add_signature(d, &repository, &parsed, &b64.encode([0x5a_u8; 70]));
+    let c = wait_for(
+        &api,
+        "sealed",
+        |c| condition(c, "Verified").is_some_and(|(_, _, m)| m.contains("Ignored 1 signature")),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(approved_is(&c, "True", "TrustSourceMatched"), "{c:?}");
+    let (v, _, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!(v, "True");
+    assert!(msg.contains("signature does not verify"), "{msg}");
+    wait_event(cp, &ns, "sealed", "Warning", "SignatureUnverifiable").await;
+
+    // Garbage where cosign's signature was: nothing verifies, so nothing counts; the source
+    // needs a signature and the approval is revoked. Not an integrity failure of the bytes.
+    remove_extra_signatures(d, &repository, &parsed);
     let original = replace_signature(d, &repository, &parsed, &b64.encode([0x5a_u8; 70]));
-    let c = wait_approved(&api, "sealed", "False", "VerificationFailed").await;
+    let c = wait_approved(&api, "sealed", "False", "PendingApproval").await;
     let (v, r, msg) = condition(&c, "Verified").unwrap();
-    assert_eq!((v.as_str(), r.as_str()), ("False", "VerificationFailed"));
+    assert_eq!((v.as_str(), r.as_str()), ("True", "ArtifactVerified"));
     assert!(
         msg.contains("signature does not verify") && msg.contains(&digest),
         "{msg}"
@@ -1076,7 +1132,6 @@ async fn tampered_or_corrupted_signatures_fail_verification_and_revoke() {
         "the artifact itself resolved"
     );
     wait_event(cp, &ns, "sealed", "Warning", "ApprovalRevoked").await;
-    wait_event(cp, &ns, "sealed", "Warning", "VerificationFailed").await;
 
     // The real signature back: approved again.
     replace_signature(d, &repository, &parsed, &original);
@@ -1098,7 +1153,8 @@ async fn tampered_or_corrupted_signatures_fail_verification_and_revoke() {
     wait_approved(&api, "sealed", "True", "TrustSourceMatched").await;
 
     // The signature payload changes at rest on the registry's disk, which keeps serving it
-    // under its old digest: the operator re-fetches signatures on every check and refuses it.
+    // under its old digest: the operator re-fetches signatures on every check, finds that one
+    // signature unverifiable and ignores it; with no other signature the approval lapses.
     let tag = format!("{repository}:sha256-{}.sig", parsed.hex());
     let sig_manifest: serde_json::Value = serde_json::from_str(&run(
         d,
@@ -1115,9 +1171,9 @@ async fn tampered_or_corrupted_signatures_fail_verification_and_revoke() {
     registry
         .tamper_blob(payload_digest, forged.as_bytes())
         .unwrap();
-    let c = wait_approved(&api, "sealed", "False", "VerificationFailed").await;
-    let (v, r, msg) = condition(&c, "Verified").unwrap();
-    assert_eq!((v.as_str(), r.as_str()), ("False", "VerificationFailed"));
+    let c = wait_approved(&api, "sealed", "False", "PendingApproval").await;
+    let (v, _, msg) = condition(&c, "Verified").unwrap();
+    assert_eq!(v, "True");
     assert!(
         msg.contains("tampered") && msg.contains(payload_digest),
         "{msg}"
@@ -1134,7 +1190,7 @@ async fn tampered_or_corrupted_signatures_fail_verification_and_revoke() {
     )
     .await
     .unwrap();
-    assert!(approved_is(&c, "False", "VerificationFailed"), "{c:?}");
+    assert!(approved_is(&c, "False", "PendingApproval"), "{c:?}");
     assert_running(op);
     delete_source(cp, &keyed).await;
     drop(registry);

@@ -21,7 +21,7 @@ use airssys_operator::artifact::{
     ErrorClass, PublicKey, RegistryCredentials, Resolver, ResolverOptions, RetryPolicy, Signer,
     digest_of,
 };
-use airssys_operator::{Applied, ArtifactError, ComponentFacts, Reason, TrustIndex};
+use airssys_operator::{Applied, ArtifactError, ComponentFacts, Policy, Reason, TrustIndex};
 use airssys_test_support::{Registry, RegistryAuth, RegistryOptions, push_wasm, run_tool};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -231,15 +231,16 @@ async fn resolve_fetch_and_verify_cosign_signatures() {
     let request: CapabilitySet =
         CapabilitySet::parse(&serde_yaml::from_str("env: [{ name: LOG_LEVEL }]").unwrap()).unwrap();
     let facts = ComponentFacts {
-        namespace: "wasm-demo".into(),
-        name: "echo".into(),
-        namespace_labels: Default::default(),
         repository: Some(resolved.repository.clone()),
-        digest: resolved.digest.clone(),
         signers: verification.signers.clone(),
-        request: request.clone(),
+        ..ComponentFacts::new(
+            "wasm-demo",
+            "echo",
+            resolved.digest.clone(),
+            request.clone(),
+        )
     };
-    let decision = index.decide(&facts, false);
+    let decision = index.decide(&facts, Policy::default());
     assert_eq!(
         (decision.level, decision.approved, decision.reason),
         (TrustLevel::Trusted, true, Reason::TrustSourceMatched),
@@ -258,11 +259,11 @@ async fn resolve_fetch_and_verify_cosign_signatures() {
     assert!(layers.is_empty());
     let decision = index.decide(
         &ComponentFacts {
-            digest: moved.digest.clone(),
+            digest: Some(moved.digest.clone()),
             signers: Vec::new(),
             ..facts
         },
-        false,
+        Policy::default(),
     );
     assert_eq!(
         (decision.approved, decision.reason),
@@ -536,15 +537,25 @@ async fn blobs_changed_at_rest_fail_their_digest_check() {
     let mut payload = signatures[0].payload.clone();
     payload[0] = b' ';
     registry.tamper_blob(payload_digest, &payload).unwrap();
-    let err = resolver
-        .fetch_signatures(&resolved, None)
-        .await
-        .unwrap_err();
+    // One signature changed at rest is that signature's problem, not the artifact's: it is
+    // marked, and verification reports it as broken (ignored, as cosign ignores it).
+    let layers = resolver.fetch_signatures(&resolved, None).await.unwrap();
+    let tampered = layers[0].tampered.as_deref().unwrap_or_default();
     assert!(
-        matches!(err, ArtifactError::DigestMismatch { .. }),
-        "{err:?}"
+        tampered.contains("tampered") && tampered.contains(payload_digest),
+        "{layers:?}"
     );
-    assert_eq!(err.class(), ErrorClass::Integrity);
+    let got = verify(
+        &resolved.digest,
+        &layers,
+        airssys_operator::artifact::cosign::TrustMaterial::default(),
+        now(),
+    );
+    assert!(got.signers.is_empty(), "{got:?}");
+    assert!(
+        got.broken.iter().any(|b| b.contains(payload_digest)),
+        "{got:?}"
+    );
 
     // The manifest itself is untouched and still resolves: the tag did not move.
     let again = resolver.resolve_oci(&reference, true, None).await.unwrap();

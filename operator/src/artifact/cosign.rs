@@ -17,10 +17,12 @@
 //! A layer that no configured key or CA vouches for (another signer's, an expired Fulcio
 //! certificate) simply does not count. A layer that is broken — a payload that is no cosign
 //! payload or names another artifact, a signature that is not base64 or no signature encoding
-//! at all, a signature that fails under a certificate the trust root vouches for — is listed in
-//! [`Verification::broken`]: that is what tampering or corruption looks like, and the caller
-//! fails verification on it. A well-formed key signature that verifies with no configured key
-//! cannot be told apart from another signer's and only does not count.
+//! at all, a signature that fails under a certificate the trust root vouches for, a payload blob
+//! changed at rest — is listed in [`Verification::broken`]: that is what tampering or
+//! corruption looks like. It does not count either (as in cosign, only verified signatures
+//! count toward `minimumSignatures`); the caller reports it with a Warning Event. A
+//! well-formed key signature that verifies with no configured key cannot be told apart from
+//! another signer's and only does not count.
 //!
 //! What is not: no Rekor or other transparency-log lookup and no timestamp authority, so
 //! verification works without network; in exchange a signing certificate must still be valid
@@ -72,6 +74,9 @@ pub struct SignatureLayer {
     pub certificate: Option<String>,
     /// PEM chain from [`CHAIN_ANNOTATION`].
     pub chain: Option<String>,
+    /// Why the payload blob is not what the signature manifest says (its bytes do not hash
+    /// to the layer digest): the signature is unverifiable, and is ignored as such.
+    pub tampered: Option<String>,
 }
 
 /// Who verifiably signed the artifact.
@@ -105,8 +110,8 @@ pub struct Verification {
     pub signers: Vec<Signer>,
     /// Why layers did not count, one line each, for the `Verified` condition message.
     pub problems: Vec<String>,
-    /// Layers whose data is broken or was tampered with, one line each: the artifact's
-    /// signatures are not what their signer produced.
+    /// Layers whose data is broken or was tampered with, one line each: these signatures are
+    /// not what their signer produced. They count for nothing, like `problems`.
     pub broken: Vec<String>,
 }
 
@@ -199,6 +204,9 @@ fn verify_layer(
     material: TrustMaterial<'_>,
     now: i64,
 ) -> Result<Vec<Signer>, Rejected> {
+    if let Some(problem) = &layer.tampered {
+        return Err(Rejected::broken(problem.clone()));
+    }
     let payload: Payload = serde_json::from_slice(&layer.payload)
         .map_err(|e| Rejected::broken(format!("payload is not a cosign payload: {e}")))?;
     if payload.critical.type_ != PAYLOAD_TYPE {
@@ -431,6 +439,7 @@ pub(crate) mod testsig {
             signature,
             certificate: None,
             chain: None,
+            tampered: None,
         }
     }
 }
@@ -704,6 +713,7 @@ mod tests {
             signature: base64::engine::general_purpose::STANDARD.encode(key.sign(signed).unwrap()),
             certificate: Some(cert.pem()),
             chain,
+            tampered: None,
         }
     }
 

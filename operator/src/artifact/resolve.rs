@@ -432,7 +432,7 @@ impl Resolver {
                 reason: format!("signature layer digest: {e}"),
             })?;
             let image = tag.clone();
-            let payload = retry(&self.retry, &what, || async {
+            let fetched = retry(&self.retry, &what, || async {
                 self.pull_blob(
                     resolved,
                     &image,
@@ -443,13 +443,30 @@ impl Resolver {
                 )
                 .await
             })
-            .await?;
-            check_digest(&what, &payload, &digest)?;
+            .await;
+            // A payload changed at rest makes this one signature unverifiable, not the
+            // artifact: it is reported and ignored, as cosign ignores it.
+            let changed = || {
+                format!(
+                    "its payload blob does not hash to {digest}: changed at rest or tampered with"
+                )
+            };
+            let (payload, tampered) = match fetched {
+                Ok(payload) => {
+                    let tampered = check_digest("payload", &payload, &digest)
+                        .err()
+                        .map(|_| changed());
+                    (payload, tampered)
+                }
+                Err(e) if e.class() == ErrorClass::Integrity => (Vec::new(), Some(changed())),
+                Err(e) => return Err(e),
+            };
             layers.push(SignatureLayer {
                 payload,
                 signature: signature.clone(),
                 certificate: annotations.get(CERTIFICATE_ANNOTATION).cloned(),
                 chain: annotations.get(CHAIN_ANNOTATION).cloned(),
+                tampered,
             });
         }
         Ok(layers)

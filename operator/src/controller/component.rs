@@ -3,60 +3,66 @@
 //! its signatures, decide trust, and write `Verified`/`Approved` with Events for transitions.
 //!
 //! Promises kept here:
-//! - a network failure never changes an approval (the previous decision stays, the `Verified`
-//!   condition says it is retrying);
-//! - an approval that stops holding is reported as a revocation (Warning Event) and
-//!   `approvedDigest` is cleared;
-//! - `Scheduled` and the other conditions belong to other writers and are never touched
-//!   (status goes through server-side apply with only the fields this controller owns).
+//! - every decision is made by [`crate::trust::decide`] on facts gathered here, including the
+//!   integrity of the bytes and the signatures that did not verify (reported, ignored);
+//! - a network failure never needs the registry for the (digest, capability set) binding: the
+//!   component is decided again on the digest last resolved, with its current request and
+//!   namespace labels, so a wider request is `PendingApproval` at once and a narrower one keeps
+//!   its approval;
+//! - the operator owns its status fields: every write sets all of them (`resolvedDigest`,
+//!   `approvedDigest`, `trustLevel`, `matchedSources`, `Verified`, `Approved`), clearing what
+//!   does not hold, whoever wrote it; `Scheduled` and the other conditions belong to other
+//!   writers and are never touched (server-side apply with only the owned fields);
+//! - an approval that stops holding is reported as a revocation (Warning Event).
 
 use std::sync::Arc;
 
 use airssys_crds::component::{TrustLevel, WasmComponent, WasmComponentStatus};
 use airssys_crds::condition::{self, Condition, ConditionStatus, ConditionType};
 use airssys_crds::{Digest, artifact::OciArtifact};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
 use kube::{Resource as _, ResourceExt as _};
-use serde_json::json;
+use serde::Serialize;
 use tracing::{info, instrument, warn};
 
-use super::{FIELD_MANAGER, FINALIZER, State};
+use super::{FIELD_MANAGER, FINALIZER, StatusApply};
 use crate::artifact::credentials::{DOCKER_CONFIG_KEY, credentials_for};
 use crate::artifact::{ErrorClass, SignatureLayer, config_map_digest, cosign};
 use crate::events::{EventReason, Reason};
-use crate::trust::{ComponentFacts, TrustDecision};
-use crate::{ArtifactError, Error, metrics};
+use crate::trust::{ComponentFacts, TrustDecision, summarize};
+use crate::{ArtifactError, Context, Error, metrics};
 
 const CONTROLLER: &str = "wasmcomponent";
+/// The most source names `status.matchedSources` lists (the message counts the rest).
+const MATCHED_LIMIT: usize = 32;
 
-pub async fn reconcile(component: Arc<WasmComponent>, state: Arc<State>) -> Result<Action, Error> {
-    let _timer: metrics::ReconcileTimer = state.metrics.reconcile(CONTROLLER);
+pub async fn reconcile(component: Arc<WasmComponent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer: metrics::ReconcileTimer = ctx.metrics.reconcile(CONTROLLER);
     let ns = component.namespace().unwrap_or_default();
-    let api: Api<WasmComponent> = Api::namespaced(state.ctx.client.clone(), &ns);
+    let api: Api<WasmComponent> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, component, |event| async {
         match event {
-            Finalized::Apply(c) => apply(&c, &state).await,
-            Finalized::Cleanup(c) => cleanup(&c, &state),
+            Finalized::Apply(c) => apply(&c, &ctx).await,
+            Finalized::Cleanup(c) => cleanup(&c, &ctx),
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-pub fn error_policy(component: Arc<WasmComponent>, error: &Error, state: Arc<State>) -> Action {
-    super::retry_after_error(&state, CONTROLLER, &key(&component), error)
+pub fn error_policy(component: Arc<WasmComponent>, error: &Error, ctx: Arc<Context>) -> Action {
+    super::retry_after_error(&ctx, CONTROLLER, &key(&component), error)
 }
 
 fn key(c: &WasmComponent) -> String {
     format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any())
 }
 
-fn cleanup(c: &WasmComponent, state: &State) -> Result<Action, Error> {
-    let mut index = state.ctx.index.write().map_err(|_| Error::IndexPoisoned)?;
-    index.forget(&c.namespace().unwrap_or_default(), &c.name_any());
+fn cleanup(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
+    forget(ctx, &c.namespace().unwrap_or_default(), &c.name_any())?;
     Ok(Action::await_change())
 }
 
@@ -108,6 +114,23 @@ struct Owned {
     approved: Option<Condition>,
 }
 
+/// The owned fields as sent. A field that does not hold is left out (the API server refuses
+/// `null` for an enum), which removes it where it was ours alone; where another manager set it
+/// too, [`finish`] clears it with a merge patch.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OwnedStatus<'a> {
+    observed_generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolved_digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trust_level: Option<TrustLevel>,
+    matched_sources: &'a [String],
+    conditions: Vec<&'a Condition>,
+}
+
 impl Owned {
     fn from_status(status: &WasmComponentStatus) -> Self {
         Self {
@@ -135,46 +158,54 @@ impl Owned {
         self.approved.as_ref().is_some_and(Condition::is_true)
     }
 
-    fn patch(&self, generation: Option<i64>) -> serde_json::Value {
-        let mut status = serde_json::Map::new();
-        status.insert("observedGeneration".into(), json!(generation));
-        if let Some(d) = &self.resolved_digest {
-            status.insert("resolvedDigest".into(), json!(d));
-        }
-        if let Some(d) = &self.approved_digest {
-            status.insert("approvedDigest".into(), json!(d));
-        }
-        if let Some(t) = self.trust_level {
-            status.insert("trustLevel".into(), json!(t));
-        }
-        if !self.matched_sources.is_empty() {
-            status.insert("matchedSources".into(), json!(self.matched_sources));
-        }
-        let conditions: Vec<&Condition> =
-            self.verified.iter().chain(self.approved.iter()).collect();
-        status.insert("conditions".into(), json!(conditions));
-        json!({
-            "apiVersion": WasmComponent::api_version(&()),
-            "kind": WasmComponent::kind(&()),
-            "status": status,
+    /// Nothing decided: no approval, no level, no sources.
+    fn clear_decision(&mut self) {
+        self.approved_digest = None;
+        self.trust_level = None;
+        self.matched_sources.clear();
+    }
+
+    fn patch(&self, generation: Option<i64>) -> StatusApply<WasmComponent, OwnedStatus<'_>> {
+        StatusApply::new(OwnedStatus {
+            observed_generation: generation,
+            resolved_digest: self.resolved_digest.as_deref(),
+            approved_digest: self.approved_digest.as_deref(),
+            trust_level: self.trust_level,
+            matched_sources: &self.matched_sources,
+            conditions: self.verified.iter().chain(self.approved.iter()).collect(),
         })
+    }
+
+    /// Whether `status` holds exactly the owned values (no stale or foreign ones).
+    fn holds_in(&self, status: &WasmComponentStatus) -> bool {
+        status.resolved_digest == self.resolved_digest
+            && status.approved_digest == self.approved_digest
+            && status.trust_level == self.trust_level
+            && status.matched_sources == self.matched_sources
     }
 }
 
+/// The repository an OCI reference names, without asking the registry.
+fn repository_of(c: &WasmComponent) -> Option<String> {
+    let oci = c.spec.artifact.oci.as_ref()?;
+    let parsed = oci_client::Reference::try_from(oci.reference.as_str()).ok()?;
+    Some(format!("{}/{}", parsed.registry(), parsed.repository()))
+}
+
 #[instrument(skip_all, fields(namespace = %c.namespace().unwrap_or_default(), component = %c.name_any()))]
-async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
+async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     let ns = c.namespace().unwrap_or_default();
     let name = c.name_any();
     let generation = c.metadata.generation;
     let before = Owned::from_status(&c.status.clone().unwrap_or_default());
     let mut after = before.clone();
-    let recheck = state.ctx.config.recheck;
+    let recheck = ctx.config.recheck;
 
     // 1. The spec.
     let request = match c.spec.validate() {
         Ok(valid) => valid.capabilities,
         Err(e) => {
-            forget(state, &ns, &name)?;
+            forget(ctx, &ns, &name)?;
             let msg = format!(
                 "The spec does not parse: {e}. Fix the WasmComponent; nothing runs until then."
             );
@@ -192,95 +223,88 @@ async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
                 msg,
                 generation,
             ));
-            after.approved_digest = None;
-            after.trust_level = None;
-            after.matched_sources.clear();
-            finish(c, state, &before, &after, generation).await?;
+            after.clear_decision();
+            finish(c, ctx, &before, &after, generation, &[]).await?;
             return Ok(Action::await_change());
         }
     };
+    let labels = ctx.namespace_labels(&ns).await?;
 
     // 2. The artifact. Its bytes are streamed through a hash when this digest was not already
     // verified at this generation, so rechecks of an unchanged component only re-resolve.
     let observed = c.status.as_ref().and_then(|s| s.observed_generation);
-    let verified_digest = before.resolved_digest.as_deref().filter(|_| {
-        observed == generation && before.verified.as_ref().is_some_and(Condition::is_true)
-    });
-    let resolved = match resolve(c, state, verified_digest).await {
+    let verified_digest = before
+        .resolved_digest
+        .as_deref()
+        .and_then(|d| Digest::parse(d).ok())
+        .filter(|_| {
+            observed == generation && before.verified.as_ref().is_some_and(Condition::is_true)
+        });
+    let resolved = match resolve(c, ctx, verified_digest.as_ref()).await {
         Ok(r) => r,
         Err(failure) if failure.class == ErrorClass::Integrity => {
+            // The bytes are not what their digest says: decided as such, and the index forgets
+            // the last resolution (it must not stand in for a tampered artifact).
+            forget(ctx, &ns, &name)?;
+            let facts = ComponentFacts {
+                namespace: ns.clone(),
+                name: name.clone(),
+                namespace_labels: labels,
+                repository: repository_of(c),
+                digest: None,
+                signers: Vec::new(),
+                unverifiable: Vec::new(),
+                integrity: Some(failure.message),
+                request,
+            };
+            let decision = ctx
+                .index
+                .read()
+                .map_err(|_| Error::IndexPoisoned)?
+                .decide(&facts, ctx.policy());
             after.resolved_digest = None;
-            return verification_failed(c, state, &before, after, &failure.message).await;
-        }
-        Err(failure) => {
-            // Not a verdict on the artifact: keep whatever was decided before.
-            let (status, reason) = match failure.class {
-                ErrorClass::Transient => (ConditionStatus::Unknown, Reason::ArtifactUnreachable),
-                _ => (ConditionStatus::False, Reason::ArtifactUnavailable),
-            };
-            let kept = if before.is_approved() {
-                "the current approval is kept meanwhile"
-            } else {
-                "nothing is approved meanwhile"
-            };
-            let msg = format!("{}; retrying with backoff, {kept}.", failure.message);
             after.set(Condition::new(
                 ConditionType::Verified,
-                status,
-                reason,
-                msg.clone(),
+                ConditionStatus::False,
+                Reason::VerificationFailed,
+                decision.message.clone(),
                 generation,
             ));
-            if after.approved.is_none() {
-                after.set(Condition::new(
-                    ConditionType::Approved,
-                    ConditionStatus::Unknown,
-                    reason,
-                    format!("Not evaluated yet: {msg}"),
-                    generation,
-                ));
-            }
-            finish(c, state, &before, &after, generation).await?;
-            let delay = state.backoff(&key(c));
-            warn!(error = %failure.message, ?delay, "artifact not available; retrying");
-            return Ok(Action::requeue(delay));
+            apply_decision(&mut after, &decision, None, generation);
+            finish(c, ctx, &before, &after, generation, &[]).await?;
+            ctx.succeeded(&key(c));
+            return Ok(Action::requeue(recheck));
         }
+        Err(failure) => return unreachable(c, ctx, before, after, failure, request, labels).await,
     };
 
-    // 3. Signatures, against every accepted source's keys.
+    // 3. Signatures, against every accepted source's keys. Those that do not verify are
+    // facts for the decision (reported, not counted), never a verdict of their own.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let labels = namespace_labels(state, &ns).await?;
     let verification = {
-        let index = state.ctx.index.read().map_err(|_| Error::IndexPoisoned)?;
+        let index = ctx.index.read().map_err(|_| Error::IndexPoisoned)?;
         index.with_material(|m| cosign::verify(&resolved.digest, &resolved.layers, m, now))
     };
-    if !verification.broken.is_empty() {
-        // Signatures stored for this digest are corrupted or tampered with: fail closed,
-        // whatever the sources say, until the signatures are fixed.
-        after.resolved_digest = Some(resolved.digest.to_string());
-        let message = format!(
-            "the cosign signatures of {} are broken: {}",
-            resolved.digest,
-            verification.broken.join("; ")
-        );
-        return verification_failed(c, state, &before, after, &message).await;
-    }
+    let unverifiable: Vec<String> = verification
+        .broken
+        .iter()
+        .chain(&verification.problems)
+        .cloned()
+        .collect();
 
     // 4. The decision.
     let facts = ComponentFacts {
-        namespace: ns.clone(),
-        name: name.clone(),
         namespace_labels: labels,
         repository: resolved.repository.clone(),
-        digest: resolved.digest.clone(),
         signers: verification.signers.clone(),
-        request,
+        unverifiable: unverifiable.clone(),
+        ..ComponentFacts::new(&ns, &name, resolved.digest.clone(), request)
     };
     let decision = {
-        let mut index = state.ctx.index.write().map_err(|_| Error::IndexPoisoned)?;
-        let decision = index.decide(&facts, state.ctx.config.dev_mode);
+        let mut index = ctx.index.write().map_err(|_| Error::IndexPoisoned)?;
+        let decision = index.decide(&facts, ctx.policy());
         index.record(facts, decision.clone());
         decision
     };
@@ -290,10 +314,12 @@ async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
         resolved.digest,
         verification.signers.len()
     );
-    for problem in &verification.problems {
-        verified_msg.push(' ');
-        verified_msg.push_str(problem);
-        verified_msg.push('.');
+    if !unverifiable.is_empty() {
+        verified_msg.push_str(&format!(
+            " Ignored {} signature(s) that do not verify: {}.",
+            unverifiable.len(),
+            summarize(&unverifiable)
+        ));
     }
     after.set(Condition::new(
         ConditionType::Verified,
@@ -304,115 +330,211 @@ async fn apply(c: &WasmComponent, state: &State) -> Result<Action, Error> {
     ));
     after.resolved_digest = Some(resolved.digest.to_string());
     apply_decision(&mut after, &decision, Some(&resolved.digest), generation);
-    finish(c, state, &before, &after, generation).await?;
-    state.succeeded(&key(c));
+    finish(c, ctx, &before, &after, generation, &verification.broken).await?;
+    ctx.succeeded(&key(c));
     Ok(Action::requeue(recheck))
 }
 
-/// The artifact failed verification (bytes or signatures): nothing is approved, the index
-/// forgets the component, and it is checked again at the next recheck.
-async fn verification_failed(
+/// The artifact could not be reached: not a verdict on it. The component is decided again on
+/// what its artifact last resolved to (the index's record, else the digest in the status this
+/// operator wrote), with its current request and namespace labels: the (digest, capability
+/// set) binding needs no registry. With nothing to decide on, nothing is approved.
+async fn unreachable(
     c: &WasmComponent,
-    state: &State,
-    before: &Owned,
+    ctx: &Context,
+    before: Owned,
     mut after: Owned,
-    message: &str,
+    failure: Failure,
+    request: airssys_crds::CapabilitySet,
+    labels: std::collections::BTreeMap<String, String>,
 ) -> Result<Action, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let name = c.name_any();
     let generation = c.metadata.generation;
-    forget(state, &c.namespace().unwrap_or_default(), &c.name_any())?;
-    let decision = TrustDecision::verification_failed(message);
+    let (status, reason) = match failure.class {
+        ErrorClass::Transient => (ConditionStatus::Unknown, Reason::ArtifactUnreachable),
+        _ => (ConditionStatus::False, Reason::ArtifactUnavailable),
+    };
+    let last = {
+        let index = ctx.index.read().map_err(|_| Error::IndexPoisoned)?;
+        index.last_facts(&ns, &name).cloned()
+    };
+    // After a restart the index has no record: the status's digest (of the same artifact
+    // reference) is decided on, without signers, which only approvals and pinned or registry
+    // sources can vouch for.
+    let last = last.or_else(|| {
+        let digest = Digest::parse(before.resolved_digest.as_deref()?).ok()?;
+        Some(ComponentFacts {
+            repository: repository_of(c),
+            ..ComponentFacts::new(&ns, &name, digest, airssys_crds::CapabilitySet::default())
+        })
+    });
+    let kept = match last {
+        Some(mut facts) => {
+            facts.request = request;
+            facts.namespace_labels = labels;
+            let digest = facts.digest.clone();
+            let decision = {
+                let mut index = ctx.index.write().map_err(|_| Error::IndexPoisoned)?;
+                let decision = index.decide(&facts, ctx.policy());
+                index.record(facts, decision.clone());
+                decision
+            };
+            apply_decision(&mut after, &decision, digest.as_ref(), generation);
+            match &digest {
+                Some(d) if decision.approved => {
+                    format!("the approval of the last resolved digest {d} holds meanwhile")
+                }
+                Some(d) => format!("decided on the last resolved digest {d}: not approved"),
+                None => "nothing is approved meanwhile".to_owned(),
+            }
+        }
+        None => {
+            after.set(Condition::new(
+                ConditionType::Approved,
+                ConditionStatus::Unknown,
+                reason,
+                format!("Not evaluated yet: {}", failure.message),
+                generation,
+            ));
+            after.clear_decision();
+            "nothing is approved meanwhile".to_owned()
+        }
+    };
+    let msg = format!("{}; retrying with backoff, {kept}.", failure.message);
     after.set(Condition::new(
         ConditionType::Verified,
-        ConditionStatus::False,
-        Reason::VerificationFailed,
-        decision.message.clone(),
+        status,
+        reason,
+        msg,
         generation,
     ));
-    apply_decision(&mut after, &decision, None, generation);
-    finish(c, state, before, &after, generation).await?;
-    state.succeeded(&key(c));
-    Ok(Action::requeue(state.ctx.config.recheck))
+    finish(c, ctx, &before, &after, generation, &[]).await?;
+    let delay = ctx.backoff(&key(c));
+    warn!(error = %failure.message, ?delay, "artifact not available; retrying");
+    Ok(Action::requeue(delay))
 }
 
-fn forget(state: &State, ns: &str, name: &str) -> Result<(), Error> {
-    state
-        .ctx
-        .index
+fn forget(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    ctx.index
         .write()
         .map_err(|_| Error::IndexPoisoned)?
         .forget(ns, name);
     Ok(())
 }
 
-/// Writes a decision into the owned status fields.
+/// Writes a decision into the owned status fields: all of them, so nothing stale survives.
 fn apply_decision(
     after: &mut Owned,
     decision: &TrustDecision,
     digest: Option<&Digest>,
     generation: Option<i64>,
 ) {
+    let mut message = decision.message.clone();
+    if decision.matched_sources.len() > MATCHED_LIMIT {
+        message.push_str(&format!(
+            " ({} matching sources; status.matchedSources lists the first {MATCHED_LIMIT}.)",
+            decision.matched_sources.len()
+        ));
+    }
     after.set(Condition::new(
         ConditionType::Approved,
-        if decision.approved {
-            ConditionStatus::True
-        } else {
-            ConditionStatus::False
-        },
+        ConditionStatus::from(decision.approved),
         decision.reason,
-        decision.message.clone(),
+        message,
         generation,
     ));
     after.trust_level = Some(decision.level);
-    after.matched_sources.clone_from(&decision.matched_sources);
+    after.matched_sources = decision
+        .matched_sources
+        .iter()
+        .take(MATCHED_LIMIT)
+        .cloned()
+        .collect();
     after.approved_digest = digest
         .filter(|_| decision.approved)
         .map(ToString::to_string);
 }
 
-/// Writes the status (when it changed) and publishes an Event per transition.
+/// Writes the status (when it changed, or holds values this controller did not write) and
+/// publishes an Event per transition, plus one Warning per newly seen set of signatures that
+/// do not verify (`broken`).
 async fn finish(
     c: &WasmComponent,
-    state: &State,
+    ctx: &Context,
     before: &Owned,
     after: &Owned,
     generation: Option<i64>,
+    broken: &[String],
 ) -> Result<(), Error> {
     let observed = c.status.as_ref().and_then(|s| s.observed_generation);
     if before != after || observed != generation {
         let api: Api<WasmComponent> =
-            Api::namespaced(state.ctx.client.clone(), &c.namespace().unwrap_or_default());
-        api.patch_status(
-            &c.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&after.patch(generation)),
-        )
-        .await?;
+            Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+        let written = api
+            .patch_status(
+                &c.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&after.patch(generation)),
+            )
+            .await?;
+        // A field another manager also set survives our apply (it is shared, not ours alone);
+        // take it back with a merge patch, which replaces whatever is there.
+        if !after.holds_in(&written.status.unwrap_or_default()) {
+            let merge = serde_json::json!({ "status": {
+                "resolvedDigest": after.resolved_digest,
+                "approvedDigest": after.approved_digest,
+                "trustLevel": after.trust_level,
+                "matchedSources": after.matched_sources,
+            }});
+            api.patch_status(
+                &c.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&merge),
+            )
+            .await?;
+        }
     }
     let regarding = c.object_ref(&());
-    let state_of = |c: &Option<Condition>| c.as_ref().map(|c| (c.status, c.reason.clone()));
+    let transition = |c: &Option<Condition>| c.as_ref().map(|c| (c.status, c.reason.clone()));
 
-    if state_of(&before.verified) != state_of(&after.verified)
+    if transition(&before.verified) != transition(&after.verified)
         && let Some(cond) = &after.verified
         && cond.status != ConditionStatus::True
-        && let Some(event) = reason_of(&cond.reason).and_then(Reason::event)
+        && let Some(event) = cond.reason().and_then(EventReason::for_condition)
         // The Approved transition below reports these with the same reason.
-        && !matches!(event, EventReason::VerificationFailed | EventReason::InvalidSpec)
+        && !matches!(
+            cond.reason(),
+            Some(Reason::VerificationFailed | Reason::InvalidSpec)
+        )
     {
-        state
-            .publish(&regarding, event, "Verify", cond.message.clone())
+        ctx.publish(&regarding, event, "Verify", cond.message.clone())
             .await;
     }
+    let message_of = |c: &Option<Condition>| c.as_ref().map(|c| c.message.clone());
+    if !broken.is_empty() && message_of(&before.verified) != message_of(&after.verified) {
+        ctx.publish(
+            &regarding,
+            EventReason::SignatureUnverifiable,
+            "Verify",
+            format!(
+                "Ignored {} signature(s) that do not verify (corrupted, tampered or made for another artifact); only verified signatures count: {}",
+                broken.len(),
+                summarize(broken)
+            ),
+        )
+        .await;
+    }
 
-    if state_of(&before.approved) != state_of(&after.approved)
+    if transition(&before.approved) != transition(&after.approved)
         && let Some(cond) = &after.approved
     {
-        state.metrics.decision(&cond.reason);
-        info!(approved = %cond.status_str(), reason = %cond.reason, "decision changed");
-        if let Some(event) = reason_of(&cond.reason).and_then(Reason::event)
+        ctx.metrics.decision(&cond.reason);
+        info!(approved = %cond.status, reason = %cond.reason, "decision changed");
+        if let Some(event) = cond.reason().and_then(EventReason::for_condition)
             && cond.status != ConditionStatus::Unknown
         {
-            state
-                .publish(&regarding, event, "Approve", cond.message.clone())
+            ctx.publish(&regarding, event, "Approve", cond.message.clone())
                 .await;
         }
         if before.is_approved() && !after.is_approved() {
@@ -422,66 +544,24 @@ async fn finish(
                 cond.reason,
                 cond.message
             );
-            state
-                .publish(&regarding, EventReason::ApprovalRevoked, "Revoke", note)
+            ctx.publish(&regarding, EventReason::ApprovalRevoked, "Revoke", note)
                 .await;
         }
     }
     Ok(())
 }
 
-/// The condition-reason constant behind a wire string.
-fn reason_of(s: &str) -> Option<Reason> {
-    [
-        Reason::TrustSourceMatched,
-        Reason::ManuallyApproved,
-        Reason::PendingApproval,
-        Reason::Denied,
-        Reason::DevModeBypass,
-        Reason::RequestExceedsCeiling,
-        Reason::VerificationFailed,
-        Reason::ArtifactVerified,
-        Reason::ArtifactUnreachable,
-        Reason::ArtifactUnavailable,
-        Reason::InvalidSpec,
-    ]
-    .into_iter()
-    .find(|r| r.as_str() == s)
-}
-
-trait StatusStr {
-    fn status_str(&self) -> &'static str;
-}
-
-impl StatusStr for Condition {
-    fn status_str(&self) -> &'static str {
-        match self.status {
-            ConditionStatus::True => "True",
-            ConditionStatus::False => "False",
-            ConditionStatus::Unknown => "Unknown",
-        }
-    }
-}
-
-async fn namespace_labels(
-    state: &State,
-    ns: &str,
-) -> Result<std::collections::BTreeMap<String, String>, Error> {
-    let api: Api<Namespace> = Api::all(state.ctx.client.clone());
-    Ok(api.get(ns).await?.metadata.labels.unwrap_or_default())
-}
-
 /// Resolves the artifact to a digest and fetches its signatures (OCI only). An OCI layer is
 /// downloaded and hashed unless `verified_digest` is the digest it resolves to.
 async fn resolve(
     c: &WasmComponent,
-    state: &State,
-    verified_digest: Option<&str>,
+    ctx: &Context,
+    verified_digest: Option<&Digest>,
 ) -> Result<Resolved, Failure> {
     let ns = c.namespace().unwrap_or_default();
     let artifact = &c.spec.artifact;
     if let Some(oci) = &artifact.oci {
-        return resolve_oci(oci, &ns, state, verified_digest).await;
+        return resolve_oci(oci, &ns, ctx, verified_digest).await;
     }
     if let Some(https) = &artifact.https {
         let raw = https.digest.as_deref().unwrap_or_default();
@@ -489,11 +569,7 @@ async fn resolve(
             class: ErrorClass::NeedsAction,
             message: e.to_string(),
         })?;
-        state
-            .ctx
-            .resolver
-            .fetch_https(&https.url, &expected)
-            .await?;
+        ctx.resolver.fetch_https(&https.url, &expected).await?;
         return Ok(Resolved {
             repository: None,
             digest: expected,
@@ -501,7 +577,7 @@ async fn resolve(
         });
     }
     if let Some(cm) = &artifact.config_map {
-        let api: Api<ConfigMap> = Api::namespaced(state.ctx.client.clone(), &ns);
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
         let map = api
             .get(&cm.name)
             .await
@@ -543,11 +619,11 @@ async fn resolve(
 async fn resolve_oci(
     oci: &OciArtifact,
     ns: &str,
-    state: &State,
-    verified_digest: Option<&str>,
+    ctx: &Context,
+    verified_digest: Option<&Digest>,
 ) -> Result<Resolved, Failure> {
     let registry = oci.reference.split('/').next().unwrap_or_default();
-    if oci.insecure && !state.ctx.config.allows_insecure(registry) {
+    if oci.insecure && !ctx.config.allows_insecure(registry) {
         return Err(Failure {
             class: ErrorClass::NeedsAction,
             message: format!(
@@ -556,7 +632,7 @@ async fn resolve_oci(
         });
     }
     let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
-    let api: Api<Secret> = Api::namespaced(state.ctx.client.clone(), ns);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for r in &oci.pull_secrets {
         // Only the component's own namespace: a tenant must not borrow another's credentials.
         let secret = api.get(&r.name).await.map_err(|e| {
@@ -577,14 +653,14 @@ async fn resolve_oci(
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
     let credentials = credentials_for(&borrowed, registry).map_err(ArtifactError::from)?;
-    let resolver = &state.ctx.resolver;
+    let resolver = &ctx.resolver;
     let resolved = resolver
         .resolve_oci(&oci.reference, oci.insecure, credentials.as_ref())
         .await?;
     let layers = resolver
         .fetch_signatures(&resolved, credentials.as_ref())
         .await?;
-    if verified_digest != Some(resolved.digest.as_str()) {
+    if verified_digest != Some(&resolved.digest) {
         // The manifest digest is what approvals bind to; make sure the registry serves the
         // bytes it names before vouching for them.
         resolver
@@ -606,8 +682,23 @@ mod tests {
         Condition::new(type_, status, reason, "m", Some(1))
     }
 
+    fn decision(approved: bool, reason: Reason, matched: &[&str]) -> TrustDecision {
+        TrustDecision {
+            level: if approved {
+                TrustLevel::Trusted
+            } else {
+                TrustLevel::Unknown
+            },
+            approved,
+            reason,
+            matched_sources: matched.iter().map(|m| (*m).to_owned()).collect(),
+            grant: airssys_crds::CapabilitySet::default(),
+            message: "why".into(),
+        }
+    }
+
     #[test]
-    fn status_patch_holds_only_owned_fields() {
+    fn status_patch_sets_every_owned_field_and_nothing_else() {
         let owned = Owned {
             resolved_digest: Some(format!("sha256:{}", "a".repeat(64))),
             approved_digest: None,
@@ -624,14 +715,16 @@ mod tests {
                 Reason::PendingApproval,
             )),
         };
-        let patch = owned.patch(Some(3));
+        let patch = serde_json::to_value(owned.patch(Some(3))).unwrap();
         let status = patch["status"].as_object().unwrap();
         assert_eq!(patch["kind"], "WasmComponent");
+        assert_eq!(patch["apiVersion"], "wasm.airssys.dev/v1alpha1");
         assert_eq!(status["observedGeneration"], 3);
         assert!(
             !status.contains_key("approvedDigest"),
-            "an omitted field is removed by server-side apply"
+            "a field that does not hold is left out (null is refused for enums)"
         );
+        assert_eq!(status["matchedSources"], serde_json::json!([]));
         assert!(
             !status.contains_key("replicas") && !status.contains_key("readyReplicas"),
             "replicas belong to the placement writer"
@@ -669,17 +762,41 @@ mod tests {
     }
 
     #[test]
-    fn approved_digest_follows_the_decision() {
+    fn a_decision_overwrites_every_owned_field() {
         let digest = Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap();
-        let mut o = Owned::from_status(&WasmComponentStatus::default());
-        let mut d = TrustDecision::verification_failed("x");
-        apply_decision(&mut o, &d, Some(&digest), Some(1));
+        // Values someone else wrote into the status.
+        let mut o = Owned::from_status(&WasmComponentStatus {
+            approved_digest: Some(digest.to_string()),
+            matched_sources: vec!["forged".into()],
+            trust_level: Some(TrustLevel::Trusted),
+            ..WasmComponentStatus::default()
+        });
+        apply_decision(
+            &mut o,
+            &decision(false, Reason::PendingApproval, &[]),
+            Some(&digest),
+            Some(1),
+        );
         assert_eq!(o.approved_digest, None);
-        d.approved = true;
-        d.reason = Reason::ManuallyApproved;
-        apply_decision(&mut o, &d, Some(&digest), Some(1));
+        assert!(o.matched_sources.is_empty());
+        assert_eq!(o.trust_level, Some(TrustLevel::Unknown));
+        apply_decision(
+            &mut o,
+            &decision(true, Reason::ManuallyApproved, &["a"]),
+            Some(&digest),
+            Some(1),
+        );
         assert_eq!(o.approved_digest.as_deref(), Some(digest.as_str()));
         assert!(o.is_approved());
-        assert!(reason_of("ManuallyApproved").is_some() && reason_of("Nope").is_none());
+        let many: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+        let names: Vec<&str> = many.iter().map(String::as_str).collect();
+        apply_decision(
+            &mut o,
+            &decision(true, Reason::TrustSourceMatched, &names),
+            Some(&digest),
+            Some(1),
+        );
+        assert_eq!(o.matched_sources.len(), MATCHED_LIMIT);
+        assert!(o.approved.unwrap().message.contains("100 matching sources"));
     }
 }

@@ -1,32 +1,35 @@
 //! The controllers: [`trust_source`] keeps the trust index and re-queues the components a
 //! source change affects; [`component`] resolves, verifies and decides each `WasmComponent`.
 //!
-//! Both share one [`State`]. A source change reaches the component controller through a
-//! channel of `ObjectRef`s (`Controller::reconcile_on`), so the index is updated before the
-//! affected components are evaluated again.
+//! Both share one [`Context`]. A source change reaches the component controller through a
+//! channel of `ObjectRefs` (`Controller::reconcile_on`), so the index is updated before the
+//! affected components are evaluated again. Components are enumerated from the component
+//! controller's reflector store, never listed; Namespaces are watched too, and a label change
+//! re-queues the namespace's components at once (a relabel can change which sources select
+//! them).
 
 pub mod component;
 pub mod trust_source;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use airssys_crds::{TrustSource, WasmComponent};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::predicates;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::events::{EventReason, EventType};
 use crate::metrics::Metrics;
-use crate::{Context, Error};
+use crate::{Config, Context, Error, Resolver, TrustIndex};
 
 /// The finalizer on `WasmComponent`s, so deletions are seen and the index forgets them.
 pub const FINALIZER: &str = "wasm.airssys.dev/cleanup";
@@ -34,42 +37,49 @@ pub const FINALIZER: &str = "wasm.airssys.dev/cleanup";
 pub const FIELD_MANAGER: &str = "airssys-operator";
 /// `reportingController` of our Events.
 pub const REPORTER: &str = "airssys-operator";
+/// The most bytes of an Event note (the API server allows 1 kB).
+const NOTE_LIMIT: usize = 1000;
 
-/// What the reconcilers share.
-pub struct State {
-    pub ctx: Context,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    /// Components to evaluate again (a source they depend on changed).
-    pub requeue: mpsc::UnboundedSender<ObjectRef<WasmComponent>>,
-    /// Consecutive failures per object, for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
+/// The reflector stores the controllers read instead of listing.
+#[derive(Clone)]
+pub struct Stores {
+    pub components: Store<WasmComponent>,
+    pub namespaces: Store<Namespace>,
 }
 
-impl std::fmt::Debug for State {
+impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("ctx", &self.ctx)
-            .finish_non_exhaustive()
+        f.debug_struct("Stores")
+            .field("components", &self.components.len())
+            .field("namespaces", &self.namespaces.len())
+            .finish()
     }
 }
 
-impl State {
+impl Context {
+    /// The shared state of both controllers.
     pub fn new(
-        ctx: Context,
+        client: kube::Client,
+        resolver: Resolver,
+        config: Config,
         metrics: Arc<Metrics>,
         requeue: mpsc::UnboundedSender<ObjectRef<WasmComponent>>,
+        stores: Stores,
     ) -> Self {
         let reporter = Reporter {
             controller: REPORTER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
         };
         Self {
-            recorder: Recorder::new(ctx.client.clone(), reporter),
-            ctx,
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            index: Arc::new(RwLock::new(TrustIndex::new())),
+            resolver,
+            config,
             metrics,
             requeue,
-            failures: Mutex::default(),
+            stores,
+            failures: Arc::new(Mutex::default()),
         }
     }
 
@@ -91,7 +101,7 @@ impl State {
     }
 
     /// Publishes an Event about `regarding`; a rejected Event is logged and counted, never
-    /// fails the reconciliation (the status already says the same).
+    /// fails the reconciliation (the status already says the same). The note is bounded.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
@@ -106,7 +116,7 @@ impl State {
         let event = Event {
             type_,
             reason: reason.as_str().to_owned(),
-            note: Some(truncate(note, 1000)),
+            note: Some(airssys_crds::condition::bounded(note, NOTE_LIMIT)),
             action: action.to_owned(),
             secondary: None,
         };
@@ -120,16 +130,12 @@ impl State {
         self.metrics.event(reason.as_str(), published);
     }
 
-    /// Sends every `WasmComponent` to the component controller (key material changed, so
-    /// recorded signers may no longer be right).
-    pub async fn requeue_all(&self) -> Result<(), Error> {
-        let api: Api<WasmComponent> = Api::all(self.ctx.client.clone());
-        for c in api.list_metadata(&ListParams::default()).await? {
-            if let (Some(name), Some(ns)) = (c.metadata.name, c.metadata.namespace) {
-                let _ = self.requeue.send(ObjectRef::new(&name).within(&ns));
-            }
+    /// Sends every known `WasmComponent` to the component controller (key material changed,
+    /// so recorded signers may no longer be right).
+    pub fn requeue_all(&self) {
+        for c in self.stores.components.state() {
+            let _ = self.requeue.send(ObjectRef::from_obj(c.as_ref()));
         }
-        Ok(())
     }
 
     /// Sends `keys` (`namespace`, `name`) to the component controller.
@@ -140,18 +146,57 @@ impl State {
             let _ = self.requeue.send(ObjectRef::new(name).within(ns));
         }
     }
+
+    /// The labels of namespace `ns`, from the watched store (the API server when the store
+    /// has not seen it yet).
+    pub async fn namespace_labels(
+        &self,
+        ns: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        if let Some(namespace) = self.stores.namespaces.get(&ObjectRef::new(ns)) {
+            return Ok(namespace.labels().clone());
+        }
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        Ok(api.get(ns).await?.metadata.labels.unwrap_or_default())
+    }
+
+    /// The decision policy from the configuration.
+    pub fn policy(&self) -> crate::Policy {
+        self.config.policy()
+    }
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary (Event notes are limited to 1 kB).
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
+/// A typed server-side apply body for the status of a `K`: only the fields in `S` are sent, so
+/// only they become ours; everything else stays with its writer.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusApply<K, S> {
+    api_version: String,
+    kind: String,
+    status: S,
+    #[serde(skip)]
+    of: std::marker::PhantomData<K>,
+}
+
+impl<K: kube::Resource<DynamicType = ()>, S> StatusApply<K, S> {
+    pub fn new(status: S) -> Self {
+        Self {
+            api_version: K::api_version(&()).into_owned(),
+            kind: K::kind(&()).into_owned(),
+            status,
+            of: std::marker::PhantomData,
         }
-        s.truncate(end);
     }
-    s
+}
+
+/// Components of namespace `ns` in the store, as controller requests.
+fn components_in(store: &Store<WasmComponent>, ns: &str) -> Vec<ObjectRef<WasmComponent>> {
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(ns))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
 }
 
 /// Loads every `TrustSource` into the index, so the first component evaluations already see
@@ -169,16 +214,33 @@ pub async fn load_sources(ctx: &Context) -> Result<usize, Error> {
 }
 
 /// Runs both controllers until SIGTERM or Ctrl-C.
-pub async fn run(ctx: Context, metrics: Arc<Metrics>) -> Result<(), Error> {
+pub async fn run(
+    client: kube::Client,
+    resolver: Resolver,
+    config: Config,
+    metrics: Arc<Metrics>,
+) -> Result<(), Error> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (components, component_writer) = reflector::store();
+    let (namespaces, namespace_writer) = reflector::store();
+    let stores = Stores {
+        components: components.clone(),
+        namespaces,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        resolver,
+        config,
+        metrics,
+        tx,
+        stores,
+    ));
     let loaded = load_sources(&ctx).await?;
     info!(sources = loaded, "trust index loaded");
-    let (tx, rx) = mpsc::unbounded_channel();
-    let state = Arc::new(State::new(ctx.clone(), metrics, tx));
-    let client = ctx.client.clone();
 
     // Our own watch of TrustSources, so deletions are seen without a finalizer on them.
     let (reader, writer) = reflector::store();
-    let watch_state = state.clone();
+    let watch_ctx = ctx.clone();
     let store = reader.clone();
     let source_events = reflector::reflector(
         writer,
@@ -190,11 +252,11 @@ pub async fn run(ctx: Context, metrics: Arc<Metrics>) -> Result<(), Error> {
     )
     .inspect(move |event| match event {
         Ok(watcher::Event::Delete(source)) => {
-            trust_source::deleted(&source.name_any(), &watch_state);
+            trust_source::deleted(&source.name_any(), &watch_ctx);
         }
         Ok(watcher::Event::InitDone) => {
             let existing: Vec<String> = store.state().iter().map(|s| s.name_any()).collect();
-            trust_source::prune(&existing, &watch_state);
+            trust_source::prune(&existing, &watch_ctx);
         }
         _ => {}
     })
@@ -204,7 +266,7 @@ pub async fn run(ctx: Context, metrics: Arc<Metrics>) -> Result<(), Error> {
         .run(
             trust_source::reconcile,
             trust_source::error_policy,
-            state.clone(),
+            ctx.clone(),
         )
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -214,18 +276,34 @@ pub async fn run(ctx: Context, metrics: Arc<Metrics>) -> Result<(), Error> {
 
     let requeues =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    let components = Controller::new(
-        Api::<WasmComponent>::all(client),
-        watcher::Config::default(),
+    let component_events = reflector::reflector(
+        component_writer,
+        watcher(
+            Api::<WasmComponent>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
     )
-    .reconcile_on(requeues)
-    .shutdown_on_signal()
-    .run(component::reconcile, component::error_policy, state)
-    .for_each(|res| async move {
-        if let Err(e) = res {
-            warn!(error = %e, "component controller");
-        }
-    });
+    .touched_objects();
+    // Only label changes matter: they decide which sources select the namespace.
+    let relabels = reflector::reflector(
+        namespace_writer,
+        watcher(Api::<Namespace>::all(client), watcher::Config::default()).default_backoff(),
+    )
+    .applied_objects()
+    .predicate_filter(predicates::labels, Default::default());
+    let components = Controller::for_stream(component_events, components.clone())
+        .watches_stream(relabels, move |ns: Namespace| {
+            components_in(&components, &ns.name_any())
+        })
+        .reconcile_on(requeues)
+        .shutdown_on_signal()
+        .run(component::reconcile, component::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "component controller");
+            }
+        });
 
     // The controllers drain in-flight reconciles on the signal; a reconcile stuck on the
     // network (or a watch that never finished its first list) must not hold the process past
@@ -266,21 +344,9 @@ async fn shutdown_signal() {
 }
 
 /// The shared error policy: count, log, and retry with backoff.
-fn retry_after_error(state: &State, controller: &str, key: &str, error: &Error) -> Action {
-    state.metrics.failure(controller);
-    let delay = state.backoff(key);
+fn retry_after_error(ctx: &Context, controller: &str, key: &str, error: &Error) -> Action {
+    ctx.metrics.failure(controller);
+    let delay = ctx.backoff(key);
     warn!(controller, object = key, error = %error, transient = error.is_transient(), ?delay, "reconcile failed");
     Action::requeue(delay)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn truncation_keeps_char_boundaries() {
-        assert_eq!(truncate("abc".into(), 10), "abc");
-        assert_eq!(truncate("abcdef".into(), 3), "abc");
-        assert_eq!(truncate("aé".into(), 2), "a", "é is two bytes");
-    }
 }

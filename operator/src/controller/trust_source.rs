@@ -8,49 +8,48 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airssys_crds::TrustSource;
 use airssys_crds::condition::{self, Condition, ConditionStatus, ConditionType};
+use airssys_crds::{TrustSource, TrustSourceStatus};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use super::{FIELD_MANAGER, State};
+use super::{FIELD_MANAGER, StatusApply};
 use crate::events::{EventReason, Reason};
 use crate::index::Applied;
-use crate::{Error, metrics};
+use crate::{Context, Error, metrics};
 
 const CONTROLLER: &str = "trustsource";
 /// How often `status.components` is refreshed without a change to the source.
 const REFRESH: Duration = Duration::from_secs(30);
 
-pub async fn reconcile(source: Arc<TrustSource>, state: Arc<State>) -> Result<Action, Error> {
-    let _timer: metrics::ReconcileTimer = state.metrics.reconcile(CONTROLLER);
+pub async fn reconcile(source: Arc<TrustSource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer: metrics::ReconcileTimer = ctx.metrics.reconcile(CONTROLLER);
     if source.metadata.deletion_timestamp.is_some() {
         // Going away; `deleted` handles it when the object is gone.
         return Ok(Action::await_change());
     }
-    apply(&source, &state).await
+    apply(&source, &ctx).await
 }
 
-pub fn error_policy(source: Arc<TrustSource>, error: &Error, state: Arc<State>) -> Action {
-    super::retry_after_error(&state, CONTROLLER, &source.name_any(), error)
+pub fn error_policy(source: Arc<TrustSource>, error: &Error, ctx: Arc<Context>) -> Action {
+    super::retry_after_error(&ctx, CONTROLLER, &source.name_any(), error)
 }
 
 #[instrument(skip_all, fields(source = %source.name_any()))]
-async fn apply(source: &TrustSource, state: &State) -> Result<Action, Error> {
+async fn apply(source: &TrustSource, ctx: &Context) -> Result<Action, Error> {
     let name = source.name_any();
     let generation = source.metadata.generation;
-    let dev_mode = state.ctx.config.dev_mode;
+    let policy = ctx.policy();
     let spec_changed = source.status.as_ref().and_then(|s| s.observed_generation) != generation;
 
     let (applied, affected, covered, signers) = {
-        let mut index = state.ctx.index.write().map_err(|_| Error::IndexPoisoned)?;
+        let mut index = ctx.index.write().map_err(|_| Error::IndexPoisoned)?;
         let had_signers = index.get(&name).is_some_and(|s| s.has_signers());
         let applied = index.apply(source);
         let has_signers = index.get(&name).is_some_and(|s| s.has_signers());
-        let affected = index.affected(dev_mode);
+        let affected = index.affected(policy);
         let covered = index.covered_by(&name);
         (applied, affected, covered, had_signers || has_signers)
     };
@@ -60,10 +59,10 @@ async fn apply(source: &TrustSource, state: &State) -> Result<Action, Error> {
             "re-evaluating affected components"
         );
     }
-    state.requeue_components(&affected);
+    ctx.requeue_components(&affected);
     // Keys feed verification, not only the decision: recorded signers may change.
     if spec_changed && signers {
-        state.requeue_all().await?;
+        ctx.requeue_all();
     }
 
     let (status, reason) = match &applied {
@@ -90,16 +89,12 @@ async fn apply(source: &TrustSource, state: &State) -> Result<Action, Error> {
         ),
     );
     let accepted = condition::find(&conditions, ConditionType::Accepted).cloned();
-    let patch = json!({
-        "apiVersion": TrustSource::api_version(&()),
-        "kind": TrustSource::kind(&()),
-        "status": {
-            "observedGeneration": generation,
-            "conditions": accepted.into_iter().collect::<Vec<_>>(),
-            "components": i32::try_from(covered).unwrap_or(i32::MAX),
-        },
+    let patch = StatusApply::<TrustSource, _>::new(TrustSourceStatus {
+        observed_generation: generation,
+        conditions: accepted.into_iter().collect(),
+        components: i32::try_from(covered).unwrap_or(i32::MAX),
     });
-    Api::<TrustSource>::all(state.ctx.client.clone())
+    Api::<TrustSource>::all(ctx.client.clone())
         .patch_status(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -112,23 +107,22 @@ async fn apply(source: &TrustSource, state: &State) -> Result<Action, Error> {
             .as_ref()
             .is_none_or(|(s, r)| (*s, r.as_str()) != (status, reason.as_str()))
     {
-        state
-            .publish(
-                &source.object_ref(&()),
-                EventReason::InvalidSource,
-                "Validate",
-                applied.message(),
-            )
-            .await;
+        ctx.publish(
+            &source.object_ref(&()),
+            EventReason::Condition(Reason::InvalidSource),
+            "Validate",
+            applied.message(),
+        )
+        .await;
     }
-    state.succeeded(&name);
+    ctx.succeeded(&name);
     Ok(Action::requeue(REFRESH))
 }
 
 /// Forgets a deleted source and re-queues what it decided for. Called from the watch stream.
-pub fn deleted(name: &str, state: &Arc<State>) {
+pub fn deleted(name: &str, ctx: &Context) {
     let removed = {
-        let Ok(mut index) = state.ctx.index.write() else {
+        let Ok(mut index) = ctx.index.write() else {
             warn!(
                 source = name,
                 "trust index poisoned; cannot forget a deleted source"
@@ -136,7 +130,7 @@ pub fn deleted(name: &str, state: &Arc<State>) {
             return;
         };
         let removed = index.remove(name);
-        removed.map(|s| (s.has_signers(), index.affected(state.ctx.config.dev_mode)))
+        removed.map(|s| (s.has_signers(), index.affected(ctx.policy())))
     };
     let Some((had_signers, affected)) = removed else {
         return;
@@ -146,20 +140,15 @@ pub fn deleted(name: &str, state: &Arc<State>) {
         components = affected.len(),
         "source deleted; re-evaluating affected components"
     );
-    state.requeue_components(&affected);
+    ctx.requeue_components(&affected);
     if had_signers {
-        let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = state.requeue_all().await {
-                warn!(error = %e, "re-queueing components after a key source was deleted");
-            }
-        });
+        ctx.requeue_all();
     }
 }
 
 /// After a (re-)list: forgets indexed sources that no longer exist.
-pub fn prune(existing: &[String], state: &Arc<State>) {
-    let gone: Vec<String> = match state.ctx.index.read() {
+pub fn prune(existing: &[String], ctx: &Context) {
+    let gone: Vec<String> = match ctx.index.read() {
         Ok(index) => index
             .sources()
             .map(|s| s.name.clone())
@@ -168,21 +157,22 @@ pub fn prune(existing: &[String], state: &Arc<State>) {
         Err(_) => return,
     };
     for name in gone {
-        deleted(&name, state);
+        deleted(&name, ctx);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::RwLock;
-
     use http::{Request, Response};
     use kube::client::Body;
     use tokio::sync::mpsc;
 
     use super::*;
     use crate::artifact::{Resolver, ResolverOptions};
-    use crate::{Config, Context, TrustIndex};
+    use crate::controller::Stores;
+    use crate::{Config, Context};
+    use kube::runtime::reflector;
+    use serde_json::json;
 
     /// Answers the API calls of one reconcile in order; returns (method, path, body) of each.
     async fn serve(
@@ -216,14 +206,19 @@ mod tests {
     async fn an_invalid_source_is_rejected_with_a_status_and_an_event() {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
-        let ctx = Context {
-            client,
-            index: Arc::new(RwLock::new(TrustIndex::new())),
-            resolver: Resolver::new(ResolverOptions::default()).unwrap(),
-            config: Config::default(),
-        };
         let (tx, _rx) = mpsc::unbounded_channel();
-        let state = Arc::new(State::new(ctx, Arc::default(), tx));
+        let stores = Stores {
+            components: reflector::store().0,
+            namespaces: reflector::store().0,
+        };
+        let state = Arc::new(Context::new(
+            client,
+            Resolver::new(ResolverOptions::default()).unwrap(),
+            Config::default(),
+            Arc::default(),
+            tx,
+            stores,
+        ));
         let source: TrustSource = serde_json::from_value(json!({
             "apiVersion": "wasm.airssys.dev/v1alpha1",
             "kind": "TrustSource",
@@ -264,7 +259,7 @@ mod tests {
         assert_eq!(body["type"], "Warning");
         assert_eq!(body["regarding"]["name"], "bad");
 
-        let index = state.ctx.index.read().unwrap();
+        let index = state.index.read().unwrap();
         assert!(index.get("bad").is_none(), "a rejected source is not used");
         assert!(index.rejection("bad").is_some());
     }

@@ -14,13 +14,25 @@ use airssys_test_support::{ControlPlane, Supervised, run_tool};
 /// registries, a 2 s recheck and a metrics endpoint on a free port, plus `extra` flags.
 /// The harness's watchdog stops it when the test process exits.
 pub fn spawn_operator(cp: &ControlPlane, extra: &[&str], log_name: &str) -> Mutex<Supervised> {
+    spawn_operator_rechecking(cp, 2, extra, log_name)
+}
+
+/// [`spawn_operator`] with a recheck of `recheck_seconds`: a long one shows that a reaction
+/// comes from a watch, not from the periodic re-resolution.
+pub fn spawn_operator_rechecking(
+    cp: &ControlPlane,
+    recheck_seconds: u64,
+    extra: &[&str],
+    log_name: &str,
+) -> Mutex<Supervised> {
+    let recheck = recheck_seconds.to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_airssys-operator"));
     cmd.args([
         "run",
         "--insecure-registry",
         "127.0.0.1",
         "--recheck-seconds",
-        "2",
+        &recheck,
         "--metrics-addr",
         "127.0.0.1:0",
     ])
@@ -62,4 +74,46 @@ pub fn replace_signature(dir: &Path, repository: &str, digest: &Digest, signatur
         "sig-manifest.json",
     ]);
     old
+}
+
+/// Fetches the cosign signature manifest of `repository@digest`, lets `edit` change it, and
+/// re-pushes it under the same tag with oras (run in `dir`).
+fn edit_signature_manifest(
+    dir: &Path,
+    repository: &str,
+    digest: &Digest,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let oras = |args: &[&str]| run_tool(dir, "oras", args).unwrap_or_else(|e| panic!("{e}"));
+    let tag = format!("{repository}:{}", signature_tag(digest));
+    let fetched = oras(&["manifest", "fetch", "--plain-http", &tag]);
+    let mut manifest: serde_json::Value = serde_json::from_str(&fetched).unwrap();
+    edit(&mut manifest);
+    std::fs::write(dir.join("sig-manifest.json"), manifest.to_string()).unwrap();
+    oras(&[
+        "manifest",
+        "push",
+        "--plain-http",
+        &tag,
+        "sig-manifest.json",
+    ]);
+}
+
+/// Adds a second signature layer (the first layer's payload, `signature` as its signature
+/// annotation) to the cosign signature manifest of `repository@digest`.
+pub fn add_signature(dir: &Path, repository: &str, digest: &Digest, signature: &str) {
+    edit_signature_manifest(dir, repository, digest, |manifest| {
+        let layers = manifest["layers"].as_array_mut().unwrap();
+        let mut extra = layers[0].clone();
+        extra["annotations"]["dev.cosignproject.cosign/signature"] =
+            serde_json::Value::String(signature.to_owned());
+        layers.push(extra);
+    });
+}
+
+/// Keeps only the first signature layer of the signature manifest of `repository@digest`.
+pub fn remove_extra_signatures(dir: &Path, repository: &str, digest: &Digest) {
+    edit_signature_manifest(dir, repository, digest, |manifest| {
+        manifest["layers"].as_array_mut().unwrap().truncate(1);
+    });
 }
