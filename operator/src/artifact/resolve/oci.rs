@@ -1,12 +1,7 @@
-//! Network side of artifacts: OCI registries (through `oci-client`) and HTTPS URLs.
-//!
-//! Everything fetched is re-hashed here, whatever the server or the client library claims:
-//! the manifest against the digest it is named by, the wasm layer against its descriptor, an
-//! HTTPS body against the digest the spec requires.
+//! OCI registries through `oci-client`: tags to digests, manifests, cosign signature
+//! manifests, and the component layer streamed through SHA-256.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use airssys_crds::Digest;
@@ -21,85 +16,17 @@ use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
-use super::cosign::{CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION};
-use super::cosign::{
+use super::{Resolver, retry};
+use crate::artifact::cosign::{CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION};
+use crate::artifact::cosign::{
     SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, SignatureLayer, signature_tag,
 };
-use super::{
+use crate::artifact::{
     ArtifactError, ErrorClass, RegistryCredentials, check_digest, digest_of, status_class,
 };
 
 /// Media types accepted as the component layer.
 pub const WASM_MEDIA_TYPES: [&str; 2] = ["application/wasm", WASM_LAYER_MEDIA_TYPE];
-
-/// Retries for transient failures: exponential backoff from `initial`, capped at `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Tries in total (at least 1).
-    pub attempts: u32,
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 4,
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(4),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before try `n + 1` (after `n` failures, `n >= 1`).
-    pub fn delay(&self, n: u32) -> Duration {
-        let factor = 2u32.saturating_pow(n.saturating_sub(1));
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-}
-
-/// Runs `op` until it succeeds, fails non-transiently, or `policy.attempts` are used up.
-pub async fn retry<T, F, Fut>(
-    policy: &RetryPolicy,
-    what: &str,
-    mut op: F,
-) -> Result<T, ArtifactError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ArtifactError>>,
-{
-    let mut failures = 0;
-    loop {
-        match op().await {
-            Err(err) if err.is_transient() && failures + 1 < policy.attempts.max(1) => {
-                failures += 1;
-                let wait = policy.delay(failures);
-                warn!(%err, what, attempt = failures, ?wait, "transient artifact error, retrying");
-                tokio::time::sleep(wait).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Size limits for what is fetched into memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FetchLimits {
-    pub component_bytes: u64,
-    pub signature_bytes: u64,
-    pub signature_layers: usize,
-}
-
-impl Default for FetchLimits {
-    fn default() -> Self {
-        Self {
-            component_bytes: 64 << 20,
-            signature_bytes: 1 << 20,
-            signature_layers: 32,
-        }
-    }
-}
 
 /// An OCI reference resolved to a manifest digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,9 +67,9 @@ impl ResolvedOci {
 
 /// Which OCI client a request uses: plain HTTP or not, and whose credentials (user name and
 /// a hash of the password).
-type ClientKey = (bool, Option<(String, [u8; 32])>);
+pub(super) type ClientKey = (bool, Option<(String, [u8; 32])>);
 
-fn client_key(insecure: bool, credentials: Option<&RegistryCredentials>) -> ClientKey {
+pub(super) fn client_key(insecure: bool, credentials: Option<&RegistryCredentials>) -> ClientKey {
     (
         insecure,
         credentials.map(|c| {
@@ -155,91 +82,15 @@ fn client_key(insecure: bool, credentials: Option<&RegistryCredentials>) -> Clie
 }
 
 /// A layer check in flight: which client (protocol and credentials), repository and digest.
-type LayerCheckKey = (ClientKey, String, String);
+pub(super) type LayerCheckKey = (ClientKey, String, String);
 
 /// The shared result of one layer download; errors are shared through an `Arc` because the
 /// error types inside are not `Clone`.
-type LayerCheck = Shared<BoxFuture<'static, Result<u64, Arc<ArtifactError>>>>;
-
-/// Fetches artifacts. Cheap to clone; holds connection pools.
-///
-/// `oci-client` keeps the credentials and bearer tokens it was given per registry (and
-/// repository) inside the client, so one shared client would let a component pull with another
-/// namespace's pull secret. Each distinct set of credentials therefore gets its own client.
-#[derive(Clone)]
-pub struct Resolver {
-    clients: Arc<Mutex<HashMap<ClientKey, Client>>>,
-    layer_checks: Arc<Mutex<HashMap<LayerCheckKey, LayerCheck>>>,
-    extra_roots: Arc<Vec<Vec<u8>>>,
-    http: reqwest::Client,
-    pub retry: RetryPolicy,
-    pub limits: FetchLimits,
-}
-
-impl std::fmt::Debug for Resolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resolver")
-            .field("retry", &self.retry)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Makes ring the process's rustls provider (reqwest is built without one), once.
-pub fn install_crypto_provider() {
-    // An error means a provider is already installed, which is all we need.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// How a [`Resolver`] behaves.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResolverOptions {
-    pub retry: RetryPolicy,
-    pub limits: FetchLimits,
-    /// Extra CA certificates (DER) trusted for registries and HTTPS URLs, on top of the
-    /// system's: private registries, and tests.
-    pub extra_roots: Vec<Vec<u8>>,
-}
-
-fn builder_error(source: reqwest::Error) -> ArtifactError {
-    ArtifactError::Http {
-        url: String::new(),
-        source,
-    }
-}
+pub(super) type LayerCheck = Shared<BoxFuture<'static, Result<u64, Arc<ArtifactError>>>>;
 
 impl Resolver {
-    pub fn new(options: ResolverOptions) -> Result<Self, ArtifactError> {
-        install_crypto_provider();
-        let http_roots = options
-            .extra_roots
-            .iter()
-            .map(|der| reqwest::Certificate::from_der(der))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(builder_error)?;
-        let http = reqwest::Client::builder()
-            .https_only(true)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .tls_certs_merge(http_roots)
-            .build()
-            .map_err(builder_error)?;
-        let resolver = Self {
-            clients: Arc::default(),
-            layer_checks: Arc::default(),
-            extra_roots: Arc::new(options.extra_roots),
-            http,
-            retry: options.retry,
-            limits: options.limits,
-        };
-        // Build the anonymous clients now so a bad configuration fails at start-up.
-        resolver.client(false, None)?;
-        resolver.client(true, None)?;
-        Ok(resolver)
-    }
-
     /// The OCI client for this protocol and these credentials.
-    fn client(
+    pub(super) fn client(
         &self,
         insecure: bool,
         credentials: Option<&RegistryCredentials>,
@@ -634,71 +485,9 @@ impl Resolver {
         }
         Ok(size)
     }
-
-    /// Downloads `url` (HTTPS only) and checks the bytes against the required `expected` digest.
-    pub async fn fetch_https(
-        &self,
-        url: &str,
-        expected: &Digest,
-    ) -> Result<Vec<u8>, ArtifactError> {
-        check_https(url)?;
-        let bytes = retry(&self.retry, url, || self.get_https(url)).await?;
-        check_digest(url, &bytes, expected)?;
-        Ok(bytes)
-    }
-
-    async fn get_https(&self, url: &str) -> Result<Vec<u8>, ArtifactError> {
-        let http_err = |source| ArtifactError::Http {
-            url: url.to_owned(),
-            source,
-        };
-        let mut response = self.http.get(url).send().await.map_err(http_err)?;
-        let status = response.status().as_u16();
-        if !response.status().is_success() {
-            return Err(ArtifactError::HttpStatus {
-                url: url.to_owned(),
-                status,
-            });
-        }
-        let limit = self.limits.component_bytes;
-        let too_large = |size| ArtifactError::TooLarge {
-            what: url.to_owned(),
-            size,
-            limit,
-        };
-        if let Some(len) = response.content_length()
-            && len > limit
-        {
-            return Err(too_large(len));
-        }
-        let mut out = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(http_err)? {
-            out.extend_from_slice(&chunk);
-            if out.len() as u64 > limit {
-                return Err(too_large(out.len() as u64));
-            }
-        }
-        Ok(out)
-    }
 }
 
-/// Only `https://` URLs with a host.
-pub fn check_https(url: &str) -> Result<(), ArtifactError> {
-    let invalid = |reason| ArtifactError::InvalidUrl {
-        url: url.to_owned(),
-        reason,
-    };
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| invalid("only https:// URLs are fetched"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if host.is_empty() || host.contains('@') {
-        return Err(invalid("the URL needs a host and no user info"));
-    }
-    Ok(())
-}
-
-fn auth(credentials: Option<&RegistryCredentials>) -> RegistryAuth {
+pub(super) fn auth(credentials: Option<&RegistryCredentials>) -> RegistryAuth {
     match credentials {
         Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
         None => RegistryAuth::Anonymous,
@@ -706,7 +495,7 @@ fn auth(credentials: Option<&RegistryCredentials>) -> RegistryAuth {
 }
 
 /// The one wasm layer of a component manifest.
-fn wasm_layer<'m>(
+pub(super) fn wasm_layer<'m>(
     reference: &str,
     manifest: &'m OciImageManifest,
 ) -> Result<&'m OciDescriptor, ArtifactError> {
@@ -726,7 +515,7 @@ fn wasm_layer<'m>(
     }
 }
 
-fn is_not_found(e: &OciDistributionError) -> bool {
+pub(super) fn is_not_found(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
             matches!(
@@ -742,9 +531,11 @@ fn is_not_found(e: &OciDistributionError) -> bool {
 
 /// Classifies an `oci-client` error: connection trouble and 5xx are transient, a digest that
 /// does not match is an integrity failure, the rest needs someone to act.
-pub(crate) fn classify(e: &OciDistributionError) -> ErrorClass {
+pub(super) fn classify(e: &OciDistributionError) -> ErrorClass {
     match e {
-        OciDistributionError::RequestError(r) if r.is_builder() || super::is_tls_rejection(r) => {
+        OciDistributionError::RequestError(r)
+            if r.is_builder() || crate::artifact::is_tls_rejection(r) =>
+        {
             ErrorClass::NeedsAction
         }
         OciDistributionError::IoError(io) if digest_mismatch(io).is_some() => ErrorClass::Integrity,
@@ -770,7 +561,7 @@ pub(crate) fn classify(e: &OciDistributionError) -> ErrorClass {
 
 /// The digest mismatch oci-client found in a streamed blob, if that is what `e` is: it
 /// re-hashes blobs as they stream and reports a mismatch as an I/O error at the end.
-fn digest_mismatch(e: &std::io::Error) -> Option<(&str, &str)> {
+pub(super) fn digest_mismatch(e: &std::io::Error) -> Option<(&str, &str)> {
     match e.get_ref()?.downcast_ref::<DigestError>()? {
         DigestError::VerificationError { expected, actual } => Some((expected, actual)),
         _ => None,
@@ -779,7 +570,7 @@ fn digest_mismatch(e: &std::io::Error) -> Option<(&str, &str)> {
 
 /// An error while streaming a blob: bytes that do not match their digest are an integrity
 /// failure, not a network one (retrying would fetch the same changed bytes).
-fn stream_error(
+pub(super) fn stream_error(
     registry: &str,
     credentials: Option<&RegistryCredentials>,
     what: &str,
@@ -797,7 +588,7 @@ fn stream_error(
 
 /// Whether the registry refused the request for want of (valid) credentials: a failed token
 /// exchange, a 401 or 403, or an `UNAUTHORIZED`/`DENIED` error envelope.
-fn is_unauthorized(e: &OciDistributionError) -> bool {
+pub(super) fn is_unauthorized(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::AuthenticationFailure(_)
         | OciDistributionError::UnauthorizedError { .. } => true,
@@ -810,7 +601,7 @@ fn is_unauthorized(e: &OciDistributionError) -> bool {
     }
 }
 
-fn registry_error(
+pub(super) fn registry_error(
     registry: &str,
     credentials: Option<&RegistryCredentials>,
     source: OciDistributionError,
@@ -826,260 +617,5 @@ fn registry_error(
         registry: registry.to_owned(),
         class: classify(&source),
         source,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    #[test]
-    fn each_set_of_credentials_gets_its_own_client() {
-        let resolver = Resolver::new(ResolverOptions::default()).unwrap();
-        let creds = |u: &str, p: &str| RegistryCredentials {
-            username: u.into(),
-            password: p.into(),
-        };
-        let (a, a_other_password, b) = (creds("a", "1"), creds("a", "2"), creds("b", "1"));
-        for c in [Some(&a), Some(&a), Some(&a_other_password), Some(&b), None] {
-            resolver.client(false, c).unwrap();
-        }
-        let clients = resolver.clients.lock().unwrap();
-        // anonymous https + anonymous http (made at start) + a + a with another password + b
-        assert_eq!(clients.len(), 5, "no client is shared between credentials");
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let p = RetryPolicy {
-            attempts: 10,
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(500),
-        };
-        let delays: Vec<u128> = (1..=5).map(|n| p.delay(n).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 500, 500]);
-    }
-
-    fn transient() -> ArtifactError {
-        ArtifactError::HttpStatus {
-            url: "https://r".into(),
-            status: 503,
-        }
-    }
-
-    fn fast(attempts: u32) -> RetryPolicy {
-        RetryPolicy {
-            attempts,
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-        }
-    }
-
-    #[tokio::test]
-    async fn retry_spec() {
-        // (rule, policy attempts, failures before success, permanent?, calls, ok?)
-        let cases = [
-            ("success needs one call", 4, 0, false, 1, true),
-            (
-                "transient errors are retried until success",
-                4,
-                2,
-                false,
-                3,
-                true,
-            ),
-            ("retries stop at the attempt limit", 3, 10, false, 3, false),
-            ("permanent errors are not retried", 4, 10, true, 1, false),
-        ];
-        for (rule, attempts, failures, permanent, calls, ok) in cases {
-            let count = AtomicU32::new(0);
-            let result = retry(&fast(attempts), "test", || async {
-                let n = count.fetch_add(1, Ordering::SeqCst);
-                if n < failures {
-                    Err(if permanent {
-                        ArtifactError::DigestMismatch {
-                            what: "x".into(),
-                            expected: "a".into(),
-                            actual: "b".into(),
-                        }
-                    } else {
-                        transient()
-                    })
-                } else {
-                    Ok(n)
-                }
-            })
-            .await;
-            assert_eq!(count.load(Ordering::SeqCst), calls, "{rule}");
-            assert_eq!(result.is_ok(), ok, "{rule}");
-        }
-    }
-
-    #[test]
-    fn https_only() {
-        assert!(check_https("https://downloads.partner.io/x.wasm").is_ok());
-        for bad in [
-            "http://x/y.wasm",
-            "ftp://x",
-            "https:///x",
-            "https://user@host/x",
-            "x",
-        ] {
-            assert!(check_https(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn oci_error_classes() {
-        let server = |code| OciDistributionError::ServerError {
-            code,
-            url: "u".into(),
-            message: String::new(),
-        };
-        let envelope = |code: &str| OciDistributionError::RegistryError {
-            envelope: serde_json::from_str(&format!(
-                r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#
-            ))
-            .unwrap(),
-            url: "u".into(),
-        };
-        let cases = [
-            ("503 is transient", server(503), ErrorClass::Transient),
-            ("404 needs action", server(404), ErrorClass::NeedsAction),
-            (
-                "rate limit is transient",
-                envelope("TOOMANYREQUESTS"),
-                ErrorClass::Transient,
-            ),
-            (
-                "unknown manifest needs action",
-                envelope("MANIFEST_UNKNOWN"),
-                ErrorClass::NeedsAction,
-            ),
-            (
-                "unauthorized needs action",
-                OciDistributionError::UnauthorizedError { url: "u".into() },
-                ErrorClass::NeedsAction,
-            ),
-            (
-                "io error is transient",
-                OciDistributionError::IoError(std::io::Error::other("reset")),
-                ErrorClass::Transient,
-            ),
-            (
-                "a streamed blob that fails its digest is an integrity failure",
-                OciDistributionError::IoError(std::io::Error::other(
-                    DigestError::VerificationError {
-                        expected: "sha256:a".into(),
-                        actual: "sha256:b".into(),
-                    },
-                )),
-                ErrorClass::Integrity,
-            ),
-        ];
-        for (rule, err, want) in cases {
-            assert_eq!(classify(&err), want, "{rule}");
-        }
-        assert!(is_not_found(&envelope("MANIFEST_UNKNOWN")));
-        assert!(!is_not_found(&envelope("DENIED")));
-
-        // Refusals name who was refused and say what to do.
-        let refusals = [
-            (
-                "failed token exchange",
-                OciDistributionError::AuthenticationFailure("no".into()),
-            ),
-            (
-                "401",
-                OciDistributionError::UnauthorizedError { url: "u".into() },
-            ),
-            ("403", server(403)),
-            ("denied envelope", envelope("DENIED")),
-            ("unauthorized envelope", envelope("UNAUTHORIZED")),
-        ];
-        let robot = RegistryCredentials {
-            username: "robot".into(),
-            password: "hunter2".into(),
-        };
-        for (rule, err) in refusals {
-            let anonymous = registry_error("r.io", None, err);
-            assert!(
-                matches!(anonymous, ArtifactError::Unauthorized { user: None, .. }),
-                "{rule}: {anonymous:?}"
-            );
-            assert_eq!(anonymous.class(), ErrorClass::NeedsAction, "{rule}");
-            let msg = anonymous.to_string();
-            assert!(
-                msg.contains("refused anonymous access") && msg.contains("pullSecrets"),
-                "{rule}: {msg}"
-            );
-        }
-        let wrong = registry_error(
-            "r.io",
-            Some(&robot),
-            OciDistributionError::UnauthorizedError { url: "u".into() },
-        )
-        .to_string();
-        assert!(
-            wrong.contains("\"robot\"") && wrong.contains("Fix the user name and password"),
-            "{wrong}"
-        );
-        assert!(!wrong.contains("hunter2"), "{wrong}");
-        assert!(matches!(
-            registry_error("r.io", Some(&robot), server(404)),
-            ArtifactError::Registry { .. }
-        ));
-
-        let mismatch = stream_error(
-            "r.io",
-            None,
-            "component layer",
-            std::io::Error::other(DigestError::VerificationError {
-                expected: "sha256:a".into(),
-                actual: "sha256:b".into(),
-            }),
-        );
-        assert!(
-            matches!(&mismatch, ArtifactError::DigestMismatch { expected, actual, .. } if expected == "sha256:a" && actual == "sha256:b"),
-            "{mismatch:?}"
-        );
-        assert_eq!(
-            stream_error("r.io", None, "x", std::io::Error::other("reset")).class(),
-            ErrorClass::Transient
-        );
-    }
-
-    fn manifest(layers: &[&str]) -> OciImageManifest {
-        let layers: Vec<String> = layers
-            .iter()
-            .map(|mt| {
-                format!(
-                    r#"{{"mediaType":"{mt}","digest":"sha256:{}","size":4}}"#,
-                    "a".repeat(64)
-                )
-            })
-            .collect();
-        serde_json::from_str(&format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:{}","size":2}},"layers":[{}]}}"#,
-            "b".repeat(64),
-            layers.join(",")
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn wasm_layer_selection() {
-        assert!(wasm_layer("r", &manifest(&["application/wasm"])).is_ok());
-        assert!(wasm_layer("r", &manifest(&["text/plain", WASM_LAYER_MEDIA_TYPE])).is_ok());
-        assert!(matches!(
-            wasm_layer("r", &manifest(&["text/plain"])),
-            Err(ArtifactError::NoWasmLayer { .. })
-        ));
-        assert!(matches!(
-            wasm_layer("r", &manifest(&["application/wasm", "application/wasm"])),
-            Err(ArtifactError::Manifest { .. })
-        ));
     }
 }
