@@ -88,6 +88,9 @@ impl ManifestComponent {
             path: manifest_path.to_path_buf(),
             reason: format!("component {id}: {reason}"),
         };
+        // Names are Kubernetes names, as in a cluster: the storage keys rely on it.
+        crate::storage::check_component_id(&self.namespace, &self.name)
+            .map_err(|e| invalid(e.to_string()))?;
         let path = base.join(&self.wasm);
         let wasm = std::fs::read(&path)
             .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
@@ -158,6 +161,17 @@ components:
         let m: Manifest = serde_yaml::from_str(yaml).unwrap();
         let specs = m.specs(dir.path(), Path::new("m.yaml")).unwrap();
         assert_eq!(specs[0].id, ComponentId::new("default", "x"));
+        for (namespace, name) in [("ns", "a/b"), ("ns/a", "b"), ("NS", "x"), ("ns", "")] {
+            let yaml = format!(
+                "components: [{{ name: '{name}', namespace: '{namespace}', wasm: x.wasm }}]"
+            );
+            let bad: Manifest = serde_yaml::from_str(&yaml).unwrap();
+            let err = bad.specs(dir.path(), Path::new("m.yaml")).unwrap_err();
+            assert!(
+                matches!(err, Error::Manifest { .. }),
+                "{namespace}/{name}: {err}"
+            );
+        }
         assert_eq!(specs[0].digest, sha256_digest(b"not really wasm"));
         assert_eq!(specs[0].quotas.timeout, std::time::Duration::from_secs(2));
         assert_eq!(
