@@ -18,13 +18,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{is_approved, memory, operator_binary, push};
+use common::{is_approved, memory, operator_binary, push, start_operator, trust_bench_registry};
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use airssys_crds::{TrustSource, WasmComponent};
-use airssys_test_support::{ControlPlane, ControlPlaneOptions, Registry, Supervised};
+use airssys_test_support::{ControlPlane, ControlPlaneOptions, Registry};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use kube::Api;
@@ -63,56 +62,9 @@ async fn main() -> anyhow::Result<()> {
 
     let client = cp.client().await?;
     let sources: Api<TrustSource> = Api::all(client.clone());
-    let source: TrustSource = serde_json::from_value(serde_json::json!({
-        "apiVersion": "wasm.airssys.dev/v1alpha1",
-        "kind": "TrustSource",
-        "metadata": { "name": "bench-registry" },
-        "spec": {
-            "decision": "Trust",
-            "registries": [{ "repository": format!("{}/bench/**", registry.address()) }],
-            "capabilityCeiling": { "env": [{ "name": "LOG_LEVEL" }] },
-        },
-    }))?;
-    sources.create(&PostParams::default(), &source).await?;
-
-    let mut cmd = Command::new(&operator_bin);
-    cmd.args([
-        "run",
-        "--insecure-registry",
-        "127.0.0.1",
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ])
-    .env("KUBECONFIG", cp.kubeconfig_path())
-    .env("RUST_LOG", "warn");
-    let log = cp.dir().join("operator.log");
-    let mut operator = Supervised::spawn("airssys-operator", cmd, &log)?;
-
-    // The source must be in the operator's index before the burst, or the first decisions
-    // would be about a cluster without it.
-    let accepted = Instant::now();
-    loop {
-        let s = sources.get("bench-registry").await?;
-        let v = serde_json::to_value(&s)?;
-        let ok = v
-            .pointer("/status/conditions")
-            .and_then(|c| c.as_array())
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Accepted" && c["status"] == "True")
-            });
-        if ok {
-            break;
-        }
-        operator.check_running()?;
-        if accepted.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "the TrustSource was never accepted:\n{}",
-                operator.log_tail(40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    trust_bench_registry(&sources, registry.address()).await?;
+    let mut operator =
+        start_operator(&operator_bin, &cp, &sources, &[], Duration::from_secs(60)).await?;
 
     let ns = cp.create_namespace("bench").await?;
     let components: Api<WasmComponent> = Api::namespaced(client.clone(), &ns);

@@ -22,9 +22,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{is_approved, memory, operator_binary, push};
+use common::{is_approved, memory, operator_binary, push, start_operator, trust_bench_registry};
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use airssys_crds::{TrustSource, WasmComponent};
@@ -99,51 +98,17 @@ async fn main() -> anyhow::Result<()> {
         .buffer_unordered(in_flight)
         .try_collect::<Vec<()>>()
         .await?;
-    let approving: TrustSource = serde_json::from_value(serde_json::json!({
-        "apiVersion": "wasm.airssys.dev/v1alpha1",
-        "kind": "TrustSource",
-        "metadata": { "name": "bench-registry" },
-        "spec": {
-            "decision": "Trust",
-            "registries": [{ "repository": format!("{}/bench/**", registry.address()) }],
-            "capabilityCeiling": { "env": [{ "name": "LOG_LEVEL" }] },
-        },
-    }))?;
-    sources.create(&PostParams::default(), &approving).await?;
-
-    let mut cmd = Command::new(&operator_bin);
-    cmd.args([
-        "run",
-        "--insecure-registry",
-        "127.0.0.1",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        // Every reaction measured here must come from a watch, not from a re-resolution.
-        "--recheck-seconds",
-        "3600",
-    ])
-    .env("KUBECONFIG", cp.kubeconfig_path())
-    .env("RUST_LOG", "warn");
-    let log = cp.dir().join("operator.log");
-    let mut operator = Supervised::spawn("airssys-operator", cmd, &log)?;
+    trust_bench_registry(&sources, registry.address()).await?;
     let loaded = Instant::now();
-    loop {
-        let s = sources.get("bench-registry").await?;
-        let accepted = s.status.as_ref().is_some_and(|st| {
-            airssys_crds::condition::is_true(&st.conditions, airssys_crds::ConditionType::Accepted)
-        });
-        if accepted {
-            break;
-        }
-        operator.check_running()?;
-        if loaded.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "the TrustSource was never accepted:\n{}",
-                operator.log_tail(40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Every reaction measured here must come from a watch, not from a re-resolution.
+    let mut operator = start_operator(
+        &operator_bin,
+        &cp,
+        &sources,
+        &["--recheck-seconds", "3600"],
+        Duration::from_secs(120),
+    )
+    .await?;
     println!(
         "operator up, {} sources accepted after {:.2} s",
         source_count + 1,
