@@ -4,8 +4,10 @@
 //! - [`trust_source`]: `TrustSource`, what platform teams trust, deny or approve.
 //! - [`placement`]: `Placement`, one component on one node (internal).
 //! - [`capability`]: the capability grammar, matching and set comparison.
+//! - [`agent`]: the agent Lease, its capacity, the artifact server's protocol.
 //! - [`artifact`], [`limits`], [`condition`], [`reason`]: shared pieces.
 //! - [`generate`]: the CRD YAML the cluster is given.
+pub mod agent;
 pub mod artifact;
 pub mod capability;
 pub mod component;

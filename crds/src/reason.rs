@@ -7,8 +7,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Reasons on status conditions (`Verified`, `Approved` of a `WasmComponent`; `Accepted` of a
-/// `TrustSource`).
+/// Reasons on status conditions (`Verified`, `Approved`, `Scheduled`, `Ready`, `Degraded` of a
+/// `WasmComponent`; `Ready`, `Degraded` of a `Placement`; `Accepted` of a `TrustSource`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
     // Approved
@@ -42,11 +42,35 @@ pub enum Reason {
     SourceAccepted,
     /// The source is ignored: a pattern, key, certificate or capability did not parse.
     InvalidSource,
+    // Scheduled (WasmComponent)
+    /// Every replica has a node.
+    Placed,
+    /// Some replicas have no node: no live agent matches, or the matching ones are full.
+    Unschedulable,
+    /// Not approved (or approved for an older generation): nothing is placed.
+    NotApproved,
+    /// `replicas: 0`.
+    ScaledToZero,
+    // Ready (WasmComponent and Placement)
+    /// Every requested instance runs and is ready.
+    InstancesReady,
+    /// Instances are being fetched, compiled or started.
+    InstancesStarting,
+    /// The artifact could not be fetched from the operator, or its bytes did not hash to the
+    /// Placement's digest.
+    FetchFailed,
+    /// The fetched component does not compile or link on this node.
+    CompileFailed,
+    // Degraded
+    /// Instances restart repeatedly (crash loop backoff).
+    CrashLoop,
+    /// Nothing runs worse than asked.
+    Healthy,
 }
 
 impl Reason {
     /// Every reason, for tests and lookups.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 24] = [
         Self::TrustSourceMatched,
         Self::ManuallyApproved,
         Self::PendingApproval,
@@ -61,6 +85,16 @@ impl Reason {
         Self::InvalidSpec,
         Self::SourceAccepted,
         Self::InvalidSource,
+        Self::Placed,
+        Self::Unschedulable,
+        Self::NotApproved,
+        Self::ScaledToZero,
+        Self::InstancesReady,
+        Self::InstancesStarting,
+        Self::FetchFailed,
+        Self::CompileFailed,
+        Self::CrashLoop,
+        Self::Healthy,
     ];
 
     /// The wire string.
@@ -80,6 +114,16 @@ impl Reason {
             Self::InvalidSpec => "InvalidSpec",
             Self::SourceAccepted => "SourceAccepted",
             Self::InvalidSource => "InvalidSource",
+            Self::Placed => "Placed",
+            Self::Unschedulable => "Unschedulable",
+            Self::NotApproved => "NotApproved",
+            Self::ScaledToZero => "ScaledToZero",
+            Self::InstancesReady => "InstancesReady",
+            Self::InstancesStarting => "InstancesStarting",
+            Self::FetchFailed => "FetchFailed",
+            Self::CompileFailed => "CompileFailed",
+            Self::CrashLoop => "CrashLoop",
+            Self::Healthy => "Healthy",
         }
     }
 }

@@ -43,7 +43,15 @@ impl EventReason {
     /// Event of their own.
     pub fn for_condition(reason: Reason) -> Option<Self> {
         match reason {
-            Reason::ArtifactVerified | Reason::SourceAccepted => None,
+            // Routine, or reported per node by the agents' own Events (Started, CrashLoop).
+            Reason::ArtifactVerified
+            | Reason::SourceAccepted
+            | Reason::InstancesReady
+            | Reason::InstancesStarting
+            | Reason::Healthy
+            | Reason::FetchFailed
+            | Reason::CompileFailed
+            | Reason::CrashLoop => None,
             Reason::TrustSourceMatched
             | Reason::ManuallyApproved
             | Reason::PendingApproval
@@ -55,7 +63,11 @@ impl EventReason {
             | Reason::ArtifactUnreachable
             | Reason::ArtifactUnavailable
             | Reason::InvalidSpec
-            | Reason::InvalidSource => Some(Self::Condition(reason)),
+            | Reason::InvalidSource
+            | Reason::Placed
+            | Reason::Unschedulable
+            | Reason::NotApproved
+            | Reason::ScaledToZero => Some(Self::Condition(reason)),
         }
     }
 
@@ -76,7 +88,13 @@ impl EventReason {
                 | Reason::ManuallyApproved
                 | Reason::PendingApproval
                 | Reason::ArtifactVerified
-                | Reason::SourceAccepted,
+                | Reason::SourceAccepted
+                | Reason::Placed
+                | Reason::NotApproved
+                | Reason::ScaledToZero
+                | Reason::InstancesReady
+                | Reason::InstancesStarting
+                | Reason::Healthy,
             ) => EventType::Normal,
             Self::Condition(
                 Reason::Denied
@@ -87,7 +105,11 @@ impl EventReason {
                 | Reason::ArtifactUnreachable
                 | Reason::ArtifactUnavailable
                 | Reason::InvalidSpec
-                | Reason::InvalidSource,
+                | Reason::InvalidSource
+                | Reason::Unschedulable
+                | Reason::FetchFailed
+                | Reason::CompileFailed
+                | Reason::CrashLoop,
             )
             | Self::ApprovalRevoked
             | Self::SignatureUnverifiable => EventType::Warning,
