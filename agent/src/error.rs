@@ -25,6 +25,10 @@ pub enum Error {
         expected: airssys_crds::artifact::Digest,
         actual: airssys_crds::artifact::Digest,
     },
+    /// The artifact could not be fetched (the artifact server refused, failed or is
+    /// unreachable, or served something that is not the component).
+    #[error("cannot fetch {digest}: {reason}")]
+    Fetch { digest: String, reason: String },
     /// The `.wasm` is larger than the agent compiles.
     #[error("component is {size} bytes, over the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },

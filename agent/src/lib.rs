@@ -28,6 +28,7 @@
 //! 7. [`actor`]: a component's instances draining its mailbox; kills and restarts.
 //! 8. [`supervisor`]: the components on this node (add, update, remove).
 //! 9. [`manifest`]: local manifests for `airssys-agent run --manifest`.
+//! 10. [`artifact`]: how node mode gets a Placement's verified bytes.
 pub mod bindings;
 pub mod grant;
 pub mod id;
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod storage;
 
 pub mod actor;
+pub mod artifact;
 pub mod context;
 pub mod engine;
 pub mod host;
