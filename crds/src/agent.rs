@@ -31,9 +31,6 @@ pub const CAPACITY_MEMORY_ANNOTATION: &str = "wasm.airssys.dev/capacity-memory";
 /// `reportingController` of the agents' Events.
 pub const AGENT_REPORTING_CONTROLLER: &str = "wasm.airssys.dev/agent";
 
-/// `reportingController` of the operator's Events.
-pub const OPERATOR_REPORTING_CONTROLLER: &str = "wasm.airssys.dev/operator";
-
 /// Field manager of the agents' status writes on Placements.
 pub const AGENT_FIELD_MANAGER: &str = "airssys-agent";
 
