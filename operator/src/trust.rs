@@ -405,7 +405,7 @@ fn decide_unbounded<'s>(
             let shown_grant = bounded(grant.to_string(), ITEM_LIMIT * 4);
             let message = if decision == Decision::DevMode {
                 format!(
-                    "Runs unreviewed under dev mode: {basis} selects namespace {}; a Warning Event is emitted on every start. Granted: {shown_grant}.{ignored}",
+                    "Approved without review under dev mode: {basis} selects namespace {}; its instances emit a Warning Event each time one starts. Granted: {shown_grant}.{ignored}",
                     facts.namespace
                 )
             } else {

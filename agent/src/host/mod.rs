@@ -40,8 +40,8 @@ pub struct HostState {
     pub(crate) cpu: CpuBudget,
     /// Quota that stopped the current call, if any (the trap that follows is reported as it).
     pub(crate) breach: Option<Quota>,
-    /// What this instance may still make the agent log.
-    pub(crate) log_budget: logging::LogBudget,
+    /// What this instance may still make the agent log (its stdout and stderr share it).
+    pub(crate) log_budget: logging::SharedLogBudget,
     /// Where each filesystem descriptor is (its grant and guest path), for the checks.
     pub(crate) fs_places: filesystem::Places,
 }
@@ -60,7 +60,8 @@ impl std::fmt::Debug for HostState {
 impl HostState {
     /// A fresh state for the new instance `scope`.
     pub fn new(scope: InstanceScope) -> Result<Self, Error> {
-        let wasi = wasi::build_ctx(&scope)?;
+        let log_budget = logging::SharedLogBudget::default();
+        let wasi = wasi::build_ctx(&scope, &log_budget)?;
         let quotas = &scope.quotas;
         let table = resources::table(quotas.memory_bytes);
         Ok(Self {
@@ -76,7 +77,7 @@ impl HostState {
             },
             cpu: CpuBudget::default(),
             breach: None,
-            log_budget: logging::LogBudget::new(),
+            log_budget,
             fs_places: filesystem::Places::default(),
         })
     }

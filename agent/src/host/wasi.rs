@@ -1,7 +1,8 @@
 //! The per-instance WASI 0.2 context, built from the grant: one preopen per granted
 //! directory ([`super::filesystem`]), sockets checked per address ([`super::sockets`]),
 //! outgoing HTTP through [`super::http`]. Clocks and random are standard. No env besides
-//! the granted keys, no args, no stdio.
+//! the granted keys, no args, no stdin; stdout and stderr go to the agent's log, line by line,
+//! within the instance's log budget ([`super::logging`]).
 
 use std::net::SocketAddr;
 
@@ -9,14 +10,26 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 use super::filesystem::preopen_grants;
+use super::logging::{GuestOutput, Origin, SharedLogBudget};
 use super::sockets::socket_allowed;
 use crate::context::InstanceScope;
 use crate::error::Error;
 
 /// Builds the WASI context of the instance `ctx`.
-pub fn build_ctx(ctx: &InstanceScope) -> Result<WasiCtx, Error> {
+pub fn build_ctx(ctx: &InstanceScope, log_budget: &SharedLogBudget) -> Result<WasiCtx, Error> {
     let mut builder = WasiCtxBuilder::new();
     builder.envs(&ctx.env);
+    builder
+        .stdout(GuestOutput::new(
+            log_budget.clone(),
+            ctx.id.clone(),
+            Origin::Stdout,
+        ))
+        .stderr(GuestOutput::new(
+            log_budget.clone(),
+            ctx.id.clone(),
+            Origin::Stderr,
+        ));
     // One preopen per granted directory, opened without following symlinks.
     preopen_grants(&mut builder, ctx)?;
     let network = ctx.grants.has_network();

@@ -1,6 +1,8 @@
 //! Who may approve, with real RBAC: the chart's people-facing roles, rendered by the real
 //! `helm` and enforced by the real API server. Tenants run components but can never write a
-//! `TrustSource`; approvers can; namespace editors become tenants through aggregation.
+//! `TrustSource`; approvers can; namespace editors become tenants through aggregation. An
+//! agent's own credentials (a token bound to its node) write only its node's Placement status
+//! and Lease, and read no Secrets.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 
 use std::path::Path;
@@ -279,4 +281,234 @@ async fn namespace_editors_become_tenants_through_aggregation() {
         !can_i(cp, &editor, &["create", "trustsources"]).await,
         "edit must not reach TrustSources"
     );
+}
+
+/// Renders the whole chart (its own RBAC and admission policy) into `airssys-system` with the
+/// real helm and applies it as cluster admin.
+async fn install_chart_rbac(cp: &ControlPlane) {
+    let _ = cp
+        .kubectl(["create", "namespace", "airssys-system"])
+        .await
+        .unwrap();
+    let chart = repo_root().join("charts/airssys-wasm");
+    let out = cp
+        .helm([
+            "template",
+            "airssys-wasm",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "airssys-system",
+            "--kube-version",
+            "1.34.0",
+        ])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "helm template: {}", text(&out));
+    let rendered = cp.dir().join("chart-rbac.yaml");
+    std::fs::write(&rendered, &out.stdout).unwrap();
+    let out = cp
+        .kubectl(["apply", "--server-side", "-f", rendered.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "apply chart: {}", text(&out));
+}
+
+fn placement(namespace: &str, name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: wasm.airssys.dev/v1alpha1\nkind: Placement\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         spec:\n  nodeName: {node}\n  component: {{ name: echo, uid: 0b0e0c2a-0000-4000-8000-000000000001, generation: 1 }}\n\
+         \x20 digest: sha256:{hex}\n  artifact:\n    oci: {{ reference: registry.example.com/team/echo:1.0 }}\n  instances: 1\n",
+        hex = "ab".repeat(32)
+    )
+}
+
+fn lease(name: &str, holder: &str) -> String {
+    format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: {name}\n  namespace: airssys-system\n\
+         spec:\n  holderIdentity: {holder}\n  leaseDurationSeconds: 40\n"
+    )
+}
+
+/// Waits until the admission policy is in force (a policy is enforced a moment after it is
+/// created), by retrying a write it must refuse.
+async fn wait_until_refused(cp: &ControlPlane, kubeconfig: &Path, file: &Path) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = apply_as(cp, kubeconfig, file).await;
+        if !out.status.success() || Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_writes_only_its_own_nodes_objects_and_reads_no_secrets() {
+    let cp = ControlPlane::shared().await.unwrap();
+    install_chart_rbac(cp).await;
+    let ns = cp.create_namespace("rbac-agent").await.unwrap();
+    cp.create_node("rbac-node-a", &[]).await.unwrap();
+    cp.create_node("rbac-node-b", &[]).await.unwrap();
+    let placements = manifest(
+        cp,
+        &format!("{ns}-placements.yaml"),
+        &format!(
+            "{}---\n{}",
+            placement(&ns, "echo-a", "rbac-node-a"),
+            placement(&ns, "echo-b", "rbac-node-b")
+        ),
+    );
+    let out = cp
+        .kubectl(["apply", "-f", placements.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let agent_a = cp
+        .node_bound_kubeconfig("airssys-system", "airssys-wasm-agent", "rbac-node-a")
+        .await
+        .unwrap();
+    let status_patch = |name: &'static str| {
+        let ns = ns.clone();
+        let agent_a = agent_a.clone();
+        async move {
+            cp.kubectl_as(
+                &agent_a,
+                [
+                    "patch",
+                    "placement",
+                    name,
+                    "-n",
+                    &ns,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    r#"{"status":{"readyInstances":1}}"#,
+                ],
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // The admission policy takes a moment to be enforced: wait on the other node's Lease.
+    let lease_b = manifest(
+        cp,
+        "rbac-lease-b.yaml",
+        &lease("airssys-agent-rbac-node-b", "rbac-node-b"),
+    );
+    let out = wait_until_refused(cp, &agent_a, &lease_b).await;
+    assert!(
+        !out.status.success(),
+        "node a's agent took node b's Lease: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("own node's Lease"), "{}", text(&out));
+
+    let lease_a = manifest(
+        cp,
+        "rbac-lease-a.yaml",
+        &lease("airssys-agent-rbac-node-a", "rbac-node-a"),
+    );
+    let out = apply_as(cp, &agent_a, &lease_a).await;
+    assert!(out.status.success(), "own Lease: {}", text(&out));
+    let posing = manifest(
+        cp,
+        "rbac-lease-posing.yaml",
+        &lease("airssys-agent-rbac-node-a", "rbac-node-b"),
+    );
+    let out = apply_as(cp, &agent_a, &posing).await;
+    assert!(
+        !out.status.success(),
+        "own Lease, other holder: {}",
+        text(&out)
+    );
+
+    let out = status_patch("echo-a").await;
+    assert!(out.status.success(), "own Placement status: {}", text(&out));
+    let out = status_patch("echo-b").await;
+    assert!(
+        !out.status.success(),
+        "node a's agent wrote node b's Placement status: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("own node's Placements"),
+        "{}",
+        text(&out)
+    );
+
+    // The spec is the operator's; Secrets and Nodes are nobody's business of an agent.
+    let out = cp
+        .kubectl_as(
+            &agent_a,
+            [
+                "patch",
+                "placement",
+                "echo-a",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"instances":5}}"#,
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "agent edited a spec: {}", text(&out));
+    for (verb, resource, namespace) in [
+        ("get", "secrets", ns.as_str()),
+        ("list", "secrets", "airssys-system"),
+        ("get", "nodes", "default"),
+        ("get", "configmaps", ns.as_str()),
+        ("delete", "placements", ns.as_str()),
+    ] {
+        assert!(
+            !can_i(cp, &agent_a, &[verb, resource, "-n", namespace]).await,
+            "an agent may not {verb} {resource} in {namespace}"
+        );
+    }
+    assert!(
+        can_i(
+            cp,
+            &agent_a,
+            &[
+                "get",
+                "configmaps/airssys-artifact-ca",
+                "-n",
+                "airssys-system"
+            ]
+        )
+        .await,
+        "the artifact server's CA is readable"
+    );
+
+    // A token that names no node writes nothing.
+    let unbound = cp
+        .service_account_kubeconfig("airssys-system", "airssys-wasm-agent")
+        .await
+        .unwrap();
+    let out = cp
+        .kubectl_as(
+            &unbound,
+            [
+                "patch",
+                "placement",
+                "echo-a",
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"readyInstances":0}}"#,
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an unbound agent token wrote status: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("bound to a node"), "{}", text(&out));
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
@@ -407,12 +407,43 @@ impl ControlPlane {
         namespace: &str,
         name: &str,
     ) -> Result<PathBuf, Error> {
+        self.token_kubeconfig(namespace, name, None).await
+    }
+
+    /// Like [`Self::service_account_kubeconfig`], with the token bound to the `Node` named
+    /// `node` (which must exist), as a DaemonSet pod's token is bound to its pod on that node:
+    /// the API server adds the `authentication.kubernetes.io/node-name` claim, which the
+    /// chart's admission policy checks. The kubeconfig is per (account, node).
+    pub async fn node_bound_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<PathBuf, Error> {
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        let uid = nodes.get(node).await?.metadata.uid;
+        let bound = BoundObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Node".to_owned()),
+            name: Some(node.to_owned()),
+            uid,
+        };
+        self.token_kubeconfig(namespace, name, Some(bound)).await
+    }
+
+    async fn token_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        bound: Option<BoundObjectReference>,
+    ) -> Result<PathBuf, Error> {
+        let node = bound.as_ref().and_then(|b| b.name.clone());
         let api: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: Vec::new(),
                 expiration_seconds: Some(24 * 3600),
-                bound_object_ref: None,
+                bound_object_ref: bound,
             },
             ..TokenRequest::default()
         };
@@ -424,10 +455,10 @@ impl ControlPlane {
                 "TokenRequest for {namespace}/{name} returned no token"
             ))
         })?;
-        let path = self
-            .dir
-            .join("kubeconfigs")
-            .join(format!("sa-{namespace}-{name}.kubeconfig"));
+        let path = self.dir.join("kubeconfigs").join(match &node {
+            Some(node) => format!("sa-{namespace}-{name}-on-{node}.kubeconfig"),
+            None => format!("sa-{namespace}-{name}.kubeconfig"),
+        });
         write_kubeconfig(
             &path,
             &self.server,
