@@ -110,7 +110,10 @@ mod tests {
             instances: 1000,
             memory_bytes: 4 << 30,
         };
-        assert_eq!(AgentCapacity::from_annotations(Some(&c.to_annotations())), c);
+        assert_eq!(
+            AgentCapacity::from_annotations(Some(&c.to_annotations())),
+            c
+        );
         assert_eq!(
             AgentCapacity::from_annotations(None),
             AgentCapacity::default()

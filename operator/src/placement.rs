@@ -259,6 +259,23 @@ pub struct PlacementContent {
     pub dev_mode: bool,
 }
 
+/// The artifact as a Placement carries it: pinned to the approved `digest`, so nothing reading
+/// the Placement can follow a tag to other bytes. An OCI reference becomes
+/// `registry/repository@digest`; a ConfigMap artifact gets the digest; an HTTPS artifact
+/// already names it.
+pub fn pin(artifact: &Artifact, digest: &Digest) -> Artifact {
+    let mut pinned = artifact.clone();
+    if let Some(oci) = pinned.oci.as_mut()
+        && let Ok(parsed) = oci_client::Reference::try_from(oci.reference.as_str())
+    {
+        oci.reference = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
+    }
+    if let Some(cm) = pinned.config_map.as_mut() {
+        cm.digest = Some(digest.to_string());
+    }
+    pinned
+}
+
 /// An approved component to place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacementRequest {
@@ -2125,6 +2142,32 @@ mod tests {
             is_lease_live(&acquired, now),
             "a just-acquired lease without renewal is live"
         );
+    }
+
+    #[test]
+    fn artifacts_are_pinned_to_the_approved_digest() {
+        let d = digest(3);
+        let oci = |reference: &str| Artifact {
+            oci: Some(OciArtifact {
+                reference: reference.into(),
+                pull_secrets: Vec::new(),
+                insecure: true,
+            }),
+            https: None,
+            config_map: None,
+        };
+        let pinned = |a: &Artifact| pin(a, &d).oci.unwrap().reference;
+        assert_eq!(
+            pinned(&oci("127.0.0.1:5000/team/echo:v1")),
+            format!("127.0.0.1:5000/team/echo@{d}"),
+            "the tag goes, the digest pins"
+        );
+        assert_eq!(
+            pinned(&oci(&format!("registry.example.com/echo@{}", digest(4)))),
+            format!("registry.example.com/echo@{d}"),
+            "a reference by another digest is pinned to the approved one"
+        );
+        assert!(pin(&oci("r.example/x:1"), &d).oci.unwrap().insecure);
     }
 
     #[test]
