@@ -7,7 +7,8 @@
 //!    every `NoExecute` and `NoSchedule` taint (Kubernetes toleration semantics, see
 //!    [`tolerates`]). A node with an untolerated `NoSchedule` taint keeps the replicas it
 //!    already runs but takes no more (as for Pods: `NoSchedule` stops new work, `NoExecute`
-//!    evicts). `PreferNoSchedule` only orders equal choices.
+//!    evicts). `PreferNoSchedule` only orders equal choices. The kubelet-health taints
+//!    (`not-ready`, `unreachable`) are not read: the agent's Lease is the liveness signal.
 //! 2. **Capacity.** A node's room is what its agent reports minus what other components hold,
 //!    divided by one replica's [`Footprint`] (instance slots and memory).
 //! 3. **Spread.** Replicas fill nodes level by level (water-filling): no node that has room
@@ -36,6 +37,15 @@ use sha2::{Digest as _, Sha256};
 
 /// The taint the node controller puts on a cordoned node.
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// The kubelet-health taints (Kubernetes puts `not-ready` on every new Node until its kubelet
+/// reports, and `unreachable` when it stops). Placement does not read them: whether a node can
+/// run instances is what its *agent's* Lease says (rule 1), as a DaemonSet's pods tolerate
+/// them; a node that is really cut off cannot renew that Lease either.
+pub const KUBELET_HEALTH_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
 
 /// Longest [`Shortfall::message`]; conditions stay readable and bounded.
 pub const MAX_MESSAGE_LEN: usize = 1024;
@@ -173,7 +183,8 @@ pub struct NodeView {
 impl NodeView {
     /// The view of a `Node` object. A cordoned node (`spec.unschedulable`) counts as tainted
     /// `node.kubernetes.io/unschedulable:NoSchedule` even where no node controller adds the
-    /// taint (a bare control plane in development and tests).
+    /// taint (a bare control plane in development and tests). The [`KUBELET_HEALTH_TAINTS`]
+    /// are left out: the agent's Lease is the liveness placement goes by.
     pub fn from_node(
         node: &Node,
         agent_live: bool,
@@ -185,6 +196,7 @@ impl NodeView {
             .and_then(|s| s.taints.as_ref())
             .into_iter()
             .flatten()
+            .filter(|t| !KUBELET_HEALTH_TAINTS.contains(&t.key.as_str()))
             .map(NodeTaint::from)
             .collect();
         let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
@@ -2271,6 +2283,24 @@ mod tests {
             odd.taints,
             vec![taint("x:NoSchedule")],
             "an unknown effect keeps new replicas off"
+        );
+        let fresh = NodeView::from_node(
+            &node(
+                None,
+                vec![
+                    t("node.kubernetes.io/not-ready", None, "NoSchedule"),
+                    t("node.kubernetes.io/unreachable", None, "NoExecute"),
+                    t("gpu", Some("a"), "NoSchedule"),
+                ],
+            ),
+            true,
+            cap,
+            Footprint::default(),
+        );
+        assert_eq!(
+            fresh.taints,
+            vec![taint("gpu=a:NoSchedule")],
+            "kubelet health is not placement's liveness signal: the agent Lease is"
         );
     }
 

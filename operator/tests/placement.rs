@@ -309,6 +309,7 @@ async fn placements(api: &Api<Placement>, component: &str) -> BTreeMap<String, P
 /// hold none) and returns them.
 async fn wait_placements(
     api: &Api<Placement>,
+    ns: &str,
     component: &str,
     what: &str,
     f: impl Fn(&BTreeMap<String, i32>) -> bool,
@@ -337,10 +338,14 @@ async fn wait_placements(
         if f(&live) {
             return placements(api, component).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{component}: placements never became {what}; last: {live:?}"
-        );
+        if Instant::now() >= deadline {
+            let components: Api<WasmComponent> = Api::namespaced(api.clone().into_client(), ns);
+            let c = components.get_opt(component).await.ok().flatten();
+            panic!(
+                "{component}: placements never became {what}; last: {live:?}; component: {}",
+                serde_yaml::to_string(&c).unwrap_or_default()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -402,7 +407,7 @@ async fn an_approved_component_is_placed_on_the_allowed_nodes_reports_ready_and_
     let api: Api<Placement> = Api::namespaced(client.clone(), ns);
 
     // Three replicas, one per allowed node; the node outside the selector gets none.
-    let placed = wait_placements(&api, "echo", "one on each of a, b, c", |m| {
+    let placed = wait_placements(&api, ns, "echo", "one on each of a, b, c", |m| {
         m.len() == 3 && m.values().all(|&n| n == 1)
     })
     .await;
@@ -503,7 +508,7 @@ async fn an_approved_component_is_placed_on_the_allowed_nodes_reports_ready_and_
         &["scale", "wasmcomponent/echo", "-n", ns, "--replicas=5"],
     )
     .await;
-    let scaled = wait_placements(&api, "echo", "5 on a, b, c", |m| {
+    let scaled = wait_placements(&api, ns, "echo", "5 on a, b, c", |m| {
         m.len() == 3 && m.values().sum::<i32>() == 5 && m.values().all(|&n| n >= 1)
     })
     .await;
@@ -530,7 +535,7 @@ async fn an_approved_component_is_placed_on_the_allowed_nodes_reports_ready_and_
         )
         .await
         .unwrap();
-    wait_placements(&api, "echo", "none", BTreeMap::is_empty).await;
+    wait_placements(&api, ns, "echo", "none", BTreeMap::is_empty).await;
     wait_component(&components, "echo", "ScaledToZero", |c| {
         has(c, "Scheduled", "True", "ScaledToZero")
             && has(c, "Ready", "True", "InstancesReady")
@@ -563,13 +568,13 @@ async fn replicas_move_off_a_node_whose_agent_lease_expires() {
     )
     .await;
     let api: Api<Placement> = Api::namespaced(client.clone(), ns);
-    let before = wait_placements(&api, "echo", "one per node", |m| m.len() == 3).await;
+    let before = wait_placements(&api, ns, "echo", "one per node", |m| m.len() == 3).await;
 
     let lost = format!("{ns}-b");
     let dead = agents.iter().find(|a| a.node == lost).unwrap();
     dead.stop();
     let stopped = Instant::now();
-    let after = wait_placements(&api, "echo", "off b, still 3 replicas", |m| {
+    let after = wait_placements(&api, ns, "echo", "off b, still 3 replicas", |m| {
         !m.contains_key(&lost) && m.values().sum::<i32>() == 3
     })
     .await;
@@ -609,7 +614,7 @@ async fn revoking_trust_deletes_every_placement_within_seconds() {
     )
     .await;
     let api: Api<Placement> = Api::namespaced(client.clone(), ns);
-    wait_placements(&api, "echo", "2 on each node", |m| {
+    wait_placements(&api, ns, "echo", "2 on each node", |m| {
         m.len() == 2 && m.values().all(|&n| n == 2)
     })
     .await;
@@ -620,7 +625,7 @@ async fn revoking_trust_deletes_every_placement_within_seconds() {
         .delete(&f.source, &DeleteParams::default())
         .await
         .unwrap();
-    wait_placements(&api, "echo", "none", BTreeMap::is_empty).await;
+    wait_placements(&api, ns, "echo", "none", BTreeMap::is_empty).await;
     let took = revoked.elapsed();
     eprintln!("every Placement deleted {took:?} after the TrustSource was deleted");
     assert!(took < Duration::from_secs(10), "revocation took {took:?}");
@@ -740,12 +745,12 @@ async fn an_approval_that_is_not_current_is_never_placed() {
         &component_yaml(ns, "echo", &f.reference, 2),
     )
     .await;
-    wait_placements(&api, "echo", "one per node", |m| m.len() == 2).await;
+    wait_placements(&api, ns, "echo", "one per node", |m| m.len() == 2).await;
     let c = components.get("echo").await.unwrap();
     let first = c.metadata.generation.unwrap();
     let (seen, recorder) = record_placements(api.clone(), "echo");
     apply(cp, f.dir.path(), &component_yaml(ns, "echo", &untrusted, 2)).await;
-    wait_placements(&api, "echo", "none", BTreeMap::is_empty).await;
+    wait_placements(&api, ns, "echo", "none", BTreeMap::is_empty).await;
     wait_component(
         &components,
         "echo",
@@ -877,7 +882,7 @@ async fn of_two_operators_one_acts_and_the_other_takes_over_without_duplicates_o
     .await;
     let api: Api<Placement> = Api::namespaced(client.clone(), ns);
     let components: Api<WasmComponent> = Api::namespaced(client.clone(), ns);
-    let before = wait_placements(&api, "echo", "one per node", |m| {
+    let before = wait_placements(&api, ns, "echo", "one per node", |m| {
         m.len() == 3 && m.values().all(|&n| n == 1)
     })
     .await;
@@ -945,7 +950,7 @@ async fn of_two_operators_one_acts_and_the_other_takes_over_without_duplicates_o
         &["scale", "wasmcomponent/echo", "-n", ns, "--replicas=4"],
     )
     .await;
-    let after = wait_placements(&api, "echo", "4 on the same nodes", |m| {
+    let after = wait_placements(&api, ns, "echo", "4 on the same nodes", |m| {
         m.len() == 3 && m.values().sum::<i32>() == 4
     })
     .await;

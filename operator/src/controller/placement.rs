@@ -180,6 +180,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     let name = c.name_any();
     let uid = c.uid().unwrap_or_default();
     let verdict = decide(c, ctx)?;
+    debug!(?verdict, "verdict");
     let all = ctx.stores.placements.state();
     let ours: Vec<&Arc<Placement>> = all
         .iter()
