@@ -781,7 +781,11 @@ fn scrape(operator: &Mutex<Supervised>, path: &str) -> String {
         .and_then(|rest| rest.split('"').next())
         .unwrap_or_else(|| panic!("no metrics address in the operator log:\n{log}"));
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: operator\r\n\r\n").unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     conn.read_to_string(&mut out).unwrap();
     out

@@ -117,6 +117,7 @@ impl Context {
             requeue,
             stores,
             ledger: Arc::new(Mutex::default()),
+            view_ready: Arc::default(),
             failures: Arc::new(Mutex::default()),
         }
     }

@@ -25,6 +25,7 @@
 //! concurrently.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource as _, ResourceExt as _};
 use serde::Serialize;
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, instrument, warn};
 
 use super::StatusApply;
 use crate::approval::{Evidence, Verdict, verdict};
@@ -63,8 +64,6 @@ const SHORTFALL_RETRY: Duration = Duration::from_secs(5);
 const HOLD_RETRY: Duration = Duration::from_secs(2);
 /// Resync of a settled component.
 const RESYNC: Duration = Duration::from_secs(300);
-/// How long a reconcile waits for the Placement, Node and Lease stores' first list.
-const STORES_READY: Duration = Duration::from_secs(10);
 
 /// What placement last planned for each component (by uid): the footprint it reserves per
 /// node. It stands in for the component's Placements in the store until the watch catches up
@@ -122,7 +121,7 @@ impl Ledger {
 }
 
 pub async fn reconcile(component: Arc<WasmComponent>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if !stores_ready(&ctx).await {
+    if !ctx.view_ready.load(Ordering::Acquire) {
         // Planning on a partial view could delete what runs (no Leases yet = no live agent).
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -144,17 +143,14 @@ fn key(c: &WasmComponent) -> String {
     )
 }
 
-/// Whether the Placement, Node and Lease stores have had their first list.
+/// Waits until the Placement, Node and Lease stores have had their first list. Only
+/// [`watch_nodes`] waits (a store's readiness wakes one waiter only); reconciles read
+/// the context's `view_ready`.
 async fn stores_ready(ctx: &Context) -> bool {
     let s = &ctx.stores;
-    let all = async {
-        s.placements.wait_until_ready().await.is_ok()
-            && s.nodes.wait_until_ready().await.is_ok()
-            && s.leases.wait_until_ready().await.is_ok()
-    };
-    tokio::time::timeout(STORES_READY, all)
-        .await
-        .unwrap_or(false)
+    s.placements.wait_until_ready().await.is_ok()
+        && s.nodes.wait_until_ready().await.is_ok()
+        && s.leases.wait_until_ready().await.is_ok()
 }
 
 /// The verdict on `c` from its status and this operator's own last decision in memory.
@@ -572,14 +568,17 @@ pub(crate) async fn watch_nodes(
     ctx: Arc<Context>,
     requeue: tokio::sync::mpsc::UnboundedSender<ObjectRef<WasmComponent>>,
 ) {
+    if !stores_ready(&ctx).await {
+        // Only when the watches are gone, which ends the operator anyway.
+        warn!("the Placement, Node or Lease watch ended before its first list");
+        return;
+    }
+    ctx.view_ready.store(true, Ordering::Release);
     let mut last: Option<Vec<NodeView>> = None;
     let mut tick = tokio::time::interval(VIEW_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        if !stores_ready(&ctx).await {
-            continue;
-        }
         let mut view = node_views(&ctx, &HashMap::new());
         view.sort_by(|a, b| a.name.cmp(&b.name));
         if last.as_ref() != Some(&view) {
