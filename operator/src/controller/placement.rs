@@ -192,7 +192,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let api: Api<Placement> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let (shares, scheduling_why, shortfall, approved_digest, action) = match &verdict {
+    let (shares, shortfall, approved_digest, action) = match &verdict {
         Verdict::Remove(why) => {
             let planned = {
                 let mut ledger = ctx.ledger.lock().unwrap_or_else(PoisonError::into_inner);
@@ -204,7 +204,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                 remove_all(&api, &name).await?;
                 info!(placements = existing.len(), why = %why, "removed every Placement");
             }
-            (Vec::new(), Some(why.clone()), None, None, RESYNC)
+            (Vec::new(), None, None, RESYNC)
         }
         Verdict::Hold(why) => {
             debug!(why = %why, "holding: nothing changes");
@@ -213,13 +213,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                 .as_ref()
                 .and_then(|s| s.approved_digest.as_deref())
                 .and_then(|d| Digest::parse(d).ok());
-            (
-                running_shares(&existing),
-                Some(why.clone()),
-                None,
-                digest,
-                HOLD_RETRY,
-            )
+            (running_shares(&existing), None, digest, HOLD_RETRY)
         }
         Verdict::Place {
             digest,
@@ -275,7 +269,6 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
             };
             (
                 plan.shares.clone(),
-                None,
                 plan.shortfall.map(|s| s.message),
                 Some(digest.clone()),
                 retry,
@@ -283,10 +276,10 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let scheduling = match (&verdict, &scheduling_why) {
-        (Verdict::Remove(_), Some(why)) => Scheduling::NotApproved(why),
-        (Verdict::Hold(_), Some(why)) => Scheduling::Held(why),
-        _ => Scheduling::Planned {
+    let scheduling = match &verdict {
+        Verdict::Remove(why) => Scheduling::NotApproved(why),
+        Verdict::Hold(why) => Scheduling::Held(why),
+        Verdict::Place { .. } => Scheduling::Planned {
             shortfall: shortfall.as_deref(),
         },
     };
@@ -497,13 +490,19 @@ async fn write_status(c: &WasmComponent, ctx: &Context, summary: &Summary) -> Re
         nodes: &summary.nodes,
         conditions: &summary.conditions,
     });
-    let written = api
+    let written = match api
         .patch_status(
             &c.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
-        .await?;
+        .await
+    {
+        Ok(written) => written,
+        // Deleted meanwhile: there is no status left to write.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     // Entries another manager added to `nodes` survive an apply (they are theirs); the list
     // must say only what the Placements say, so it is replaced.
     if written.status.map(|s| s.nodes).unwrap_or_default() != summary.nodes {
