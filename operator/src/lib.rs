@@ -7,18 +7,24 @@
 //! - [`events`]: condition and Event reasons.
 //! - [`controller`]: the `TrustSource` and `WasmComponent` controllers (reconcile, error policy,
 //!   status by server-side apply, Events).
+//! - [`approval`]: pure: whether a component may be placed now, and with what.
 //! - [`placement`]: pure placement of approved components onto nodes with live agents.
+//! - [`summary`]: pure: a component's Placements summed into its status.
+//! - [`leader`]: leader election among operator replicas (one acts, the others stand by).
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //!
 //! The `kubectl wasm` plugin is its own crate (`kubectl-wasm/`), depending on the CRDs only.
 
+pub mod approval;
 pub mod artifact;
 pub mod controller;
 pub mod events;
 pub mod index;
+pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod source;
+pub mod summary;
 pub mod trust;
 
 use std::collections::HashMap;
@@ -39,6 +45,8 @@ pub enum Error {
     IndexPoisoned,
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("leadership lost: {0}; stopping so nothing acts twice")]
+    LeadershipLost(String),
     #[error("metrics server on {addr}: {source}")]
     Metrics {
         addr: String,
@@ -59,7 +67,7 @@ impl Error {
                 | kube::runtime::finalizer::Error::RemoveFinalizer(_) => true,
                 _ => false,
             },
-            Self::IndexPoisoned | Self::Metrics { .. } => false,
+            Self::IndexPoisoned | Self::LeadershipLost(_) | Self::Metrics { .. } => false,
         }
     }
 }
@@ -79,6 +87,9 @@ pub struct Config {
     /// (`--require-listed-registry`): the only wall against another DNS name of a denied
     /// registry, which no spelling rule can see.
     pub require_listed_registry: bool,
+    /// The product's namespace (`--namespace`): where agents hold their Leases and the
+    /// operators their leader election Lease.
+    pub namespace: String,
 }
 
 impl Default for Config {
@@ -88,6 +99,7 @@ impl Default for Config {
             insecure_registries: Vec::new(),
             recheck: std::time::Duration::from_secs(300),
             require_listed_registry: false,
+            namespace: airssys_crds::agent::DEFAULT_NAMESPACE.to_owned(),
         }
     }
 }
@@ -133,6 +145,10 @@ pub struct Context {
         kube::runtime::reflector::ObjectRef<airssys_crds::WasmComponent>,
     >,
     pub stores: controller::Stores,
+    /// What the placement controller last planned per component, ahead of the watch.
+    pub(crate) ledger: Arc<Mutex<controller::placement::Ledger>>,
+    /// Whether the Placement, Node and Lease stores have had their first list.
+    pub(crate) view_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Consecutive failures per object, for the backoff.
     failures: Arc<Mutex<HashMap<String, u32>>>,
 }

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use airssys_crds::TrustSource;
 use airssys_operator::artifact::ResolverOptions;
+use airssys_operator::leader::{self, Timing};
 use airssys_operator::metrics::{Metrics, Readiness};
-use airssys_operator::{Applied, Config, Resolver, TrustIndex};
+use airssys_operator::{Applied, Config, Resolver, TrustIndex, controller};
 use clap::{Parser, Subcommand};
 use serde::Deserialize as _;
 
@@ -61,6 +62,14 @@ struct RunArgs {
     /// (allow-list mode; a name-based Deny alone cannot stop another DNS name of a registry).
     #[arg(long, env = "AIRSSYS_REQUIRE_LISTED_REGISTRY")]
     require_listed_registry: bool,
+    /// The product's namespace: agents' Leases are read there, and the leader Lease is held
+    /// there.
+    #[arg(long, env = "AIRSSYS_NAMESPACE", default_value = airssys_crds::agent::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Elect a leader among the operator replicas (Lease `airssys-operator-leader`): only the
+    /// leader runs the controllers; the others stand by. A leader that loses its Lease exits.
+    #[arg(long, env = "AIRSSYS_LEADER_ELECT")]
+    leader_elect: bool,
 }
 
 fn main() -> ExitCode {
@@ -114,6 +123,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         insecure_registries: args.insecure_registries,
         recheck: Duration::from_secs(args.recheck_seconds.max(1)),
         require_listed_registry: args.require_listed_registry,
+        namespace: args.namespace,
     };
     tracing::info!(?config, "starting the operator");
     let metrics = Arc::new(Metrics::default());
@@ -127,11 +137,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let elector = args.leader_elect.then(|| {
+        leader::Elector::new(
+            client.clone(),
+            &config.namespace,
+            leader::identity(),
+            Timing::default(),
+        )
+    });
     // Ready while the controllers run. (Not yet "their first list is done": that is known
     // inside controller::run only.)
-    readiness.set(true);
-    let result = airssys_operator::controller::run(client, resolver, config, metrics).await;
-    readiness.set(false);
+    let work = move || async move {
+        readiness.set(true);
+        let result = controller::run(client, resolver, config, metrics).await;
+        readiness.set(false);
+        result
+    };
+    let result = match elector {
+        Some(elector) => leader::run_elected(elector, controller::shutdown_signal(), work).await,
+        None => work().await,
+    };
     if let Some(server) = server {
         server.abort();
     }

@@ -7,7 +7,8 @@
 //!    every `NoExecute` and `NoSchedule` taint (Kubernetes toleration semantics, see
 //!    [`tolerates`]). A node with an untolerated `NoSchedule` taint keeps the replicas it
 //!    already runs but takes no more (as for Pods: `NoSchedule` stops new work, `NoExecute`
-//!    evicts). `PreferNoSchedule` only orders equal choices.
+//!    evicts). `PreferNoSchedule` only orders equal choices. The kubelet-health taints
+//!    (`not-ready`, `unreachable`) are not read: the agent's Lease is the liveness signal.
 //! 2. **Capacity.** A node's room is what its agent reports minus what other components hold,
 //!    divided by one replica's [`Footprint`] (instance slots and memory).
 //! 3. **Spread.** Replicas fill nodes level by level (water-filling): no node that has room
@@ -36,6 +37,15 @@ use sha2::{Digest as _, Sha256};
 
 /// The taint the node controller puts on a cordoned node.
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// The kubelet-health taints (Kubernetes puts `not-ready` on every new Node until its kubelet
+/// reports, and `unreachable` when it stops). Placement does not read them: whether a node can
+/// run instances is what its *agent's* Lease says (rule 1), as a DaemonSet's pods tolerate
+/// them; a node that is really cut off cannot renew that Lease either.
+pub const KUBELET_HEALTH_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
 
 /// Longest [`Shortfall::message`]; conditions stay readable and bounded.
 pub const MAX_MESSAGE_LEN: usize = 1024;
@@ -173,7 +183,8 @@ pub struct NodeView {
 impl NodeView {
     /// The view of a `Node` object. A cordoned node (`spec.unschedulable`) counts as tainted
     /// `node.kubernetes.io/unschedulable:NoSchedule` even where no node controller adds the
-    /// taint (a bare control plane in development and tests).
+    /// taint (a bare control plane in development and tests). The [`KUBELET_HEALTH_TAINTS`]
+    /// are left out: the agent's Lease is the liveness placement goes by.
     pub fn from_node(
         node: &Node,
         agent_live: bool,
@@ -185,6 +196,7 @@ impl NodeView {
             .and_then(|s| s.taints.as_ref())
             .into_iter()
             .flatten()
+            .filter(|t| !KUBELET_HEALTH_TAINTS.contains(&t.key.as_str()))
             .map(NodeTaint::from)
             .collect();
         let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
@@ -257,6 +269,23 @@ pub struct PlacementContent {
     pub limits: Limits,
     pub config: Vec<ConfigEntry>,
     pub dev_mode: bool,
+}
+
+/// The artifact as a Placement carries it: pinned to the approved `digest`, so nothing reading
+/// the Placement can follow a tag to other bytes. An OCI reference becomes
+/// `registry/repository@digest`; a ConfigMap artifact gets the digest; an HTTPS artifact
+/// already names it.
+pub fn pin(artifact: &Artifact, digest: &Digest) -> Artifact {
+    let mut pinned = artifact.clone();
+    if let Some(oci) = pinned.oci.as_mut()
+        && let Ok(parsed) = oci_client::Reference::try_from(oci.reference.as_str())
+    {
+        oci.reference = format!("{}/{}@{digest}", parsed.registry(), parsed.repository());
+    }
+    if let Some(cm) = pinned.config_map.as_mut() {
+        cm.digest = Some(digest.to_string());
+    }
+    pinned
 }
 
 /// An approved component to place.
@@ -2128,6 +2157,32 @@ mod tests {
     }
 
     #[test]
+    fn artifacts_are_pinned_to_the_approved_digest() {
+        let d = digest(3);
+        let oci = |reference: &str| Artifact {
+            oci: Some(OciArtifact {
+                reference: reference.into(),
+                pull_secrets: Vec::new(),
+                insecure: true,
+            }),
+            https: None,
+            config_map: None,
+        };
+        let pinned = |a: &Artifact| pin(a, &d).oci.unwrap().reference;
+        assert_eq!(
+            pinned(&oci("127.0.0.1:5000/team/echo:v1")),
+            format!("127.0.0.1:5000/team/echo@{d}"),
+            "the tag goes, the digest pins"
+        );
+        assert_eq!(
+            pinned(&oci(&format!("registry.example.com/echo@{}", digest(4)))),
+            format!("registry.example.com/echo@{d}"),
+            "a reference by another digest is pinned to the approved one"
+        );
+        assert!(pin(&oci("r.example/x:1"), &d).oci.unwrap().insecure);
+    }
+
+    #[test]
     fn placement_names_are_valid_distinct_and_stable() {
         let dns = |s: &str| {
             s.len() <= 253
@@ -2228,6 +2283,24 @@ mod tests {
             odd.taints,
             vec![taint("x:NoSchedule")],
             "an unknown effect keeps new replicas off"
+        );
+        let fresh = NodeView::from_node(
+            &node(
+                None,
+                vec![
+                    t("node.kubernetes.io/not-ready", None, "NoSchedule"),
+                    t("node.kubernetes.io/unreachable", None, "NoExecute"),
+                    t("gpu", Some("a"), "NoSchedule"),
+                ],
+            ),
+            true,
+            cap,
+            Footprint::default(),
+        );
+        assert_eq!(
+            fresh.taints,
+            vec![taint("gpu=a:NoSchedule")],
+            "kubelet health is not placement's liveness signal: the agent Lease is"
         );
     }
 

@@ -255,20 +255,13 @@ async fn trusted_registry_source_approves_within_its_ceiling_without_a_person() 
     // The Event carries the condition's own reason.
     wait_event(cp, &ns, "echo", "Normal", "TrustSourceMatched").await;
 
-    // Another writer's condition (the placement step's `Scheduled`) survives the operator's
-    // status writes: it applies only the fields it owns.
-    let scheduled = serde_json::json!({
-        "apiVersion": "wasm.airssys.dev/v1alpha1",
-        "kind": "WasmComponent",
-        "status": { "conditions": [{
-            "type": "Scheduled", "status": "True", "reason": "Placed",
-            "message": "placed by another writer", "lastTransitionTime": "2026-01-01T00:00:00Z",
-        }]},
-    });
-    api.patch_status(
+    // The placement controller's condition (`Scheduled`: no agent runs in this cluster)
+    // survives the component controller's status writes: each applies only the fields it owns.
+    wait_for(
+        &api,
         "echo",
-        &kube::api::PatchParams::apply("placement-writer"),
-        &kube::api::Patch::Apply(&scheduled),
+        |c| condition(c, "Scheduled").is_some_and(|(_, r, _)| r == "Unschedulable"),
+        TIMEOUT,
     )
     .await
     .unwrap();
@@ -289,7 +282,7 @@ async fn trusted_registry_source_approves_within_its_ceiling_without_a_person() 
     assert!(approved_is(&c, "True", "TrustSourceMatched"), "{c:?}");
     assert_eq!(
         condition(&c, "Scheduled").map(|(s, r, _)| (s, r)),
-        Some(("True".to_owned(), "Placed".to_owned())),
+        Some(("False".to_owned(), "Unschedulable".to_owned())),
         "{c:?}"
     );
 

@@ -1,31 +1,48 @@
 //! The controllers: [`trust_source`] keeps the trust index and re-queues the components a
-//! source change affects; [`component`] resolves, verifies and decides each `WasmComponent`.
+//! source change affects; [`component`] resolves, verifies and decides each `WasmComponent`;
+//! [`placement`] places approved components on the nodes' agents and sums their Placements
+//! into the component's status.
 //!
-//! Both share one [`Context`]. A source change reaches the component controller through a
+//! All share one [`Context`] and its reflector stores (components, namespaces, Placements,
+//! Nodes, and the agents' Leases in the product's namespace). A source change reaches the component controller through a
 //! channel of `ObjectRefs` (`Controller::reconcile_on`), so the index is updated before the
 //! affected components are evaluated again. Components are enumerated from the component
 //! controller's reflector store, never listed; Namespaces are watched too, and a label change
 //! re-queues the namespace's components at once (a relabel can change which sources select
 //! them).
+//!
+//! One watch of `WasmComponent`s feeds both component-level controllers. Changes that are only
+//! the placement controller's own status fields (replicas, nodes, `Scheduled`/`Ready`/
+//! `Degraded`) are filtered out, so summing agent reports never makes the component controller
+//! resolve the artifact again. Nodes and agent Leases trigger no reconcile per event (Leases are
+//! renewed every few seconds): a once-a-second look at the view placement depends on (node
+//! labels, taints, agent liveness, capacity) re-queues every component when it changed — which
+//! is also how a Lease that *expires*, an event no watch delivers, moves replicas.
 
 pub mod component;
+pub mod placement;
 pub mod trust_source;
 
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use airssys_crds::{TrustSource, WasmComponent};
+use airssys_crds::agent::AGENT_LEASE_LABEL;
+use airssys_crds::condition::ConditionType;
+use airssys_crds::{Placement, TrustSource, WasmComponent};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference};
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as kube_controller, Action, Controller};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::predicates;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::events::{EventReason, EventType};
 use crate::metrics::Metrics;
@@ -45,6 +62,23 @@ const NOTE_LIMIT: usize = 1000;
 pub struct Stores {
     pub components: Store<WasmComponent>,
     pub namespaces: Store<Namespace>,
+    pub placements: Store<Placement>,
+    pub nodes: Store<Node>,
+    /// The agents' Leases (label [`AGENT_LEASE_LABEL`]) in the product's namespace.
+    pub leases: Store<Lease>,
+}
+
+impl Default for Stores {
+    /// Empty stores that no watch fills (for tests of single reconciles).
+    fn default() -> Self {
+        Self {
+            components: reflector::store().0,
+            namespaces: reflector::store().0,
+            placements: reflector::store().0,
+            nodes: reflector::store().0,
+            leases: reflector::store().0,
+        }
+    }
 }
 
 impl std::fmt::Debug for Stores {
@@ -52,6 +86,9 @@ impl std::fmt::Debug for Stores {
         f.debug_struct("Stores")
             .field("components", &self.components.len())
             .field("namespaces", &self.namespaces.len())
+            .field("placements", &self.placements.len())
+            .field("nodes", &self.nodes.len())
+            .field("leases", &self.leases.len())
             .finish()
     }
 }
@@ -79,6 +116,8 @@ impl Context {
             metrics,
             requeue,
             stores,
+            ledger: Arc::new(Mutex::default()),
+            view_ready: Arc::default(),
             failures: Arc::new(Mutex::default()),
         }
     }
@@ -213,7 +252,7 @@ pub async fn load_sources(ctx: &Context) -> Result<usize, Error> {
     Ok(sources.items.len())
 }
 
-/// Runs both controllers until SIGTERM or Ctrl-C.
+/// Runs the controllers until SIGTERM or Ctrl-C.
 pub async fn run(
     client: kube::Client,
     resolver: Resolver,
@@ -221,11 +260,19 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (place_tx, place_rx) = mpsc::unbounded_channel();
     let (components, component_writer) = reflector::store();
     let (namespaces, namespace_writer) = reflector::store();
+    let (placements, placement_writer) = reflector::store();
+    let (nodes, node_writer) = reflector::store();
+    let (leases, lease_writer) = reflector::store();
+    let lease_namespace = config.namespace.clone();
     let stores = Stores {
         components: components.clone(),
         namespaces,
+        placements,
+        nodes,
+        leases,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -276,6 +323,9 @@ pub async fn run(
 
     let requeues =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    // One watch of components for both controllers: the store is always ahead of the triggers.
+    let mut changes = Changes::default();
+    let tap = place_tx.clone();
     let component_events = reflector::reflector(
         component_writer,
         watcher(
@@ -284,26 +334,95 @@ pub async fn run(
         )
         .default_backoff(),
     )
-    .touched_objects();
+    .touched_objects()
+    .filter(move |event| {
+        std::future::ready(match event {
+            Ok(c) => changes.relevant(c),
+            Err(_) => true,
+        })
+    })
+    .inspect(move |event| {
+        if let Ok(c) = event {
+            let _ = tap.send(ObjectRef::from_obj(c));
+        }
+    });
     // Only label changes matter: they decide which sources select the namespace.
     let relabels = reflector::reflector(
         namespace_writer,
-        watcher(Api::<Namespace>::all(client), watcher::Config::default()).default_backoff(),
+        watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
     )
     .applied_objects()
     .predicate_filter(predicates::labels, Default::default());
-    let components = Controller::for_stream(component_events, components.clone())
+    let component_store = components.clone();
+    let components_controller = Controller::for_stream(component_events, components.clone())
         .watches_stream(relabels, move |ns: Namespace| {
-            components_in(&components, &ns.name_any())
+            components_in(&component_store, &ns.name_any())
         })
         .reconcile_on(requeues)
         .shutdown_on_signal()
-        .run(component::reconcile, component::error_policy, ctx)
+        .run(component::reconcile, component::error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "component controller");
             }
         });
+
+    // Placement: triggered by the component watch above (through `tap`), by every change of a
+    // component's Placements (an agent's report), and by changes of the nodes' view.
+    let placement_events = reflector::reflector(
+        placement_writer,
+        watcher(
+            Api::<Placement>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+    let node_events = reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(strip_node),
+    )
+    .for_each(|_| std::future::ready(()));
+    let agent_leases = watcher::Config::default().labels(&format!("{AGENT_LEASE_LABEL}=true"));
+    let lease_events = reflector::reflector(
+        lease_writer,
+        watcher(
+            Api::<Lease>::namespaced(client, &lease_namespace),
+            agent_leases,
+        )
+        .default_backoff()
+        .modify(|l| l.managed_fields_mut().clear()),
+    )
+    .for_each(|_| std::future::ready(()));
+    let place_requeues = futures::stream::unfold(place_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
+    let placement_controller = Controller::for_stream(
+        futures::stream::pending::<Result<WasmComponent, watcher::Error>>(),
+        components,
+    )
+    .owns_stream(placement_events)
+    .reconcile_on(place_requeues)
+    .shutdown_on_signal()
+    .run(placement::reconcile, placement::error_policy, ctx.clone())
+    .for_each(|res| async move {
+        match res {
+            // A deleted component's last Placement event: nothing left to do.
+            Err(kube_controller::Error::ObjectNotFound(obj)) => {
+                debug!(object = %obj, "placement: component gone");
+            }
+            Err(e) => warn!(error = %e, "placement controller"),
+            Ok(_) => {}
+        }
+    });
+    let view = placement::watch_nodes(ctx, place_tx);
 
     // The controllers drain in-flight reconciles on the signal; a reconcile stuck on the
     // network (or a watch that never finished its first list) must not hold the process past
@@ -312,18 +431,86 @@ pub async fn run(
         shutdown_signal().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
+    // These only feed stores and triggers; they end only with the process.
+    let background = futures::future::join3(node_events, lease_events, view);
     tokio::select! {
-        _ = futures::future::join(sources, components) => info!("controllers stopped"),
+        _ = futures::future::join3(sources, components_controller, placement_controller) => info!("controllers stopped"),
+        _ = background => warn!("the Node and Lease watches ended"),
         () = abandon => warn!(grace = ?SHUTDOWN_GRACE, "controllers stopped: in-flight work abandoned after the grace period"),
     }
     Ok(())
+}
+
+/// Keeps what placement reads of a Node (name, labels, taints, cordon) and drops the rest,
+/// which is most of its size (images, conditions, addresses).
+fn strip_node(node: &mut Node) {
+    node.status = None;
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+}
+
+/// Which component events matter to the component and placement controllers: any change but
+/// one confined to the status fields the placement controller writes.
+#[derive(Debug, Default)]
+struct Changes {
+    seen: HashMap<(Option<String>, String, Option<String>), u64>,
+}
+
+impl Changes {
+    fn relevant(&mut self, c: &WasmComponent) -> bool {
+        let key = (c.namespace(), c.name_any(), c.uid());
+        let fingerprint = fingerprint(c);
+        let changed = self.seen.insert(key, fingerprint) != Some(fingerprint);
+        if c.metadata.deletion_timestamp.is_some() && !c.finalizers().iter().any(|f| f == FINALIZER)
+        {
+            // Its last event; forget it so the map does not grow with every component ever seen.
+            self.seen.remove(&(c.namespace(), c.name_any(), c.uid()));
+        }
+        changed
+    }
+}
+
+/// A hash of everything about a component but the placement controller's own status fields.
+fn fingerprint(c: &WasmComponent) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    c.metadata.generation.hash(&mut h);
+    c.metadata.deletion_timestamp.is_some().hash(&mut h);
+    c.metadata.finalizers.hash(&mut h);
+    if let Some(s) = &c.status {
+        s.observed_generation.hash(&mut h);
+        s.resolved_digest.hash(&mut h);
+        s.approved_digest.hash(&mut h);
+        s.trust_level.hash(&mut h);
+        s.matched_sources.hash(&mut h);
+        let placements_own = [
+            ConditionType::Scheduled,
+            ConditionType::Ready,
+            ConditionType::Degraded,
+        ];
+        for cond in s
+            .conditions
+            .iter()
+            .filter(|c| !placements_own.contains(&c.type_))
+        {
+            (
+                cond.type_.as_str(),
+                cond.status.as_str(),
+                cond.observed_generation,
+                &cond.last_transition_time,
+                &cond.reason,
+                &cond.message,
+            )
+                .hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// How long in-flight reconciles may run after SIGTERM or Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             futures::future::pending::<()>().await;

@@ -171,7 +171,6 @@ mod tests {
     use crate::artifact::{Resolver, ResolverOptions};
     use crate::controller::Stores;
     use crate::{Config, Context};
-    use kube::runtime::reflector;
     use serde_json::json;
 
     /// Answers the API calls of one reconcile in order; returns (method, path, body) of each.
@@ -207,10 +206,7 @@ mod tests {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
         let (tx, _rx) = mpsc::unbounded_channel();
-        let stores = Stores {
-            components: reflector::store().0,
-            namespaces: reflector::store().0,
-        };
+        let stores = Stores::default();
         let state = Arc::new(Context::new(
             client,
             Resolver::new(ResolverOptions::default()).unwrap(),
