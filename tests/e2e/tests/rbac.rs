@@ -330,16 +330,28 @@ fn lease(name: &str, holder: &str) -> String {
 }
 
 /// Waits until the admission policy is in force (a policy is enforced a moment after it is
-/// created), by retrying a write it must refuse.
-async fn wait_until_refused(cp: &ControlPlane, kubeconfig: &Path, file: &Path) -> Output {
+/// created): tries to take a fresh Lease of another node under a new name each time (a
+/// repeated apply of an unchanged object sends nothing), until one is refused; returns that
+/// refusal. Probes that got through before are deleted.
+async fn wait_until_enforced(cp: &ControlPlane, kubeconfig: &Path) -> Output {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = apply_as(cp, kubeconfig, file).await;
+    for attempt in 0.. {
+        let name = format!("airssys-agent-probe-{attempt}");
+        let file = manifest(
+            cp,
+            &format!("rbac-{name}.yaml"),
+            &lease(&name, "rbac-node-b"),
+        );
+        let out = apply_as(cp, kubeconfig, &file).await;
         if !out.status.success() || Instant::now() > deadline {
             return out;
         }
+        let _ = cp
+            .kubectl(["delete", "lease", &name, "-n", "airssys-system"])
+            .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    unreachable!()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,19 +403,25 @@ async fn an_agent_writes_only_its_own_nodes_objects_and_reads_no_secrets() {
         }
     };
 
-    // The admission policy takes a moment to be enforced: wait on the other node's Lease.
+    // The admission policy takes a moment to be enforced.
+    let out = wait_until_enforced(cp, &agent_a).await;
+    assert!(
+        !out.status.success(),
+        "node a's agent took a Lease held by node b: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("own node's Lease"), "{}", text(&out));
     let lease_b = manifest(
         cp,
         "rbac-lease-b.yaml",
         &lease("airssys-agent-rbac-node-b", "rbac-node-b"),
     );
-    let out = wait_until_refused(cp, &agent_a, &lease_b).await;
+    let out = apply_as(cp, &agent_a, &lease_b).await;
     assert!(
         !out.status.success(),
         "node a's agent took node b's Lease: {}",
         text(&out)
     );
-    assert!(text(&out).contains("own node's Lease"), "{}", text(&out));
 
     let lease_a = manifest(
         cp,
