@@ -283,36 +283,6 @@ async fn namespace_editors_become_tenants_through_aggregation() {
     );
 }
 
-/// Renders the whole chart (its own RBAC and admission policy) into `airssys-system` with the
-/// real helm and applies it as cluster admin.
-async fn install_chart_rbac(cp: &ControlPlane) {
-    let _ = cp
-        .kubectl(["create", "namespace", "airssys-system"])
-        .await
-        .unwrap();
-    let chart = repo_root().join("charts/airssys-wasm");
-    let out = cp
-        .helm([
-            "template",
-            "airssys-wasm",
-            chart.to_str().unwrap(),
-            "--namespace",
-            "airssys-system",
-            "--kube-version",
-            "1.34.0",
-        ])
-        .await
-        .unwrap();
-    assert!(out.status.success(), "helm template: {}", text(&out));
-    let rendered = cp.dir().join("chart-rbac.yaml");
-    std::fs::write(&rendered, &out.stdout).unwrap();
-    let out = cp
-        .kubectl(["apply", "--server-side", "-f", rendered.to_str().unwrap()])
-        .await
-        .unwrap();
-    assert!(out.status.success(), "apply chart: {}", text(&out));
-}
-
 fn placement(namespace: &str, name: &str, node: &str) -> String {
     format!(
         "apiVersion: wasm.airssys.dev/v1alpha1\nkind: Placement\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
@@ -357,7 +327,7 @@ async fn wait_until_enforced(cp: &ControlPlane, kubeconfig: &Path) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_writes_only_its_own_nodes_objects_and_reads_no_secrets() {
     let cp = ControlPlane::shared().await.unwrap();
-    install_chart_rbac(cp).await;
+    cp.install_chart("airssys-system", &[]).await.unwrap();
     let ns = cp.create_namespace("rbac-agent").await.unwrap();
     cp.create_node("rbac-node-a", &[]).await.unwrap();
     cp.create_node("rbac-node-b", &[]).await.unwrap();

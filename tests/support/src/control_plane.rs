@@ -413,7 +413,9 @@ impl ControlPlane {
     /// Like [`Self::service_account_kubeconfig`], with the token bound to the `Node` named
     /// `node` (which must exist), as a DaemonSet pod's token is bound to its pod on that node:
     /// the API server adds the `authentication.kubernetes.io/node-name` claim, which the
-    /// chart's admission policy checks. The kubeconfig is per (account, node).
+    /// chart's admission policy checks. The kubeconfig is per (account, node); the bare token
+    /// is written beside it, at the kubeconfig's path with the extension `token` (what an
+    /// agent reads as its mounted ServiceAccount token).
     pub async fn node_bound_kubeconfig(
         &self,
         namespace: &str,
@@ -467,7 +469,58 @@ impl ControlPlane {
             UserAuth::Token(&token),
             Some(namespace),
         )?;
+        let token_path = path.with_extension("token");
+        std::fs::write(&token_path, &token)
+            .map_err(Error::io(format!("writing {}", token_path.display())))?;
         Ok(path)
+    }
+
+    /// Renders the chart (`charts/airssys-wasm`) with the real helm into `namespace` (created
+    /// if missing) as release `airssys-wasm`, with `values` (`key=value` for `--set`), and
+    /// applies it server-side as cluster admin: its ServiceAccounts, RBAC and admission
+    /// policies.
+    pub async fn install_chart(&self, namespace: &str, values: &[&str]) -> Result<(), Error> {
+        let _ = self.kubectl(["create", "namespace", namespace]).await?;
+        let chart = repo_root().join("charts/airssys-wasm");
+        let mut args: Vec<String> = vec![
+            "template".into(),
+            "airssys-wasm".into(),
+            chart.display().to_string(),
+            "--namespace".into(),
+            namespace.into(),
+            "--kube-version".into(),
+            "1.34.0".into(),
+        ];
+        for v in values {
+            args.push("--set".into());
+            args.push((*v).to_owned());
+        }
+        let out = self.helm(&args).await?;
+        if !out.status.success() {
+            return Err(Error::Invalid(format!(
+                "helm template: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let rendered = self.dir.join(format!("chart-{namespace}.yaml"));
+        std::fs::write(&rendered, &out.stdout)
+            .map_err(Error::io(format!("writing {}", rendered.display())))?;
+        let out = self
+            .kubectl([
+                "apply".into(),
+                "--server-side".into(),
+                "--force-conflicts".into(),
+                "-f".into(),
+                rendered.into_os_string(),
+            ])
+            .await?;
+        if !out.status.success() {
+            return Err(Error::Invalid(format!(
+                "applying the chart: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
     }
 
     /// A kubeconfig for a client-certificate user (`group`, if any, as its one group), for

@@ -27,6 +27,10 @@ use crate::{ControlPlane, ControlPlaneOptions, Error, Registry, Supervised, tool
 pub const REGISTRY_PLACEHOLDER: &str = "localhost:5000";
 /// The TrustSource key entry whose public key is replaced by the dev signing key's.
 pub const DEV_KEY_NAME: &str = "dev-signing-key";
+/// The product's namespace in the dev run (the chart's release namespace).
+pub const PRODUCT_NAMESPACE: &str = "airssys-system";
+/// The agents' ServiceAccount the chart creates (release `airssys-wasm`).
+pub const AGENT_SERVICE_ACCOUNT: &str = "airssys-wasm-agent";
 /// How long a just-started binary is watched for an immediate exit.
 const STARTUP_WATCH: Duration = Duration::from_millis(1500);
 const POLL: Duration = Duration::from_millis(250);
@@ -119,7 +123,7 @@ pub const EXAMPLE_COMPONENTS: &[ExampleComponent] = &[
         namespace: "wasm-dev",
         name: "scratch",
         repository: "dev/scratch:latest",
-        guest: "publisher",
+        guest: "trespasser",
         signed: false,
         expected: Expected::DevMode,
     },
@@ -522,13 +526,13 @@ pub struct DevOptions {
     pub bin_dir: PathBuf,
     /// The example manifests (`examples/`).
     pub examples: PathBuf,
-    /// Agents to start, one per stand-in node (`dev-node-1`, ...).
+    /// Agents to start in node mode, one per stand-in node (`dev-node-1`, ...).
     pub nodes: u32,
     /// Keep the control plane's directory (logs, etcd data) after stopping.
     pub keep: bool,
     /// Arguments added to `airssys-operator run --dev-mode --insecure-registry <registry>`.
     pub operator_args: Vec<String>,
-    /// Arguments added to each agent's `run --manifest ... --data-dir ...`.
+    /// Arguments added to each agent's `run --node-name ... --data-dir ...`.
     pub agent_args: Vec<String>,
 }
 
@@ -551,7 +555,9 @@ impl DevOptions {
 /// it stops the processes (agents and operator first, then the registry and control plane).
 #[derive(Debug)]
 pub struct DevCluster {
-    agents: Vec<Supervised>,
+    /// The agents, by node name.
+    agents: Vec<(String, Supervised)>,
+    artifact_server: String,
     operator: Supervised,
     pushed: Vec<Pushed>,
     key: SigningKey,
@@ -599,39 +605,48 @@ impl DevCluster {
                 .map_err(|e| Error::Invalid(format!("push task failed: {e}")))??
         };
 
+        // The product's namespace with the chart's ServiceAccounts, RBAC and admission
+        // policies: the agents run with exactly the chart's agent role.
+        cp.install_chart(PRODUCT_NAMESPACE, &[]).await?;
+        let artifact_port = crate::ports::free_ports(1)?[0];
+        let artifact_server = format!("https://127.0.0.1:{artifact_port}");
+
         let mut cmd = Command::new(&operator_bin);
         cmd.args([
             "run",
             "--dev-mode",
             "--insecure-registry",
             registry.address(),
+            "--namespace",
+            PRODUCT_NAMESPACE,
+            "--artifact-addr",
+            &format!("127.0.0.1:{artifact_port}"),
+            "--agent-service-account",
+            &format!("{PRODUCT_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"),
         ])
+        .arg("--blob-dir")
+        .arg(options.dir.join("operator-blobs"))
         .args(&options.operator_args)
         .env("KUBECONFIG", cp.kubeconfig_path())
         .env("RUST_LOG", rust_log());
         let operator = start_watched(&cp, "operator", cmd).await?;
 
         let mut agents = Vec::new();
-        if options.nodes > 0 {
-            let manifest = write_agent_manifest(&options.dir.join("agents"), &guests)?;
-            let agent_bin = options.bin_dir.join("airssys-agent");
-            for n in 1..=options.nodes {
-                let node = format!("dev-node-{n}");
-                // No kubelets here: the Node object stands in for the machine.
-                cp.create_node(&node, &[("kubernetes.io/hostname", node.as_str())])
-                    .await?;
-                let mut cmd = Command::new(&agent_bin);
-                cmd.arg("run")
-                    .arg("--manifest")
-                    .arg(&manifest)
-                    .arg("--data-dir")
-                    .arg(options.dir.join("agents").join(&node))
-                    .args(&options.agent_args)
-                    .env("NODE_NAME", &node)
-                    .env("KUBECONFIG", cp.kubeconfig_path())
-                    .env("RUST_LOG", rust_log());
-                agents.push(start_watched(&cp, &format!("agent-{node}"), cmd).await?);
-            }
+        let agent_bin = options.bin_dir.join("airssys-agent");
+        for n in 1..=options.nodes {
+            let node = format!("dev-node-{n}");
+            agents.push((
+                node.clone(),
+                start_agent(
+                    &cp,
+                    &agent_bin,
+                    &node,
+                    &artifact_server,
+                    &options.dir.join("agents").join(&node),
+                    &options.agent_args,
+                )
+                .await?,
+            ));
         }
 
         let rendered = options.dir.join("examples");
@@ -663,6 +678,7 @@ impl DevCluster {
         );
         Ok(DevCluster {
             agents,
+            artifact_server,
             operator,
             pushed,
             key,
@@ -711,7 +727,37 @@ impl DevCluster {
 
     /// The agents' logs (none unless nodes were asked for).
     pub fn agent_logs(&self) -> Vec<&Path> {
-        self.agents.iter().map(Supervised::log_path).collect()
+        self.agents.iter().map(|(_, a)| a.log_path()).collect()
+    }
+
+    /// The nodes that have an agent process.
+    pub fn agent_nodes(&self) -> Vec<&str> {
+        self.agents.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// The last `lines` lines of `node`'s agent log.
+    pub fn agent_log_tail(&self, node: &str, lines: usize) -> String {
+        self.agents
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, a)| a.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// The operator's artifact server (`https://127.0.0.1:<port>`).
+    pub fn artifact_server(&self) -> &str {
+        &self.artifact_server
+    }
+
+    /// Kills `node`'s agent (as a node that dies: no clean shutdown, its Lease just stops
+    /// being renewed). Returns whether there was one.
+    pub fn kill_agent(&mut self, node: &str) -> bool {
+        let Some(i) = self.agents.iter().position(|(n, _)| n == node) else {
+            return false;
+        };
+        let (_, mut agent) = self.agents.remove(i);
+        agent.kill();
+        true
     }
 
     /// Fails with the log tail of the operator or an agent if one has exited.
@@ -719,7 +765,7 @@ impl DevCluster {
         self.operator.check_running()?;
         self.agents
             .iter_mut()
-            .try_for_each(Supervised::check_running)
+            .try_for_each(|(_, a)| a.check_running())
     }
 
     /// `PATH` with the workspace binaries (`kubectl-wasm`) and the harness tools (`kubectl`)
@@ -844,24 +890,43 @@ async fn start_watched(cp: &ControlPlane, name: &str, cmd: Command) -> Result<Su
     Ok(process)
 }
 
-/// The local manifest agents run until they watch Placements: the echo guest.
-fn write_agent_manifest(dir: &Path, guests: &Path) -> Result<PathBuf, Error> {
-    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    let path = dir.join("manifest.yaml");
-    let manifest = serde_json::json!({
-        "components": [{
-            "namespace": "wasm-demo",
-            "name": "echo",
-            "wasm": guests.join("echo.wasm"),
-            "limits": { "timeout": "2s", "memory": "16Mi" },
-        }]
-    });
-    let text = serde_yaml::to_string(&manifest).map_err(|source| Error::Yaml {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::write(&path, text).map_err(Error::io(format!("writing {}", path.display())))?;
-    Ok(path)
+/// Starts the agent of stand-in node `node` in node mode: its `Node` object (no kubelet here),
+/// a token of the chart's agent ServiceAccount bound to that Node (so the admission policy
+/// lets it write only this node's objects), and the operator's artifact server.
+pub async fn start_agent(
+    cp: &ControlPlane,
+    agent_bin: &Path,
+    node: &str,
+    artifact_server: &str,
+    data_dir: &Path,
+    extra_args: &[String],
+) -> Result<Supervised, Error> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cp.client().await?);
+    if nodes.get_opt(node).await?.is_none() {
+        cp.create_node(node, &[("kubernetes.io/hostname", node)])
+            .await?;
+    }
+    let kubeconfig = cp
+        .node_bound_kubeconfig(PRODUCT_NAMESPACE, AGENT_SERVICE_ACCOUNT, node)
+        .await?;
+    let mut cmd = Command::new(agent_bin);
+    cmd.arg("run")
+        .arg("--node-name")
+        .arg(node)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--namespace")
+        .arg(PRODUCT_NAMESPACE)
+        .arg("--artifact-server")
+        .arg(artifact_server)
+        .arg("--artifact-token-file")
+        .arg(kubeconfig.with_extension("token"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra_args)
+        .env_remove("KUBECONFIG")
+        .env("RUST_LOG", rust_log());
+    start_watched(cp, &format!("agent-{node}"), cmd).await
 }
 
 #[cfg(test)]

@@ -117,6 +117,17 @@ impl Supervised {
         log_tail(&self.log, lines)
     }
 
+    /// SIGKILL to the whole group at once (a machine that dies); reaps the child.
+    pub fn kill(&mut self) {
+        if self.exited().is_none()
+            && let Some(group) = Pid::from_raw(self.child.id() as i32)
+        {
+            let _ = kill_process_group(group, Signal::KILL);
+            let _ = self.child.wait();
+        }
+        self.stop();
+    }
+
     /// SIGTERM to the whole group, SIGKILL after a grace period; reaps the child. Idempotent.
     pub fn stop(&mut self) {
         if self.exited().is_none() {

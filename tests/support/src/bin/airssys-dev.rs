@@ -27,10 +27,9 @@ use tracing_subscriber::EnvFilter;
     about = "Run airssys-wasm locally: control plane, OCI registry, operator, the examples applied"
 )]
 struct Cli {
-    /// Agents to start, one per stand-in node (dev-node-1, ...), each with its Node object.
-    /// None by default: agents do not watch Placements yet, so they would not run the
-    /// cluster's components; the ones started run a local manifest (the echo guest).
-    #[arg(long, default_value_t = 0)]
+    /// Agents to start, one per stand-in node (dev-node-1, ...), each with its Node object;
+    /// they run the approved components the operator places on their node.
+    #[arg(long, default_value_t = 2)]
     nodes: u32,
     /// Stop once every example shows its decision (a smoke test; fails if one does not).
     #[arg(long)]
@@ -46,7 +45,7 @@ struct Cli {
     /// (repeat for several).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
-    /// An argument added to each agent's `run --manifest ... --data-dir ...` (repeat).
+    /// An argument added to each agent's `run --node-name ... --data-dir ...` (repeat).
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
     /// Seconds to wait for the examples' decisions.
@@ -154,17 +153,13 @@ fn print_summary(cluster: &DevCluster, observed: &[Observed]) -> Result<(), Erro
         cluster.rendered_examples().display()
     );
     println!("  logs:        {}", cp.dir().join("logs").display());
-    let agents = cluster.agent_logs();
-    if agents.is_empty() {
-        println!(
-            "  agents:      none. Agents do not watch Placements yet, so nothing runs the \
-             cluster's components; --nodes N starts N agents running a local manifest (echo)."
-        );
+    let nodes = cluster.agent_nodes();
+    if nodes.is_empty() {
+        println!("  agents:      none (--nodes 0): approved components are not run");
     } else {
         println!(
-            "  agents:      {} running a local manifest (echo), not the cluster's components \
-             (they do not watch Placements yet)",
-            agents.len()
+            "  agents:      {} (one per stand-in node; logs agent-<node>.log)",
+            nodes.join(", ")
         );
     }
     println!();
@@ -175,6 +170,17 @@ fn print_summary(cluster: &DevCluster, observed: &[Observed]) -> Result<(), Erro
     println!("  export KUBECONFIG={kubeconfig}");
     println!("  export PATH={path}:$PATH");
     println!("  kubectl get wasmcomponents -A");
+    if let Some(node) = nodes.first() {
+        println!("  kubectl get placements -A");
+        println!("  kubectl get events -n wasm-dev --field-selector reason=CapabilityDenied");
+        println!(
+            "  grep wasm-dev/scratch {}",
+            cp.dir()
+                .join("logs")
+                .join(format!("agent-{node}.log"))
+                .display()
+        );
+    }
     println!("  kubectl wasm pending -A");
     if let Some(pending) = EXAMPLE_COMPONENTS
         .iter()
