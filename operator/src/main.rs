@@ -61,6 +61,11 @@ struct RunArgs {
     /// (allow-list mode; a name-based Deny alone cannot stop another DNS name of a registry).
     #[arg(long, env = "AIRSSYS_REQUIRE_LISTED_REGISTRY")]
     require_listed_registry: bool,
+    /// The namespace the product runs in (agent Leases, the artifact server's CA).
+    #[arg(long, env = "AIRSSYS_NAMESPACE", default_value = airssys_crds::agent::DEFAULT_NAMESPACE)]
+    namespace: String,
+    #[command(flatten)]
+    artifact: airssys_operator::artifact::serve::ArtifactServerArgs,
 }
 
 fn main() -> ExitCode {
@@ -127,13 +132,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Blobs for the agents, on every replica (leader or not).
+    let artifact_server = match args.artifact.options(&args.namespace)? {
+        Some(options) => {
+            let started = airssys_operator::artifact::serve::start(
+                client.clone(),
+                resolver.clone(),
+                config.clone(),
+                options,
+            )
+            .await?;
+            Some(tokio::spawn(started.serving))
+        }
+        None => None,
+    };
     // Ready while the controllers run. (Not yet "their first list is done": that is known
     // inside controller::run only.)
     readiness.set(true);
     let result = airssys_operator::controller::run(client, resolver, config, metrics).await;
     readiness.set(false);
-    if let Some(server) = server {
-        server.abort();
+    for task in [server, artifact_server].into_iter().flatten() {
+        task.abort();
     }
     Ok(result?)
 }
