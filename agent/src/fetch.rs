@@ -147,10 +147,16 @@ impl ArtifactClient {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem) {
             let cert = cert.map_err(|e| {
-                fetch_error("the artifact server's CA", format!("not a PEM certificate: {e}"))
+                fetch_error(
+                    "the artifact server's CA",
+                    format!("not a PEM certificate: {e}"),
+                )
             })?;
             roots.add(cert).map_err(|e| {
-                fetch_error("the artifact server's CA", format!("unusable certificate: {e}"))
+                fetch_error(
+                    "the artifact server's CA",
+                    format!("unusable certificate: {e}"),
+                )
             })?;
         }
         if roots.is_empty() {
@@ -293,9 +299,15 @@ impl ArtifactClient {
         let mut reread = false;
         loop {
             let token = self.token(reread).await?;
-            let answer = tokio::time::timeout(self.request_timeout, self.get(digest, &token, limit))
-                .await
-                .map_err(|_| fetch_error(digest, format!("no answer within {:?}", self.request_timeout)))??;
+            let answer =
+                tokio::time::timeout(self.request_timeout, self.get(digest, &token, limit))
+                    .await
+                    .map_err(|_| {
+                        fetch_error(
+                            digest,
+                            format!("no answer within {:?}", self.request_timeout),
+                        )
+                    })??;
             match answer {
                 Answer::Body(bytes) => {
                     let actual = digest_of(&bytes);
@@ -372,7 +384,9 @@ impl ArtifactClient {
             return Ok(Answer::Unauthorized);
         }
         if !status.is_success() {
-            let body = read_body(response.into_body(), 512).await.unwrap_or_default();
+            let body = read_body(response.into_body(), 512)
+                .await
+                .unwrap_or_default();
             return Err(fail(format!(
                 "the artifact server answered {status}: {}",
                 String::from_utf8_lossy(&body).trim()
@@ -470,8 +484,8 @@ struct Descriptor {
 /// The component layer (digest, declared size) of OCI manifest `bytes`: its one layer of a
 /// [`WASM_MEDIA_TYPES`] type. The error completes "its manifest …".
 pub fn component_layer(bytes: &[u8]) -> Result<(Digest, u64), String> {
-    let manifest: Manifest = serde_json::from_slice(bytes)
-        .map_err(|e| format!("is not an OCI image manifest: {e}"))?;
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("is not an OCI image manifest: {e}"))?;
     let mut wasm = manifest
         .layers
         .iter()
@@ -545,8 +559,13 @@ mod tests {
         let a = digest_of(b"a");
         let b = digest_of(b"b");
         let ok = |d: &Digest| Ok((d.clone(), 7));
-        let cases: Vec<(&str, Vec<u8>, Result<(Digest, u64), &str>)> = vec![
-            ("application/wasm", manifest(&[("application/wasm", a.as_str())]), ok(&a)),
+        type Want<'a> = Result<(Digest, u64), &'a str>;
+        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+            (
+                "application/wasm",
+                manifest(&[("application/wasm", a.as_str())]),
+                ok(&a),
+            ),
             (
                 "the wasm OCI layer type",
                 manifest(&[(WASM_MEDIA_TYPES[1], a.as_str())]),
@@ -557,14 +576,29 @@ mod tests {
                 manifest(&[("text/plain", b.as_str()), ("application/wasm", a.as_str())]),
                 ok(&a),
             ),
-            ("no wasm layer", manifest(&[("text/plain", a.as_str())]), Err("no WebAssembly layer")),
+            (
+                "no wasm layer",
+                manifest(&[("text/plain", a.as_str())]),
+                Err("no WebAssembly layer"),
+            ),
             (
                 "two wasm layers",
-                manifest(&[("application/wasm", a.as_str()), ("application/wasm", b.as_str())]),
+                manifest(&[
+                    ("application/wasm", a.as_str()),
+                    ("application/wasm", b.as_str()),
+                ]),
                 Err("more than one"),
             ),
-            ("a bad digest", manifest(&[("application/wasm", "sha256:XYZ")]), Err("bad layer digest")),
-            ("not JSON", b"<html>".to_vec(), Err("not an OCI image manifest")),
+            (
+                "a bad digest",
+                manifest(&[("application/wasm", "sha256:XYZ")]),
+                Err("bad layer digest"),
+            ),
+            (
+                "not JSON",
+                b"<html>".to_vec(),
+                Err("not an OCI image manifest"),
+            ),
         ];
         for (rule, bytes, want) in cases {
             match (component_layer(&bytes), want) {
@@ -578,10 +612,16 @@ mod tests {
     #[test]
     fn server_urls() {
         let e = Endpoint::parse("https://airssys-operator.airssys-system.svc:8443").unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("airssys-operator.airssys-system.svc", 8443));
+        assert_eq!(
+            (e.host.as_str(), e.port),
+            ("airssys-operator.airssys-system.svc", 8443)
+        );
         assert_eq!(e.base_path, "");
         let e = Endpoint::parse("https://[::1]/prefix/").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.base_path.as_str()), ("::1", 443, "/prefix"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.base_path.as_str()),
+            ("::1", 443, "/prefix")
+        );
         assert!(Endpoint::parse("http://x:8443").is_err(), "TLS only");
         assert!(Endpoint::parse("x:8443").is_err());
     }

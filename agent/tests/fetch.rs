@@ -124,7 +124,12 @@ async fn write_token(cp: &ControlPlane, product: &str, path: &Path) {
 
 /// Pushes `wasm` to a fresh repository, trusts it, applies a component and waits for its
 /// approval; returns the Placement an operator would write for it.
-async fn approved_placement(cp: &ControlPlane, registry: &Registry, ns: &str, wasm: &[u8]) -> PlacementSpec {
+async fn approved_placement(
+    cp: &ControlPlane,
+    registry: &Registry,
+    ns: &str,
+    wasm: &[u8],
+) -> PlacementSpec {
     let dir = tempfile::tempdir().unwrap();
     let addr = registry.address();
     let reference = format!("{addr}/{ns}/echo:v1");
@@ -148,7 +153,9 @@ async fn approved_placement(cp: &ControlPlane, registry: &Registry, ns: &str, wa
     }))
     .unwrap();
     let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), ns);
-    api.create(&PostParams::default(), &component).await.unwrap();
+    api.create(&PostParams::default(), &component)
+        .await
+        .unwrap();
     let approved = |c: &WasmComponent| {
         c.status.as_ref().and_then(|s| {
             airssys_crds::condition::is_true(&s.conditions, airssys_crds::ConditionType::Approved)
@@ -156,7 +163,9 @@ async fn approved_placement(cp: &ControlPlane, registry: &Registry, ns: &str, wa
                 .flatten()
         })
     };
-    let c = wait_for(&api, "echo", |c| approved(c).is_some(), TIMEOUT).await.unwrap();
+    let c = wait_for(&api, "echo", |c| approved(c).is_some(), TIMEOUT)
+        .await
+        .unwrap();
     let digest = approved(&c).unwrap();
     serde_json::from_value(serde_json::json!({
         "nodeName": "node-a",
@@ -183,27 +192,42 @@ async fn fetches_verifies_caches_and_refetches_a_corrupt_cache() {
     let node = tempfile::tempdir().unwrap();
     let token_file = node.path().join("token");
     write_token(cp, &op.product, &token_file).await;
-    let mut config = ArtifactClientConfig::new(format!("https://{}", op.addr), node.path().join("cache"));
+    let mut config =
+        ArtifactClientConfig::new(format!("https://{}", op.addr), node.path().join("cache"));
     config.token_file = token_file.clone();
-    let client = ArtifactClient::from_config_map(config.clone(), cp.client().await.unwrap(), &op.product)
-        .await
-        .unwrap();
+    let client =
+        ArtifactClient::from_config_map(config.clone(), cp.client().await.unwrap(), &op.product)
+            .await
+            .unwrap();
 
     // The component of the approved manifest, verified, and usable by the engine.
     let fetched = client.fetch(&placement).await.unwrap();
     assert_eq!(&fetched.wasm[..], &guest[..]);
-    assert_eq!(fetched.wasm_digest, digest_of(&guest), "the layer's digest, not the manifest's");
-    let engine = AgentEngine::new(EngineConfig::new(node.path().join("compiled")).with_capacity(4)).unwrap();
-    engine.prepare(&fetched.wasm_digest, &fetched.wasm).await.unwrap();
+    assert_eq!(
+        fetched.wasm_digest,
+        digest_of(&guest),
+        "the layer's digest, not the manifest's"
+    );
+    let engine =
+        AgentEngine::new(EngineConfig::new(node.path().join("compiled")).with_capacity(4)).unwrap();
+    engine
+        .prepare(&fetched.wasm_digest, &fetched.wasm)
+        .await
+        .unwrap();
 
     // Cached on disk: a client whose server is gone still gets the bytes.
     let layer_file = client.cache_path(&fetched.wasm_digest);
     assert_eq!(std::fs::read(&layer_file).unwrap(), &guest[..]);
-    assert!(client.cache_path(&placement.digest).is_file(), "the manifest too");
+    assert!(
+        client.cache_path(&placement.digest).is_file(),
+        "the manifest too"
+    );
     let mut offline = config.clone();
     offline.server = "https://127.0.0.1:1".to_owned();
     let ca = cp.client().await.unwrap();
-    let offline = ArtifactClient::from_config_map(offline, ca, &op.product).await.unwrap();
+    let offline = ArtifactClient::from_config_map(offline, ca, &op.product)
+        .await
+        .unwrap();
     let again = offline.fetch(&placement).await.unwrap();
     assert_eq!(&again.wasm[..], &guest[..], "served from the node's disk");
 
@@ -218,7 +242,11 @@ async fn fetches_verifies_caches_and_refetches_a_corrupt_cache() {
     std::fs::write(&layer_file, &evil).unwrap();
     let refetched = client.fetch(&placement).await.unwrap();
     assert_eq!(&refetched.wasm[..], &guest[..]);
-    assert_eq!(std::fs::read(&layer_file).unwrap(), &guest[..], "the cache is repaired");
+    assert_eq!(
+        std::fs::read(&layer_file).unwrap(),
+        &guest[..],
+        "the cache is repaired"
+    );
 
     // A rotated token: the client re-reads the file after a 401 (once per request).
     let rotating = node.path().join("rotating-token");
@@ -230,16 +258,26 @@ async fn fetches_verifies_caches_and_refetches_a_corrupt_cache() {
         .await
         .unwrap();
     let err = rotated.fetch(&placement).await.unwrap_err();
-    assert!(matches!(&err, Error::Fetch { reason, .. } if reason.contains("401")), "{err}");
+    assert!(
+        matches!(&err, Error::Fetch { reason, .. } if reason.contains("401")),
+        "{err}"
+    );
     write_token(cp, &op.product, &rotating).await;
     let fetched = rotated.fetch(&placement).await.unwrap();
-    assert_eq!(&fetched.wasm[..], &guest[..], "the new token, read after a 401");
+    assert_eq!(
+        &fetched.wasm[..],
+        &guest[..],
+        "the new token, read after a 401"
+    );
 
     // A digest nobody approved: the server says not found, and the client says so.
     let mut unknown = placement.clone();
     unknown.digest = digest_of(b"never approved");
     let err = client.fetch(&unknown).await.unwrap_err();
-    assert!(matches!(&err, Error::Fetch { reason, .. } if reason.contains("404")), "{err}");
+    assert!(
+        matches!(&err, Error::Fetch { reason, .. } if reason.contains("404")),
+        "{err}"
+    );
 }
 
 /// An artifact server that answers every request with `body`: a compromised or confused
@@ -296,7 +334,8 @@ async fn bytes_that_do_not_hash_to_the_digest_are_refused_and_not_cached() {
     let node = tempfile::tempdir().unwrap();
     let token_file = node.path().join("token");
     std::fs::write(&token_file, "token").unwrap();
-    let mut config = ArtifactClientConfig::new(format!("https://{addr}"), node.path().join("cache"));
+    let mut config =
+        ArtifactClientConfig::new(format!("https://{addr}"), node.path().join("cache"));
     config.token_file = token_file;
     let client = ArtifactClient::from_pem(config, ca.as_bytes()).unwrap();
     let digest = digest_of(b"\0asm the approved component");
@@ -321,5 +360,8 @@ async fn bytes_that_do_not_hash_to_the_digest_are_refused_and_not_cached() {
 
 #[test]
 fn the_agent_accepts_the_layer_types_the_operator_resolves() {
-    assert_eq!(WASM_MEDIA_TYPES, airssys_operator::artifact::resolve::WASM_MEDIA_TYPES);
+    assert_eq!(
+        WASM_MEDIA_TYPES,
+        airssys_operator::artifact::resolve::WASM_MEDIA_TYPES
+    );
 }

@@ -265,7 +265,10 @@ impl BlobStore {
             self.remove(digest);
         }
         if !remove.is_empty() {
-            info!(removed = remove.len(), "evicted blobs no approved component uses or over the cap");
+            info!(
+                removed = remove.len(),
+                "evicted blobs no approved component uses or over the cap"
+            );
         }
         remove
     }
@@ -388,12 +391,7 @@ mod tests {
                 25,
                 vec![d(1)],
             ),
-            (
-                "until the rest fits",
-                set(&[1, 2, 3]),
-                10,
-                vec![d(1), d(3)],
-            ),
+            ("until the rest fits", set(&[1, 2, 3]), 10, vec![d(1), d(3)]),
             (
                 "a cap of zero keeps nothing",
                 set(&[1, 2, 3]),
@@ -414,7 +412,10 @@ mod tests {
         let digest = digest_of(&bytes);
         let err = store.put(&d(9), bytes.clone()).await.unwrap_err();
         assert!(matches!(err, StoreError::Mismatch { .. }), "{err}");
-        assert!(!store.path(&d(9)).exists(), "nothing written for a mismatch");
+        assert!(
+            !store.path(&d(9)).exists(),
+            "nothing written for a mismatch"
+        );
 
         store.put(&digest, bytes.clone()).await.unwrap();
         assert_eq!(

@@ -134,7 +134,11 @@ mod tests {
         .unwrap()
     }
 
-    fn component(artifact: Artifact, approved: Option<&Digest>, status: ConditionStatus) -> WasmComponent {
+    fn component(
+        artifact: Artifact,
+        approved: Option<&Digest>,
+        status: ConditionStatus,
+    ) -> WasmComponent {
         let spec: WasmComponentSpec =
             serde_json::from_value(serde_json::json!({"artifact": artifact})).unwrap();
         let mut c = WasmComponent::new("echo", spec);
@@ -157,20 +161,43 @@ mod tests {
     fn approval_spec() {
         let d = digest_of(b"m");
         let mut deleting = component(oci_artifact(), Some(&d), ConditionStatus::True);
-        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            jiff::Timestamp::now(),
-        ));
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
         let cases = [
-            ("approved with a digest is served", component(oci_artifact(), Some(&d), ConditionStatus::True), true),
-            ("pending is not", component(oci_artifact(), Some(&d), ConditionStatus::False), false),
-            ("unknown (unreachable) is not", component(oci_artifact(), Some(&d), ConditionStatus::Unknown), false),
-            ("approved without a digest is not", component(oci_artifact(), None, ConditionStatus::True), false),
+            (
+                "approved with a digest is served",
+                component(oci_artifact(), Some(&d), ConditionStatus::True),
+                true,
+            ),
+            (
+                "pending is not",
+                component(oci_artifact(), Some(&d), ConditionStatus::False),
+                false,
+            ),
+            (
+                "unknown (unreachable) is not",
+                component(oci_artifact(), Some(&d), ConditionStatus::Unknown),
+                false,
+            ),
+            (
+                "approved without a digest is not",
+                component(oci_artifact(), None, ConditionStatus::True),
+                false,
+            ),
             ("being deleted is not", deleting, false),
         ];
         for (rule, c, want) in cases {
             assert_eq!(ApprovedArtifact::of(&c).is_some(), want, "{rule}");
         }
-        assert!(ApprovedArtifact::of(&WasmComponent::new("x", component(oci_artifact(), None, ConditionStatus::True).spec)).is_none(), "no status is not");
+        assert!(
+            ApprovedArtifact::of(&WasmComponent::new(
+                "x",
+                component(oci_artifact(), None, ConditionStatus::True).spec
+            ))
+            .is_none(),
+            "no status is not"
+        );
     }
 
     #[test]
@@ -179,21 +206,58 @@ mod tests {
         let layer = digest_of(b"layer");
         let wasm = digest_of(b"wasm");
         let other = digest_of(b"other");
-        let oci = ApprovedArtifact::of(&component(oci_artifact(), Some(&manifest), ConditionStatus::True)).unwrap();
-        let https = ApprovedArtifact::of(&component(https_artifact(&wasm), Some(&wasm), ConditionStatus::True)).unwrap();
+        let oci = ApprovedArtifact::of(&component(
+            oci_artifact(),
+            Some(&manifest),
+            ConditionStatus::True,
+        ))
+        .unwrap();
+        let https = ApprovedArtifact::of(&component(
+            https_artifact(&wasm),
+            Some(&wasm),
+            ConditionStatus::True,
+        ))
+        .unwrap();
         let approved = vec![oci.clone(), https.clone()];
         let known = HashMap::from([(manifest.clone(), layer.clone())]);
         let none = HashMap::new();
         let roles = |digest: &Digest, layers: &HashMap<Digest, Digest>| -> Vec<Role> {
-            sources_for(digest, &approved, layers).into_iter().map(|(_, r)| r).collect()
+            sources_for(digest, &approved, layers)
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect()
         };
-        assert_eq!(roles(&manifest, &known), vec![Role::Manifest], "an approved OCI digest is its manifest");
-        assert_eq!(roles(&layer, &known), vec![Role::Layer { manifest: manifest.clone() }], "the layer its manifest names");
-        assert!(roles(&layer, &none).is_empty(), "a layer is served only once the manifest names it");
-        assert_eq!(roles(&wasm, &known), vec![Role::Whole], "an approved https digest is the wasm");
-        assert!(roles(&other, &known).is_empty(), "anything else is not found");
+        assert_eq!(
+            roles(&manifest, &known),
+            vec![Role::Manifest],
+            "an approved OCI digest is its manifest"
+        );
+        assert_eq!(
+            roles(&layer, &known),
+            vec![Role::Layer {
+                manifest: manifest.clone()
+            }],
+            "the layer its manifest names"
+        );
+        assert!(
+            roles(&layer, &none).is_empty(),
+            "a layer is served only once the manifest names it"
+        );
+        assert_eq!(
+            roles(&wasm, &known),
+            vec![Role::Whole],
+            "an approved https digest is the wasm"
+        );
+        assert!(
+            roles(&other, &known).is_empty(),
+            "anything else is not found"
+        );
 
-        assert_eq!(unknown_manifests(&approved, &none), vec![oci.clone()], "only OCI manifests are read to learn layers");
+        assert_eq!(
+            unknown_manifests(&approved, &none),
+            vec![oci.clone()],
+            "only OCI manifests are read to learn layers"
+        );
         assert!(unknown_manifests(&approved, &known).is_empty());
         assert_eq!(
             in_use(&approved, &known),

@@ -133,7 +133,10 @@ impl Authenticator {
         let reviewed = api.create(&PostParams::default(), &review).await?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            debug!(error = status.error.as_deref().unwrap_or(""), "token not authenticated");
+            debug!(
+                error = status.error.as_deref().unwrap_or(""),
+                "token not authenticated"
+            );
             return Ok(None);
         }
         Ok(status.user.and_then(|u| u.username))
@@ -148,8 +151,16 @@ mod tests {
     fn bearer_tokens() {
         let cases = [
             ("bearer scheme", Some("Bearer abc.def"), Some("abc.def")),
-            ("scheme is case-insensitive", Some("bearer abc"), Some("abc")),
-            ("spaces around are trimmed", Some("  Bearer   abc  "), Some("abc")),
+            (
+                "scheme is case-insensitive",
+                Some("bearer abc"),
+                Some("abc"),
+            ),
+            (
+                "spaces around are trimmed",
+                Some("  Bearer   abc  "),
+                Some("abc"),
+            ),
             ("no header", None, None),
             ("basic is not bearer", Some("Basic dXNlcjpwdw=="), None),
             ("empty token", Some("Bearer "), None),
@@ -165,7 +176,11 @@ mod tests {
         let agent = "system:serviceaccount:airssys-system:airssys-agent";
         let cases = [
             ("the agent identity is served", Some(agent), Verdict::Agent),
-            ("an unauthenticated token is 401", None, Verdict::Unauthenticated),
+            (
+                "an unauthenticated token is 401",
+                None,
+                Verdict::Unauthenticated,
+            ),
             (
                 "another service account is 403",
                 Some("system:serviceaccount:team:default"),

@@ -37,8 +37,8 @@ use std::time::Duration;
 use airssys_crds::agent::BLOB_PATH_PREFIX;
 use airssys_crds::{Digest, WasmComponent};
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt as _, Shared};
 use futures::StreamExt as _;
+use futures::future::{BoxFuture, FutureExt as _, Shared};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
@@ -109,11 +109,7 @@ pub struct ArtifactServerArgs {
     pub artifact_addr: Option<SocketAddr>,
     /// DNS names and IP addresses of the serving certificate; repeat or separate with commas.
     /// Default: airssys-operator.<namespace>.svc, ….svc.cluster.local, localhost, 127.0.0.1.
-    #[arg(
-        long,
-        env = "AIRSSYS_ARTIFACT_SERVER_NAMES",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "AIRSSYS_ARTIFACT_SERVER_NAMES", value_delimiter = ',')]
     pub artifact_server_names: Vec<String>,
     /// The agents' ServiceAccount as `<namespace>:<name>`: the only identity served.
     /// Default: <namespace>:airssys-agent.
@@ -212,7 +208,10 @@ pub async fn start(
     options: ArtifactServerOptions,
 ) -> Result<Started, ServeError> {
     crate::artifact::resolve::install_crypto_provider();
-    let store = Arc::new(BlobStore::open(&options.blob_dir, options.blob_cache_bytes)?);
+    let store = Arc::new(BlobStore::open(
+        &options.blob_dir,
+        options.blob_cache_bytes,
+    )?);
     let ca = tls::ensure_ca(&client, &options.namespace).await?;
     tls::publish_ca(&client, &options.namespace, &ca.cert).await?;
     let cert = Arc::new(tls::ServingCert::new(tls::issue_serving(
@@ -245,12 +244,10 @@ pub async fn start(
             addr: options.addr,
             source,
         })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            addr: options.addr,
-            source,
-        })?;
+    let bound = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: options.addr,
+        source,
+    })?;
     let server = Arc::new(Server {
         auth: Authenticator::new(client.clone(), options.agent_user.clone()),
         client,
@@ -278,7 +275,11 @@ pub async fn start(
     })
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, server: Arc<Server>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    server: Arc<Server>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -291,8 +292,7 @@ async fn accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor,
         };
         let (acceptor, server) = (acceptor.clone(), server.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "artifact server: TLS handshake failed");
@@ -389,11 +389,17 @@ impl Server {
             }
             Ok(Verdict::Forbidden(user)) => {
                 warn!(%user, path = request.uri().path(), "artifact server: refused a request of another identity");
-                return text(StatusCode::FORBIDDEN, "only the node agents may fetch blobs\n");
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "only the node agents may fetch blobs\n",
+                );
             }
             Err(e) => {
                 warn!(error = %e, "artifact server: cannot review a token");
-                return text(StatusCode::SERVICE_UNAVAILABLE, "cannot check the token now; retry\n");
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot check the token now; retry\n",
+                );
             }
         }
         if !self.ready.load(Ordering::Relaxed) {
@@ -435,7 +441,10 @@ impl Server {
                 );
             }
         }
-        text(StatusCode::SERVICE_UNAVAILABLE, "the blob store is full; retry\n")
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the blob store is full; retry\n",
+        )
     }
 
     /// The approved components that allow `digest`. When none does, the component layers of
@@ -458,7 +467,11 @@ impl Server {
 
     /// Learns the component layer of approved manifest `a.digest` from the store, or (with
     /// `fetch`) from its registry.
-    async fn learn_layer(self: Arc<Self>, a: &ApprovedArtifact, fetch: bool) -> Result<(), ServeError> {
+    async fn learn_layer(
+        self: Arc<Self>,
+        a: &ApprovedArtifact,
+        fetch: bool,
+    ) -> Result<(), ServeError> {
         if !self.store.contains(&a.digest) {
             if !fetch {
                 return Ok(());
@@ -518,7 +531,15 @@ impl Server {
     ) -> Result<(), ServeError> {
         let mut last = None;
         for (a, role) in sources {
-            match source::fetch(&self.client, &self.resolver, &self.config, &a, &role, digest).await
+            match source::fetch(
+                &self.client,
+                &self.resolver,
+                &self.config,
+                &a,
+                &role,
+                digest,
+            )
+            .await
             {
                 Ok(bytes) => {
                     if role == Role::Manifest {
@@ -611,7 +632,12 @@ struct Streaming {
 
 type Chunk = Result<Frame<Bytes>, std::io::Error>;
 
-fn verified_stream(file: tokio::fs::File, size: u64, digest: Digest, store: Arc<BlobStore>) -> Body {
+fn verified_stream(
+    file: tokio::fs::File,
+    size: u64,
+    digest: Digest,
+    store: Arc<BlobStore>,
+) -> Body {
     let state = Streaming {
         file: file.take(size),
         check: Some(VerifyingReader::new(digest.clone())),

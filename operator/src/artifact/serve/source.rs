@@ -3,8 +3,8 @@
 //! layer from its registry, the `.wasm` from its HTTPS URL or ConfigMap. Every byte returned
 //! here hashes to the digest it was asked for; the store checks again before writing.
 
-use airssys_crds::artifact::OciArtifact;
 use airssys_crds::Digest;
+use airssys_crds::artifact::OciArtifact;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 
@@ -82,12 +82,12 @@ pub async fn fetch(
 /// the digest is what was approved), and the registry.
 fn pinned_reference(oci: &OciArtifact, manifest: &Digest) -> Result<(String, String), ServeError> {
     let parsed: oci_client::Reference =
-        oci.reference
-            .parse()
-            .map_err(|e: oci_client::ParseError| ArtifactError::InvalidReference {
+        oci.reference.parse().map_err(|e: oci_client::ParseError| {
+            ArtifactError::InvalidReference {
                 reference: oci.reference.clone(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
     Ok((
         format!("{}/{}@{manifest}", parsed.registry(), parsed.repository()),
         parsed.registry().to_owned(),
@@ -144,7 +144,11 @@ mod tests {
     fn references_are_pinned_to_the_approved_manifest() {
         let digest = crate::artifact::digest_of(b"m");
         let cases = [
-            ("a tag is dropped", "r.io:5000/team/echo:v1", "r.io:5000/team/echo"),
+            (
+                "a tag is dropped",
+                "r.io:5000/team/echo:v1",
+                "r.io:5000/team/echo",
+            ),
             ("no tag", "r.io/team/echo", "r.io/team/echo"),
             (
                 "an old digest is replaced",

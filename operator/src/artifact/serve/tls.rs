@@ -98,7 +98,9 @@ pub fn new_ca() -> Result<CaPem, ServeError> {
         .push(DnType::CommonName, "airssys-wasm artifact CA");
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     valid_for(&mut params, CA_DAYS)?;
-    let cert = params.self_signed(&key).map_err(tls_error("signing the CA"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(tls_error("signing the CA"))?;
     Ok(CaPem {
         cert: cert.pem(),
         key: key.serialize_pem(),
@@ -112,8 +114,8 @@ pub fn issue_serving(ca: &CaPem, names: &[String]) -> Result<Arc<CertifiedKey>, 
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)
         .map_err(tls_error("reading the CA certificate"))?;
     let key = KeyPair::generate().map_err(tls_error("generating the serving key"))?;
-    let mut params = CertificateParams::new(names.to_vec())
-        .map_err(tls_error("serving certificate names"))?;
+    let mut params =
+        CertificateParams::new(names.to_vec()).map_err(tls_error("serving certificate names"))?;
     params
         .distinguished_name
         .push(DnType::CommonName, "airssys-operator artifact server");
@@ -295,15 +297,19 @@ mod tests {
     #[test]
     fn the_serving_certificate_chains_to_the_ca_for_its_names() {
         let ca = new_ca().unwrap();
-        let names = vec!["airssys-operator.airssys-system.svc".to_owned(), "127.0.0.1".to_owned()];
+        let names = vec![
+            "airssys-operator.airssys-system.svc".to_owned(),
+            "127.0.0.1".to_owned(),
+        ];
         let served = issue_serving(&ca, &names).unwrap();
         assert_eq!(served.cert.len(), 2, "leaf and CA");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(served.cert[1].clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .unwrap();
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
         let now = rustls::pki_types::UnixTime::now();
         for name in ["airssys-operator.airssys-system.svc", "127.0.0.1"] {
             let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
@@ -313,7 +319,9 @@ mod tests {
         }
         let other = rustls::pki_types::ServerName::try_from("evil.example").unwrap();
         assert!(
-            verifier.verify_server_cert(&served.cert[0], &[], &other, &[], now).is_err(),
+            verifier
+                .verify_server_cert(&served.cert[0], &[], &other, &[], now)
+                .is_err(),
             "only the configured names"
         );
     }
