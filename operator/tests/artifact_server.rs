@@ -469,3 +469,29 @@ async fn private_registry_blobs_reach_the_agent_without_its_credentials() {
     }
     common::assert_running(&served.operator);
 }
+
+#[tokio::test]
+async fn replicas_starting_together_share_one_ca() {
+    use airssys_operator::artifact::serve::tls::{TLS_SECRET, ensure_ca, publish_ca};
+    let cp = ControlPlane::shared().await.unwrap();
+    let ns = cp.create_namespace("art-ca").await.unwrap();
+    let client = cp.client().await.unwrap();
+    // Two replicas find no Secret and both try to create it: one wins, the other reads it.
+    let (a, b) = futures::future::join(ensure_ca(&client, &ns), ensure_ca(&client, &ns)).await;
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.cert, b.cert, "one CA for both");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let stored = secrets.get(TLS_SECRET).await.unwrap().data.unwrap();
+    assert_eq!(
+        stored["ca.crt"].0,
+        a.cert.as_bytes(),
+        "the one in the Secret"
+    );
+    // A restart reuses it, and both publish the same certificate without a conflict.
+    assert_eq!(ensure_ca(&client, &ns).await.unwrap().cert, a.cert);
+    publish_ca(&client, &ns, &a.cert).await.unwrap();
+    publish_ca(&client, &ns, &b.cert).await.unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(client, &ns);
+    let published = maps.get(ARTIFACT_CA_CONFIGMAP).await.unwrap().data.unwrap();
+    assert_eq!(published[ARTIFACT_CA_KEY], a.cert);
+}
