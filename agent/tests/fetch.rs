@@ -356,6 +356,14 @@ async fn bytes_that_do_not_hash_to_the_digest_are_refused_and_not_cached() {
         other => panic!("expected DigestMismatch, got {other}"),
     }
     assert!(!client.cache_path(&digest).exists(), "nothing cached");
+
+    // More bytes than the engine compiles are refused before they are all read.
+    let mut small = ArtifactClientConfig::new(format!("https://{addr}"), node.path().join("cache"));
+    small.token_file = node.path().join("token");
+    small.max_component_bytes = 8;
+    let client = ArtifactClient::from_pem(small, ca.as_bytes()).unwrap();
+    let err = client.fetch(&placement).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { limit: 8, .. }), "{err}");
 }
 
 #[test]
