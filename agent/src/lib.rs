@@ -28,7 +28,8 @@
 //! 7. [`actor`]: a component's instances draining its mailbox; kills and restarts.
 //! 8. [`supervisor`]: the components on this node (add, update, remove).
 //! 9. [`manifest`]: local manifests for `airssys-agent run --manifest`.
-//! 10. [`artifact`]: how node mode gets a Placement's verified bytes.
+//! 10. [`artifact`]: how node mode gets a Placement's verified bytes; [`fetch`]: from the
+//!     operator's artifact server, cached on disk by digest.
 pub mod bindings;
 pub mod grant;
 pub mod id;
@@ -45,6 +46,7 @@ pub mod actor;
 pub mod artifact;
 pub mod context;
 pub mod engine;
+pub mod fetch;
 pub mod host;
 pub mod instance;
 pub mod manifest;

@@ -62,14 +62,17 @@ struct RunArgs {
     /// (allow-list mode; a name-based Deny alone cannot stop another DNS name of a registry).
     #[arg(long, env = "AIRSSYS_REQUIRE_LISTED_REGISTRY")]
     require_listed_registry: bool,
-    /// The product's namespace: agents' Leases are read there, and the leader Lease is held
-    /// there.
+    /// The product's namespace: agents' Leases are read there, the leader Lease is held
+    /// there, and the artifact server keeps its CA there.
     #[arg(long, env = "AIRSSYS_NAMESPACE", default_value = airssys_crds::agent::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Elect a leader among the operator replicas (Lease `airssys-operator-leader`): only the
-    /// leader runs the controllers; the others stand by. A leader that loses its Lease exits.
+    /// leader runs the controllers; the others stand by (and serve artifacts). A leader that
+    /// loses its Lease exits.
     #[arg(long, env = "AIRSSYS_LEADER_ELECT")]
     leader_elect: bool,
+    #[command(flatten)]
+    artifact: airssys_operator::artifact::serve::ArtifactServerArgs,
 }
 
 fn main() -> ExitCode {
@@ -137,6 +140,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Blobs for the agents, on every replica (leader or not).
+    let artifact_server = match args.artifact.options(&config.namespace)? {
+        Some(options) => {
+            let started = airssys_operator::artifact::serve::start(
+                client.clone(),
+                resolver.clone(),
+                config.clone(),
+                options,
+            )
+            .await?;
+            Some(tokio::spawn(started.serving))
+        }
+        None => None,
+    };
     let elector = args.leader_elect.then(|| {
         leader::Elector::new(
             client.clone(),
@@ -157,8 +174,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(elector) => leader::run_elected(elector, controller::shutdown_signal(), work).await,
         None => work().await,
     };
-    if let Some(server) = server {
-        server.abort();
+    for task in [server, artifact_server].into_iter().flatten() {
+        task.abort();
     }
     Ok(result?)
 }

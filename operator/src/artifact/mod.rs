@@ -8,6 +8,9 @@
 //! - [`keys`]: cosign public keys and trust-root CAs, parsed once when a `TrustSource` is
 //!   indexed.
 //! - [`credentials`]: registry credentials from `kubernetes.io/dockerconfigjson` Secrets, pure.
+//! - [`store`]: verified blobs on the operator's disk, by digest, bounded.
+//! - [`serve`]: the artifact server: approved components' blobs, by digest, to authenticated
+//!   agents over TLS, so no agent needs another namespace's pull credentials.
 //!
 //! Errors are classed so the controller can keep its promise: a network failure retries and
 //! never changes an approval; only an integrity failure marks a component as failing
@@ -17,6 +20,8 @@ pub mod cosign;
 pub mod credentials;
 pub mod keys;
 pub mod resolve;
+pub mod serve;
+pub mod store;
 
 use airssys_crds::Digest;
 use sha2::{Digest as _, Sha256};
@@ -24,7 +29,9 @@ use sha2::{Digest as _, Sha256};
 pub use cosign::{SignatureLayer, Signer, Verification};
 pub use credentials::RegistryCredentials;
 pub use keys::{CaCertificate, KeyError, PublicKey};
-pub use resolve::{FetchLimits, ResolvedOci, Resolver, ResolverOptions, RetryPolicy};
+pub use resolve::{
+    FetchLimits, ResolvedOci, Resolver, ResolverOptions, RetryPolicy, component_layer,
+};
 
 /// How the controller should treat an [`ArtifactError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use oci_client::Client;
 
 pub use https::check_https;
 use oci::{ClientKey, LayerCheck, LayerCheckKey};
-pub use oci::{ResolvedOci, WASM_MEDIA_TYPES};
+pub use oci::{ResolvedOci, WASM_MEDIA_TYPES, component_layer};
 pub use retry::{RetryPolicy, retry};
 
 use super::ArtifactError;

@@ -136,6 +136,21 @@ impl Resolver {
         insecure: bool,
         credentials: Option<&RegistryCredentials>,
     ) -> Result<ResolvedOci, ArtifactError> {
+        self.resolve_oci_manifest(reference, insecure, credentials)
+            .await
+            .map(|(resolved, _)| resolved)
+    }
+
+    /// [`resolve_oci`](Self::resolve_oci), also returning the manifest's bytes: exactly the
+    /// bytes that hash to `resolved.digest` (checked against the reference's digest when it
+    /// has one), which the artifact server hands to agents so they can check the manifest →
+    /// layer link themselves.
+    pub async fn resolve_oci_manifest(
+        &self,
+        reference: &str,
+        insecure: bool,
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<(ResolvedOci, Vec<u8>), ArtifactError> {
         let parsed: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
             ArtifactError::InvalidReference {
                 reference: reference.to_owned(),
@@ -169,17 +184,7 @@ impl Resolver {
         if let Some(pinned) = pinned {
             check_digest(&format!("manifest of {reference}"), &bytes, &pinned)?;
         }
-        let manifest: OciImageManifest =
-            serde_json::from_slice(&bytes).map_err(|e| ArtifactError::Manifest {
-                reference: reference.to_owned(),
-                reason: format!("not an OCI image manifest: {e}"),
-            })?;
-        let layer = wasm_layer(reference, &manifest)?;
-        let layer_digest = Digest::parse(&layer.digest).map_err(|e| ArtifactError::Manifest {
-            reference: reference.to_owned(),
-            reason: format!("layer digest: {e}"),
-        })?;
-        let layer_size = u64::try_from(layer.size).unwrap_or(0);
+        let (layer_digest, layer_size) = component_layer(reference, &bytes)?;
         if layer_size > self.limits.component_bytes {
             return Err(ArtifactError::TooLarge {
                 what: format!("component layer of {reference}"),
@@ -188,14 +193,15 @@ impl Resolver {
             });
         }
         debug!(reference, %digest, "resolved");
-        Ok(ResolvedOci {
+        let resolved = ResolvedOci {
             registry: parsed.registry().to_owned(),
             repository: format!("{}/{}", parsed.registry(), parsed.repository()),
             digest,
             layer_digest,
             layer_size,
             insecure,
-        })
+        };
+        Ok((resolved, bytes.to_vec()))
     }
 
     /// Downloads the component layer and checks its digest.
@@ -492,6 +498,22 @@ pub(super) fn auth(credentials: Option<&RegistryCredentials>) -> RegistryAuth {
         Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
         None => RegistryAuth::Anonymous,
     }
+}
+
+/// The component layer (digest and size) that manifest `bytes` of `reference` names: its one
+/// layer of a wasm media type.
+pub fn component_layer(reference: &str, bytes: &[u8]) -> Result<(Digest, u64), ArtifactError> {
+    let manifest: OciImageManifest =
+        serde_json::from_slice(bytes).map_err(|e| ArtifactError::Manifest {
+            reference: reference.to_owned(),
+            reason: format!("not an OCI image manifest: {e}"),
+        })?;
+    let layer = wasm_layer(reference, &manifest)?;
+    let digest = Digest::parse(&layer.digest).map_err(|e| ArtifactError::Manifest {
+        reference: reference.to_owned(),
+        reason: format!("layer digest: {e}"),
+    })?;
+    Ok((digest, u64::try_from(layer.size).unwrap_or(0)))
 }
 
 /// The one wasm layer of a component manifest.
