@@ -15,7 +15,8 @@
 //! 2. Pieces over the vocabulary:
 //!    - [`error`]: the crate's error enum (wraps storage's).
 //!    - [`audit`]: the bounded audit pipeline (event model, hot-path sink, Event
-//!      aggregation, writer and log rotation, its own counters).
+//!      aggregation, writer and log rotation, its own counters, the Kubernetes Event
+//!      publisher).
 //!    - [`broker`]: topics, direct send and request/response between mailboxes.
 //!    - [`storage`]: the embedded key-value database and its byte quota.
 //!    - [`metrics`]: the Prometheus registry (registers the audit counters).
@@ -29,6 +30,7 @@
 //! 8. [`supervisor`]: the components on this node (add, update, remove).
 //! 9. [`manifest`]: local manifests for `airssys-agent run --manifest`.
 //! 10. [`artifact`]: how node mode gets a Placement's verified bytes.
+//! 11. [`serve`]: the `/metrics`, `/healthz` and `/readyz` endpoint.
 pub mod bindings;
 pub mod grant;
 pub mod id;
@@ -48,6 +50,7 @@ pub mod engine;
 pub mod host;
 pub mod instance;
 pub mod manifest;
+pub mod serve;
 pub mod supervisor;
 
 pub use error::Error;
