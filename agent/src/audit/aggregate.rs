@@ -14,6 +14,9 @@
 //!   (naming the last) and whose count is that number (the occurrences are *folded* into
 //!   it). While a summary is owed, new notes join it rather than jump the queue.
 //!
+//! Records the audit fairness budget folded (`super::fold`) arrive as bare counts, their notes
+//! unknown: they join the summary too, never a series whose note they might not share.
+//!
 //! So a denial flood costs the API server at most `burst` writes plus one per `refill` per
 //! (component, reason), and every occurrence is still counted by exactly one Event (its own,
 //! a series count or a summary's count) or, when too many series are open or the publisher
@@ -203,10 +206,8 @@ struct Bucket {
     /// Occurrences with no series of their own, owed a summary.
     others: u64,
     others_since: SystemTime,
-    /// The note of the last of them.
-    others_last: String,
-    /// The series the last occurrence went to: fairness-folded counts join it.
-    latest: Option<u64>,
+    /// The note of the bucket's last occurrence (a summary names it).
+    last_note: String,
     last_occurrence: Instant,
 }
 
@@ -231,15 +232,12 @@ impl Bucket {
         }
     }
 
-    /// Owes a summary one more occurrence of `note`.
-    fn fold_other(&mut self, note: &str, count: u64, at: SystemTime) {
+    /// Owes a summary `count` more occurrences.
+    fn fold_other(&mut self, count: u64, at: SystemTime) {
         if self.others == 0 {
             self.others_since = at;
         }
         self.others += count;
-        if !note.is_empty() {
-            note.clone_into(&mut self.others_last);
-        }
     }
 
     /// The summary Event for the occurrences without a series of their own.
@@ -251,7 +249,7 @@ impl Bucket {
             name: self.name.clone(),
             refs: self.refs.clone(),
             reason: self.reason,
-            note: summary_note(self.reason, n, &self.others_last),
+            note: summary_note(self.reason, n, &self.last_note),
             count: n,
             new: n,
             first: true,
@@ -270,7 +268,7 @@ fn summary_note(reason: EventReason, n: u64, last: &str) -> String {
         format!("; the last: {last}")
     };
     format!(
-        "{n} {reason} occurrences not published one by one (rate limit){last}; each is in the node's audit log"
+        "{n} {reason} occurrences not published one by one (rate limit){last}; see the node's audit log"
     )
 }
 
@@ -313,12 +311,13 @@ impl EventAggregator {
         };
         let bucket = self.buckets.get_mut(&key)?;
         bucket.last_occurrence = now;
+        // Reuses the buffer: no allocation once it is long enough.
+        bucket.last_note.clone_from(&o.note);
         if let Some(i) = bucket.series.iter().position(|s| s.note == o.note) {
             let s = &mut bucket.series[i];
             s.count += 1;
             s.last_seen = o.at;
             s.last_occurrence = now;
-            bucket.latest = Some(s.id);
             if !bucket.tokens.take(&policy, now) {
                 // Waits in the count until `due` has a token.
                 return None;
@@ -331,7 +330,7 @@ impl EventAggregator {
         }
         if bucket.others > 0 || self.open >= policy.max_series {
             // A summary is owed (or there is no room): this joins it, and a token pays it.
-            bucket.fold_other(&o.note, 1, o.at);
+            bucket.fold_other(1, o.at);
             if !bucket.tokens.take(&policy, now) {
                 return None;
             }
@@ -341,7 +340,7 @@ impl EventAggregator {
             return Some(event);
         }
         if !bucket.tokens.take(&policy, now) {
-            bucket.fold_other(&o.note, 1, o.at);
+            bucket.fold_other(1, o.at);
             return None;
         }
         let mut s = Series {
@@ -356,14 +355,13 @@ impl EventAggregator {
         self.next_id += 1;
         self.open += 1;
         let event = bucket.publication(&mut s);
-        bucket.latest = Some(s.id);
         bucket.series.push(s);
         Some(event)
     }
 
-    /// Notes `count` occurrences the audit pipeline folded (see `super::fold`) for
-    /// `subject`: "more like the last one", so they join the series of the bucket's last
-    /// occurrence (or count as occurrences without a series if it has none).
+    /// Notes `count` occurrences the audit fairness budget folded (see `super::fold`) for
+    /// `subject`. Their notes are unknown, so they are owed a summary (published now if a
+    /// token is left).
     pub fn observe_folded(
         &mut self,
         subject: EventSubject<'_>,
@@ -382,27 +380,14 @@ impl EventAggregator {
         };
         let bucket = self.buckets.get_mut(&key)?;
         bucket.last_occurrence = now;
-        let latest = bucket.latest;
-        match bucket.series.iter().position(|s| Some(s.id) == latest) {
-            Some(i) => {
-                let s = &mut bucket.series[i];
-                s.count += count;
-                s.last_seen = at;
-                s.last_occurrence = now;
-                if !bucket.tokens.take(&policy, now) {
-                    return None;
-                }
-                let mut s = bucket.series.swap_remove(i);
-                let event = bucket.publication(&mut s);
-                bucket.series.push(s);
-                self.stats.folded += event.new.saturating_sub(1);
-                Some(event)
-            }
-            None => {
-                bucket.fold_other("", count, at);
-                None
-            }
+        bucket.fold_other(count, at);
+        if !bucket.tokens.take(&policy, now) {
+            return None;
         }
+        let event = bucket.summary(self.next_id, at);
+        self.next_id += 1;
+        self.stats.folded += event.count;
+        Some(event)
     }
 
     /// The key of the bucket of (`subject`, `reason`), made if there is room.
@@ -431,8 +416,7 @@ impl EventAggregator {
                     series: Vec::new(),
                     others: 0,
                     others_since: SystemTime::UNIX_EPOCH,
-                    others_last: String::new(),
-                    latest: None,
+                    last_note: String::new(),
                     last_occurrence: now,
                 },
             );
@@ -503,7 +487,7 @@ impl EventAggregator {
         match series {
             Some(s) if !event.summary => s.published = s.published.saturating_sub(event.new),
             // A summary, or a series closed meanwhile: owed a summary again.
-            _ => bucket.fold_other("", event.new, event.first_seen),
+            _ => bucket.fold_other(event.new, event.first_seen),
         }
     }
 
@@ -514,11 +498,6 @@ impl EventAggregator {
             // A series with unpublished occurrences stays until they are published.
             b.series
                 .retain(|s| s.count > s.published || now.duration_since(s.last_occurrence) < idle);
-            if b.latest
-                .is_some_and(|id| !b.series.iter().any(|s| s.id == id))
-            {
-                b.latest = None;
-            }
             open += b.series.len();
             !b.series.is_empty() || b.others > 0 || now.duration_since(b.last_occurrence) < idle
         });
