@@ -97,6 +97,7 @@ fn main() {
                 grant: CapabilitySet::default(),
                 quotas: quotas.clone(),
                 env: Vec::new(),
+                k8s: None,
             })
             .await
             .unwrap();
@@ -111,6 +112,7 @@ fn main() {
                     grant: CapabilitySet::default(),
                     quotas: quotas.clone(),
                     env: Vec::new(),
+                    k8s: None,
                 })
                 .await
                 .unwrap();

@@ -85,6 +85,7 @@ fn spec(name: &str, wasm: &str, grant: CapabilitySet, quotas: Quotas) -> Compone
         grant,
         quotas,
         env: Vec::new(),
+        k8s: None,
     }
 }
 

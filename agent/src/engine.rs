@@ -1,6 +1,11 @@
 //! The agent's one wasmtime [`Engine`]: pooling allocator, epoch interruption with a ticker
 //! thread, the [`Linker`] built once, and the on-disk compile cache.
 //!
+//! In memory, prepared components are kept per digest in a bounded map: the supervisor drops
+//! the digests no component runs any more ([`AgentEngine::retain`]) and at most
+//! [`EngineConfig::max_prepared`] stay (least recently used first; a running actor holds its
+//! own handle, so an eviction only costs a reload from the disk cache).
+//!
 //! Compile cache: `<cache_dir>/<engine hash>/<digest>.cwasm`, where the engine hash covers
 //! the wasmtime version and every setting that changes generated code. Each file carries a
 //! header with the digest, the engine hash and the SHA-256 of the serialized artifact; a
@@ -8,7 +13,7 @@
 //! written, is deleted and rebuilt. Only artifacts this agent compiled from `.wasm` it
 //! verified are ever loaded; nothing precompiled comes from outside the node.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +62,8 @@ pub struct EngineConfig {
     /// call for reuse until the store is dropped, so this must cover every live instance,
     /// not just the calls executing at once (measured: 64 stacks stop the 65th actor).
     pub total_stacks: u32,
+    /// Prepared components kept in memory (distinct digests).
+    pub max_prepared: usize,
 }
 
 impl EngineConfig {
@@ -74,6 +81,7 @@ impl EngineConfig {
             total_memories: 2000,
             total_tables: 2000,
             total_stacks: 1000,
+            max_prepared: 128,
         }
     }
 
@@ -147,7 +155,7 @@ struct Inner {
     linker: Linker<HostState>,
     config: EngineConfig,
     engine_hash: String,
-    prepared: Mutex<HashMap<Digest, Prepared>>,
+    prepared: Mutex<Lru<Digest, Prepared>>,
     /// Compiles are CPU-heavy; one at a time keeps the node responsive.
     compile_slots: Semaphore,
 
@@ -191,13 +199,14 @@ impl AgentEngine {
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.weak(), config.epoch_tick, ticker_stop.clone())?;
+        let prepared = Mutex::new(Lru::new(config.max_prepared));
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 config,
                 engine_hash,
-                prepared: Mutex::new(HashMap::new()),
+                prepared,
                 compile_slots: Semaphore::new(1),
                 ticker_stop,
             }),
@@ -276,30 +285,35 @@ impl AgentEngine {
             .instantiate_pre(&component)
             .and_then(Prepared::new)
             .map_err(Error::wasm("link component"))?;
-        self.inner
-            .prepared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(digest.clone(), pre.clone());
+        self.prepared().insert(digest.clone(), pre.clone());
         Ok((pre, source))
     }
 
     /// Forgets the in-memory prepared component (the disk cache stays).
     pub fn evict(&self, digest: &Digest) {
+        self.prepared().remove(digest);
+    }
+
+    /// Forgets every in-memory prepared component whose digest is not in `in_use` (the
+    /// supervisor calls it when a component stops or moves to another digest).
+    pub fn retain(&self, in_use: &HashSet<Digest>) {
+        self.prepared().retain(|digest| in_use.contains(digest));
+    }
+
+    /// The digests prepared in memory.
+    pub fn prepared_digests(&self) -> Vec<Digest> {
+        self.prepared().keys().cloned().collect()
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, Lru<Digest, Prepared>> {
         self.inner
             .prepared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(digest);
     }
 
     fn cached(&self, digest: &Digest) -> Option<Prepared> {
-        self.inner
-            .prepared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(digest)
-            .cloned()
+        self.prepared().get(digest)
     }
 
     /// Blocking: verified cache hit, else compile and write the cache.
@@ -344,6 +358,62 @@ impl AgentEngine {
             Err(e) => tracing::warn!(%digest, error = %e, "could not serialize component"),
         }
         Ok((component, CompileSource::Compiled))
+    }
+}
+
+/// A map that keeps at most `cap` entries, dropping the least recently used.
+#[derive(Debug)]
+struct Lru<K, V> {
+    entries: HashMap<K, (V, u64)>,
+    clock: u64,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            clock: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    fn get(&mut self, key: &K) -> Option<V> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(key).map(|(value, used)| {
+            *used = clock;
+            value.clone()
+        })
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        self.clock += 1;
+        self.entries.insert(key, (value, self.clock));
+        while self.entries.len() > self.cap {
+            // O(cap) per eviction: the cap is small and evictions rare (a new digest).
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+    }
+
+    fn remove(&mut self, key: &K) {
+        self.entries.remove(key);
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.entries.retain(|k, _| keep(k));
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.keys()
     }
 }
 
@@ -548,6 +618,34 @@ mod tests {
                 "{name} must be rejected"
             );
         }
+    }
+
+    #[test]
+    fn prepared_map_keeps_what_is_in_use_and_at_most_its_cap() {
+        let mut lru = Lru::new(3);
+        for k in ["a", "b", "c"] {
+            lru.insert(k, k.len());
+        }
+        // a used recently: d evicts b, the least recently used
+        assert_eq!(lru.get(&"a"), Some(1));
+        lru.insert("d", 1);
+        let mut keys: Vec<_> = lru.keys().copied().collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["a", "c", "d"],
+            "the cap evicts the least recently used"
+        );
+        // digests no component uses are dropped
+        let in_use: HashSet<&str> = ["c"].into();
+        lru.retain(|k| in_use.contains(k));
+        assert_eq!(lru.keys().copied().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(lru.get(&"a"), None);
+        // re-inserting a key refreshes it instead of growing the map
+        lru.insert("c", 2);
+        assert_eq!((lru.entries.len(), lru.get(&"c")), (1, Some(2)));
+        lru.remove(&"c");
+        assert_eq!(lru.keys().count(), 0);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! 2. Pieces over the vocabulary:
 //!    - [`error`]: the crate's error enum (wraps storage's).
 //!    - [`audit`]: the bounded audit pipeline (event model, hot-path sink, Event
-//!      aggregation, writer and log rotation, its own counters).
+//!      aggregation, writer and log rotation, its own counters, the Kubernetes Event
+//!      publisher).
 //!    - [`broker`]: topics, direct send and request/response between mailboxes.
 //!    - [`storage`]: the embedded key-value database and its byte quota.
 //!    - [`metrics`]: the Prometheus registry (registers the audit counters).
@@ -30,6 +31,7 @@
 //! 9. [`manifest`]: local manifests for `airssys-agent run --manifest`.
 //! 10. [`artifact`]: how node mode gets a Placement's verified bytes; [`fetch`]: from the
 //!     operator's artifact server, cached on disk by digest.
+//! 11. [`serve`]: the `/metrics`, `/healthz` and `/readyz` endpoint.
 pub mod bindings;
 pub mod grant;
 pub mod id;
@@ -50,6 +52,7 @@ pub mod fetch;
 pub mod host;
 pub mod instance;
 pub mod manifest;
+pub mod serve;
 pub mod supervisor;
 
 pub use error::Error;

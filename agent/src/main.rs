@@ -6,6 +6,7 @@
 //! reply and exits: handy for trying a component, and what the CLI test drives.
 #![allow(clippy::print_stdout)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use airssys_agent::id::ComponentId;
 use airssys_agent::manifest::Manifest;
 use airssys_agent::metrics::Metrics;
 use airssys_agent::restart::RestartPolicy;
+use airssys_agent::serve::{self, Readiness};
 use airssys_agent::storage::KvStore;
 use airssys_agent::supervisor::Supervisor;
 use clap::{Parser, Subcommand};
@@ -62,6 +64,9 @@ enum Command {
         /// without bound).
         #[arg(long, default_value_t = 5)]
         audit_max_files: usize,
+        /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. `0.0.0.0:9090`).
+        #[arg(long, env = "AIRSSYS_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
     },
 }
 
@@ -103,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         request_timeout_ms,
         audit_max_bytes,
         audit_max_files,
+        metrics_addr,
     } = cli.command;
     let loaded = Manifest::load(&manifest)?;
     let base = manifest
@@ -115,7 +121,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cache_dir = cache_dir.unwrap_or_else(|| data_dir.join("cache"));
     let engine = AgentEngine::new(EngineConfig::new(cache_dir))?;
     let storage = Arc::new(KvStore::open(data_dir.join("kv.redb"))?);
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
+    // Ready once the manifest's components run.
+    let readiness = Readiness::default();
+    if let Some(addr) = metrics_addr {
+        serve::spawn(addr, metrics.clone(), readiness.clone()).await?;
+    }
     let mut audit_config = AuditConfig::new(node_name(), &metrics.audit);
     audit_config.log_path = Some(data_dir.join("audit.jsonl"));
     audit_config.rotation = (audit_max_files > 0).then_some(Rotation {
@@ -135,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let source = supervisor.add(spec).await?;
         tracing::info!(component = %id, ?source, "running");
     }
+    readiness.set(true);
 
     let mut failed = false;
     if !request.is_empty() {
@@ -165,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tokio::signal::ctrl_c().await?;
         tracing::info!("interrupted; stopping components");
     }
+    readiness.set(false);
     supervisor.shutdown().await;
     auditor.shutdown();
     Ok(if failed {

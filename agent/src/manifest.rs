@@ -136,6 +136,8 @@ impl ManifestComponent {
             grant,
             quotas: Quotas::from(&limits),
             env,
+            // A local manifest names no Kubernetes objects: no Events.
+            k8s: None,
         })
     }
 }

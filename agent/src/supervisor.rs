@@ -1,7 +1,7 @@
 //! Supervision: restart with exponential backoff, crash-loop detection, and the set of
 //! actors running on this node (add, update to a new digest, remove while running).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -12,7 +12,7 @@ use airssys_crds::capability::CapabilitySet;
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::actor::{ActorStatus, ComponentActor, Control};
-use crate::audit::{AuditSink, ComponentIdentity};
+use crate::audit::{AuditSink, ComponentIdentity, ObjectRefs};
 use crate::broker::{Broker, BrokerError, Mailbox};
 use crate::context::ComponentContext;
 use crate::engine::{AgentEngine, CompileSource};
@@ -36,6 +36,8 @@ pub struct ComponentSpec {
     pub quotas: Quotas,
     /// Values of the env keys the grant exposes.
     pub env: Vec<(String, String)>,
+    /// The Kubernetes objects its audit Events name (node mode); `None`: no Events.
+    pub k8s: Option<ObjectRefs>,
 }
 
 struct ActorEntry {
@@ -126,7 +128,11 @@ impl Supervisor {
             cpu_ticks: spec.quotas.cpu_ticks(self.engine.config().epoch_tick),
             rate: std::sync::Mutex::new(RateLimiter::new(spec.quotas.messages_per_second)),
             instance: AtomicU64::new(0),
-            identity: ComponentIdentity::of(&spec.id, spec.digest.as_str()),
+            identity: ComponentIdentity::with_refs(
+                &spec.id,
+                spec.digest.as_str(),
+                spec.k8s.clone(),
+            ),
         })
     }
 
@@ -215,6 +221,7 @@ impl Supervisor {
         self.broker.register(&spec.id, mailbox.clone());
         entry.mailbox = mailbox;
         entry.digest = spec.digest.clone();
+        self.engine.retain(&digests_in_use(&actors));
         tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component updated");
         Ok(source)
     }
@@ -232,12 +239,14 @@ impl Supervisor {
     /// Stops a component: each instance finishes its current message, `shutdown` is called,
     /// queued messages are dropped (their requesters get no reply).
     pub async fn remove(&self, id: &ComponentId) -> Result<(), Error> {
-        let entry = self
-            .actors
-            .lock()
-            .await
-            .remove(id)
-            .ok_or_else(|| Error::UnknownComponent(id.to_string()))?;
+        let entry = {
+            let mut actors = self.actors.lock().await;
+            let entry = actors
+                .remove(id)
+                .ok_or_else(|| Error::UnknownComponent(id.to_string()))?;
+            self.engine.retain(&digests_in_use(&actors));
+            entry
+        };
         self.broker.unregister(id);
         entry.control.send_replace(Control::Stop);
         if let Err(e) = entry.task.await {
@@ -291,6 +300,11 @@ impl Supervisor {
             .send_wait(&id.namespace, &id.name, payload.into())
             .await
     }
+}
+
+/// The digests the running components use: the compiled components the engine keeps.
+fn digests_in_use(actors: &HashMap<ComponentId, ActorEntry>) -> HashSet<Digest> {
+    actors.values().map(|e| e.digest.clone()).collect()
 }
 
 impl Drop for Supervisor {

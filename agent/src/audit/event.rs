@@ -89,6 +89,13 @@ pub enum Reason {
     MessageRejected,
     /// A summary of records folded by the per-component fairness budget.
     Folded,
+    /// A component's instances were stopped on this node (by the node mode).
+    Stopped,
+    /// A component's instances were stopped because the operator deleted its Placement
+    /// (approval revoked, component deleted or moved).
+    Revoked,
+    /// A component runs in dev mode: its trust was not verified.
+    DevModeBypass,
 }
 
 impl Reason {
@@ -104,6 +111,9 @@ impl Reason {
             Self::CrashLoop => "CrashLoop",
             Self::MessageRejected => "MessageRejected",
             Self::Folded => "Folded",
+            Self::Stopped => "Stopped",
+            Self::Revoked => "Revoked",
+            Self::DevModeBypass => "DevModeBypass",
         }
     }
 
@@ -111,8 +121,95 @@ impl Reason {
     pub fn is_warning(self) -> bool {
         !matches!(
             self,
-            Self::Started | Self::Restarted | Self::CapabilityGranted
+            Self::Started | Self::Restarted | Self::CapabilityGranted | Self::Stopped
         )
+    }
+
+    /// The reason of the Kubernetes Event this record counts in, `None` for records that
+    /// are in the audit log only: a grant (counted, never an Event), a trap or a restart
+    /// (the `Killed` and `Started` Events that always come with them say it), a rejected
+    /// message. `Folded` summaries join the series of the reason they fold
+    /// ([`AuditKind::event_reason`]).
+    pub fn event_reason(self) -> Option<EventReason> {
+        match self {
+            Self::Started => Some(EventReason::Started),
+            Self::Stopped => Some(EventReason::Stopped),
+            Self::CapabilityDenied => Some(EventReason::CapabilityDenied),
+            Self::QuotaExceeded => Some(EventReason::QuotaExceeded),
+            Self::Killed => Some(EventReason::Killed),
+            Self::CrashLoop => Some(EventReason::CrashLoop),
+            Self::DevModeBypass => Some(EventReason::DevModeBypass),
+            Self::Revoked => Some(EventReason::Revoked),
+            Self::CapabilityGranted
+            | Self::Trapped
+            | Self::Restarted
+            | Self::MessageRejected
+            | Self::Folded => None,
+        }
+    }
+}
+
+/// The fixed reasons of the agent's Kubernetes Events (`events.k8s.io/v1`) about a
+/// `WasmComponent`: what auditors filter on (`--field-selector reason=CapabilityDenied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventReason {
+    Started,
+    Stopped,
+    CapabilityDenied,
+    QuotaExceeded,
+    Killed,
+    CrashLoop,
+    DevModeBypass,
+    Revoked,
+}
+
+impl EventReason {
+    pub const ALL: [Self; 8] = [
+        Self::Started,
+        Self::Stopped,
+        Self::CapabilityDenied,
+        Self::QuotaExceeded,
+        Self::Killed,
+        Self::CrashLoop,
+        Self::DevModeBypass,
+        Self::Revoked,
+    ];
+
+    /// The wire string (CamelCase).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "Started",
+            Self::Stopped => "Stopped",
+            Self::CapabilityDenied => "CapabilityDenied",
+            Self::QuotaExceeded => "QuotaExceeded",
+            Self::Killed => "Killed",
+            Self::CrashLoop => "CrashLoop",
+            Self::DevModeBypass => "DevModeBypass",
+            Self::Revoked => "Revoked",
+        }
+    }
+
+    /// `Warning` Events need a look; `Normal` ones are routine.
+    pub fn is_warning(self) -> bool {
+        !matches!(self, Self::Started | Self::Stopped)
+    }
+
+    /// The Event's `action`: what the agent did, one fixed verb per reason.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::Started | Self::DevModeBypass => "Start",
+            Self::Stopped | Self::Revoked => "Stop",
+            Self::CapabilityDenied => "CheckCapability",
+            Self::QuotaExceeded => "EnforceQuota",
+            Self::Killed => "Kill",
+            Self::CrashLoop => "Restart",
+        }
+    }
+}
+
+impl fmt::Display for EventReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -150,6 +247,12 @@ pub enum AuditKind {
         of: Reason,
         count: u64,
     },
+    /// The component's instances on this node were stopped.
+    Stopped,
+    /// The component's instances were stopped because the operator deleted its Placement.
+    Revoked,
+    /// The component runs in dev mode, without verified trust.
+    DevModeBypass,
 }
 
 impl AuditKind {
@@ -165,6 +268,18 @@ impl AuditKind {
             Self::CrashLoop => Reason::CrashLoop,
             Self::MessageRejected { .. } => Reason::MessageRejected,
             Self::Folded { .. } => Reason::Folded,
+            Self::Stopped => Reason::Stopped,
+            Self::Revoked => Reason::Revoked,
+            Self::DevModeBypass => Reason::DevModeBypass,
+        }
+    }
+
+    /// The Kubernetes Event reason this record counts in: a `Folded` summary counts in the
+    /// series of the records it folds.
+    pub fn event_reason(&self) -> Option<EventReason> {
+        match self {
+            Self::Folded { of, .. } => of.event_reason(),
+            other => other.reason().event_reason(),
         }
     }
 
@@ -191,12 +306,17 @@ impl AuditKind {
                 "count": count,
                 "windowSeconds": super::fold::FOLD_WINDOW.as_secs(),
             }),
-            Self::Started | Self::Restarted | Self::CrashLoop => json!({}),
+            Self::Started
+            | Self::Restarted
+            | Self::CrashLoop
+            | Self::Stopped
+            | Self::Revoked
+            | Self::DevModeBypass => json!({}),
         }
     }
 
     /// One human sentence for a Kubernetes Event note.
-    pub(super) fn note(&self) -> String {
+    pub fn note(&self) -> String {
         match self {
             Self::CapabilityDenied { kind, target } => {
                 format!("denied {} access to {target}: not granted", kind.as_str())
@@ -212,8 +332,30 @@ impl AuditKind {
             Self::Folded { of, count } => {
                 format!("{count} more {} records like the last one", of.as_str())
             }
+            Self::Stopped => "instances stopped on this node".to_owned(),
+            Self::Revoked => {
+                "instances stopped: the operator deleted the Placement (approval revoked, component deleted or moved)"
+                    .to_owned()
+            }
+            Self::DevModeBypass => {
+                "running in dev mode: the artifact's trust was not verified".to_owned()
+            }
         }
     }
+}
+
+/// The Kubernetes objects an Event about a component names: the `WasmComponent` it is
+/// about (`regarding`; namespace and name are the component's id) and the `Placement` that put
+/// it on this node (`related`, same namespace). Node mode fills them in; a component without
+/// them (manifest mode) gets no Kubernetes Events, only the log and the counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectRefs {
+    /// `metadata.uid` of the `WasmComponent`.
+    pub component_uid: String,
+    /// Name of the `Placement`.
+    pub placement: String,
+    /// `metadata.uid` of the `Placement`, when known.
+    pub placement_uid: Option<String>,
 }
 
 /// The component revision events are about; built once per revision and shared by all its
@@ -225,6 +367,8 @@ pub struct ComponentIdentity {
     pub key: String,
     /// Artifact digest (`sha256:…`).
     pub digest: String,
+    /// The Kubernetes objects its Events name; `None`: no Events.
+    pub k8s: Option<ObjectRefs>,
     /// The revision's share of the audit pipeline (not part of its identity).
     pub(crate) fold: FoldState,
 }
@@ -242,12 +386,18 @@ impl ComponentIdentity {
         Self::of(&ComponentId::new(namespace, name), digest)
     }
 
-    /// The revision `digest` of the component `id`.
+    /// The revision `digest` of the component `id`, without Kubernetes objects.
     pub fn of(id: &ComponentId, digest: &str) -> Arc<Self> {
+        Self::with_refs(id, digest, None)
+    }
+
+    /// The revision `digest` of the component `id`, whose Events name `k8s`.
+    pub fn with_refs(id: &ComponentId, digest: &str, k8s: Option<ObjectRefs>) -> Arc<Self> {
         Arc::new(Self {
             id: id.clone(),
             key: id.to_string(),
             digest: digest.to_owned(),
+            k8s,
             fold: FoldState::default(),
         })
     }

@@ -8,7 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use super::event::Reason;
+use super::event::{EventReason, Reason};
 use crate::grant::CapabilityKind;
 use crate::limits::Quota;
 
@@ -30,6 +30,12 @@ pub struct ReasonLabels {
     pub reason: Reason,
 }
 
+/// Label set `{reason="CapabilityDenied"}` of a Kubernetes Event.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventReasonLabels {
+    pub reason: EventReason,
+}
+
 impl EncodeLabelValue for CapabilityKind {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(self.as_str())
@@ -46,6 +52,30 @@ impl EncodeLabelValue for Reason {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(self.as_str())
     }
+}
+
+impl EncodeLabelValue for EventReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Counters of Kubernetes Event publishing. Clones share the same series.
+#[derive(Debug, Clone, Default)]
+pub struct EventMetrics {
+    /// Event writes (creates and series updates) the API server accepted, by reason
+    /// (`airssys_events_published_total`).
+    pub published: Family<EventReasonLabels, Counter>,
+    /// Occurrences published only as part of a count (a series update covering several, a
+    /// note's "N more") because of the per-(component, reason) rate limit
+    /// (`airssys_events_folded_total`).
+    pub folded: Counter,
+    /// Occurrences no Event counts: too many open series, the publisher queue full at
+    /// shutdown, or the API server refusing the write after retries
+    /// (`airssys_events_dropped_total`).
+    pub dropped: Counter,
+    /// Event writes that failed (`airssys_events_publish_errors_total`); retried.
+    pub errors: Counter,
 }
 
 /// Counters of the audit pipeline. Clones share the same series.
@@ -69,9 +99,8 @@ pub struct AuditMetrics {
     pub written: Family<ReasonLabels, Counter>,
     /// Audit log write failures (`airssys_audit_write_errors_total`).
     pub write_errors: Counter,
-    /// Occurrences not turned into Kubernetes Events because too many (component, reason)
-    /// series were open at once (`airssys_audit_events_suppressed_total`).
-    pub events_suppressed: Counter,
+    /// Kubernetes Event publishing.
+    pub events: EventMetrics,
 }
 
 impl AuditMetrics {
@@ -117,9 +146,24 @@ impl AuditMetrics {
             self.write_errors.clone(),
         );
         registry.register(
-            "audit_events_suppressed",
-            "Audit occurrences not published as Kubernetes Events (too many open series)",
-            self.events_suppressed.clone(),
+            "events_published",
+            "Kubernetes Event writes (creates and series updates) accepted, by reason",
+            self.events.published.clone(),
+        );
+        registry.register(
+            "events_folded",
+            "Occurrences published only as part of an Event count (rate limit)",
+            self.events.folded.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Occurrences no Kubernetes Event counts (too many series, queue full at shutdown, API errors)",
+            self.events.dropped.clone(),
+        );
+        registry.register(
+            "events_publish_errors",
+            "Kubernetes Event writes that failed",
+            self.events.errors.clone(),
         );
     }
 }

@@ -1,7 +1,8 @@
 //! The audit pipeline: a bounded, non-blocking queue from host functions to one writer thread
 //! that feeds (a) a JSON-lines audit log on the node, (b) Prometheus counters and (c) an
-//! [`EventSink`] (the Kubernetes Event publisher) through an [`EventAggregator`] that folds
-//! repeats into rate-limited series per (component, reason).
+//! [`EventSink`] through an [`EventAggregator`] that folds repeats into rate-limited Event
+//! series per (component, reason), and (d) in node mode, the [`EventPublisher`] task that
+//! writes those as `events.k8s.io/v1` Events on the `WasmComponent`.
 //!
 //! Hot path ([`AuditSink::record`]): bump one pre-resolved counter, `try_send` a small
 //! record into a bounded `std::sync::mpsc::sync_channel`. The writer polls the queue (backing
@@ -23,6 +24,7 @@ mod event;
 mod fold;
 mod log;
 mod metrics;
+mod publish;
 mod sink;
 mod writer;
 
@@ -30,12 +32,18 @@ mod writer;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 
-pub use aggregate::{AggregatedEvent, EventAggregator, EventPolicy, EventSink, Occurrence};
+pub use aggregate::{
+    AggregatedEvent, EventAggregator, EventPolicy, EventSink, EventStats, EventSubject, Occurrence,
+};
 pub use event::{
-    AuditEvent, AuditKind, ComponentIdentity, InstanceIdentity, Reason, TEXT_CAPACITY, Text,
+    AuditEvent, AuditKind, ComponentIdentity, EventReason, InstanceIdentity, ObjectRefs, Reason,
+    TEXT_CAPACITY, Text,
 };
 pub use fold::{FOLD_VERBATIM, FOLD_WINDOW, FOLDABLE, FoldState};
 pub use log::{Rotation, rotated};
-pub use metrics::{AuditMetrics, KindLabels, QuotaLabels, ReasonLabels};
+pub use metrics::{
+    AuditMetrics, EventMetrics, EventReasonLabels, KindLabels, QuotaLabels, ReasonLabels,
+};
+pub use publish::{EventPublisher, EventQueue, PublisherConfig};
 pub use sink::AuditSink;
 pub use writer::{AuditConfig, AuditError, Auditor, AuditorHandle};

@@ -99,6 +99,14 @@ impl AuditSink {
         }
     }
 
+    /// Records what happened to a component as a whole on this node (not to one instance):
+    /// [`AuditKind::Stopped`], [`AuditKind::Revoked`], [`AuditKind::DevModeBypass`]. The
+    /// record names instance 0. Node mode calls this; `Started` needs no call (every
+    /// instance start records it).
+    pub fn component_event(&self, component: &Arc<ComponentIdentity>, kind: AuditKind) {
+        self.record(AuditEvent::now(&InstanceIdentity::of(component, 0), kind));
+    }
+
     /// Counts a granted check (not logged per call).
     #[inline]
     pub fn count_grant(&self, kind: CapabilityKind) {

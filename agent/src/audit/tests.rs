@@ -1,14 +1,30 @@
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::grant::CapabilityKind;
+use crate::id::ComponentId;
 use crate::limits::Quota;
 use crate::metrics::Metrics;
 
+fn refs(uid: &str) -> ObjectRefs {
+    ObjectRefs {
+        component_uid: uid.into(),
+        placement: "counter-node-1".into(),
+        placement_uid: None,
+    }
+}
+
+/// Instance 7 of `team-a/counter`, whose Events name the WasmComponent `uid-1`.
 fn id() -> Arc<InstanceIdentity> {
-    InstanceIdentity::new("team-a", "counter", 7, "sha256:abc")
+    let component = ComponentIdentity::with_refs(
+        &ComponentId::new("team-a", "counter"),
+        "sha256:abc",
+        Some(refs("uid-1")),
+    );
+    InstanceIdentity::of(&component, 7)
 }
 
 /// Instance 1 of a component of its own, `team-a/c-{n}`.
@@ -154,9 +170,10 @@ fn grants_are_counted_not_logged_and_denials_counted_by_kind() {
 /// An event sink that blocks the writer until released, to fill the queue.
 struct Gate(mpsc::Receiver<()>, mpsc::Sender<AggregatedEvent>);
 impl EventSink for Gate {
-    fn publish(&mut self, event: AggregatedEvent) {
+    fn publish(&mut self, event: AggregatedEvent) -> Result<(), Box<AggregatedEvent>> {
         let _ = self.0.recv();
         let _ = self.1.send(event);
+        Ok(())
     }
 }
 
@@ -346,93 +363,381 @@ fn rotation_counts_what_an_appended_log_already_holds() {
 }
 
 #[test]
-fn events_reach_the_sink_aggregated() {
+fn events_reach_the_sink_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     let (tx, rx) = mpsc::channel();
     let (sink, handle, _path) = start(&dir, &metrics, 64, Some(Box::new(tx)));
     let id = id();
-    for _ in 0..10 {
+    for _ in 0..12 {
         sink.deny(&id, CapabilityKind::Filesystem, "/etc/passwd");
     }
     handle.shutdown();
     let events: Vec<AggregatedEvent> = rx.try_iter().collect();
-    // The first occurrence at once; the other 9 folded into one update at shutdown.
-    assert_eq!(events.len(), 2, "{events:?}");
+    // The burst (10): a create and 9 series updates at once; the last 2 wait for a token
+    // and go out as one update at shutdown.
+    assert_eq!(events.len(), 11, "{events:?}");
     assert!(events[0].first && events[0].count == 1);
-    assert!(!events[1].first && events[1].count == 10);
-    assert_eq!(events[1].reason, Reason::CapabilityDenied);
-    assert!(events[1].warning);
+    assert!(
+        events[1..]
+            .iter()
+            .all(|e| !e.first && e.series == events[0].series)
+    );
+    let last = &events[10];
+    assert_eq!((last.count, last.new), (12, 2));
+    assert_eq!(last.reason, EventReason::CapabilityDenied);
+    assert!(last.warning());
     assert_eq!(
-        (events[1].namespace.as_str(), events[1].name.as_str()),
+        (last.namespace.as_str(), last.name.as_str()),
         ("team-a", "counter")
     );
-    assert!(events[1].note.contains("/etc/passwd"), "{}", events[1].note);
+    assert_eq!(last.refs, refs("uid-1"));
+    assert!(last.note.contains("/etc/passwd"), "{}", last.note);
+    assert!(
+        metrics.encode().contains("airssys_events_folded_total 1"),
+        "one occurrence published only in a count"
+    );
 }
 
-fn occ(name: &str, reason: Reason) -> Occurrence<'_> {
-    Occurrence {
-        namespace: "ns",
-        name,
-        reason,
-        note: format!("{name} {}", reason.as_str()),
-        at: SystemTime::UNIX_EPOCH,
+#[test]
+fn components_without_kubernetes_objects_get_no_events() {
+    // Manifest mode: the log and counters only.
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let (tx, rx) = mpsc::channel();
+    let (sink, handle, path) = start(&dir, &metrics, 64, Some(Box::new(tx)));
+    let local = InstanceIdentity::new("default", "local", 1, "sha256:abc");
+    sink.deny(&local, CapabilityKind::Network, "x:1");
+    sink.record(AuditEvent::now(&local, AuditKind::Started));
+    handle.shutdown();
+    assert_eq!(rx.try_iter().count(), 0);
+    assert_eq!(lines(&path).len(), 2);
+}
+
+#[test]
+fn component_events_name_the_component_and_reach_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let (tx, rx) = mpsc::channel();
+    let (sink, handle, path) = start(&dir, &metrics, 64, Some(Box::new(tx)));
+    let component = Arc::clone(&id().component);
+    for kind in [
+        AuditKind::DevModeBypass,
+        AuditKind::Stopped,
+        AuditKind::Revoked,
+    ] {
+        sink.component_event(&component, kind);
+    }
+    handle.shutdown();
+    let got = lines(&path);
+    let kinds: Vec<_> = got.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["DevModeBypass", "Stopped", "Revoked"]);
+    assert!(got.iter().all(|l| l["instance"] == 0));
+    let reasons: Vec<_> = rx.try_iter().map(|e| (e.reason, e.warning())).collect();
+    assert_eq!(
+        reasons,
+        [
+            (EventReason::DevModeBypass, true),
+            (EventReason::Stopped, false),
+            (EventReason::Revoked, true),
+        ]
+    );
+}
+
+/// A sink whose queue holds `room` events; the rest are refused.
+struct Full(usize, mpsc::Sender<AggregatedEvent>);
+impl EventSink for Full {
+    fn publish(&mut self, event: AggregatedEvent) -> Result<(), Box<AggregatedEvent>> {
+        if self.0 == 0 {
+            return Err(Box::new(event));
+        }
+        self.0 -= 1;
+        let _ = self.1.send(event);
+        Ok(())
     }
 }
 
 #[test]
-fn aggregator_spec() {
-    let policy = EventPolicy {
-        window: Duration::from_secs(10),
+fn a_refusing_sink_loses_no_occurrence_until_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let (tx, rx) = mpsc::channel();
+    let (sink, handle, _path) = start(&dir, &metrics, 64, Some(Box::new(Full(1, tx))));
+    let id = id();
+    for _ in 0..5 {
+        sink.deny(&id, CapabilityKind::Env, "SECRET");
+    }
+    handle.shutdown();
+    // The create got through; the 4 repeats were refused, kept, refused again at shutdown.
+    assert_eq!(rx.try_iter().count(), 1);
+    assert!(metrics.encode().contains("airssys_events_dropped_total 4"));
+}
+
+fn occ<'a>(refs: &'a ObjectRefs, name: &'a str, reason: EventReason, note: &str) -> Occurrence<'a> {
+    Occurrence {
+        subject: EventSubject {
+            namespace: "ns",
+            name,
+            refs,
+        },
+        reason,
+        note: note.to_owned(),
+        at: SystemTime::UNIX_EPOCH,
+    }
+}
+
+fn policy() -> EventPolicy {
+    EventPolicy {
+        burst: 2,
+        refill: Duration::from_secs(10),
         idle_close: Duration::from_secs(100),
-        max_series: 2,
-    };
-    let mut agg = EventAggregator::new(policy);
+        max_series: 4,
+    }
+}
+
+/// (what the rule says, publications: (first, count, new, summary)).
+type Published = Vec<(bool, u64, u64, bool)>;
+
+fn shape(events: &[AggregatedEvent]) -> Published {
+    events
+        .iter()
+        .map(|e| (e.first, e.count, e.new, e.summary))
+        .collect()
+}
+
+#[test]
+fn aggregator_spec() {
+    use EventReason::{CapabilityDenied as Denied, Started};
+    let a = refs("uid-a");
+    let mut agg = EventAggregator::new(policy());
     let t0 = Instant::now();
     let at = |s: u64| t0 + Duration::from_secs(s);
-
-    // first occurrence of a series is published at once
-    let e = agg.observe(occ("a", Reason::Trapped), at(0)).unwrap();
-    assert!(e.first && e.count == 1 && e.warning);
-    // repeats within the window are folded
-    assert!(agg.observe(occ("a", Reason::Trapped), at(1)).is_none());
-    assert!(agg.observe(occ("a", Reason::Trapped), at(2)).is_none());
-    // another reason of the same component is its own series
-    assert!(agg.observe(occ("a", Reason::Started), at(2)).unwrap().first);
-    // nothing due before the window ends
-    assert!(agg.due(at(9)).is_empty());
-    // at the window end the folded repeats go out as one series update
-    let due = agg.due(at(10));
-    assert_eq!(due.len(), 1);
-    assert!(!due[0].first && due[0].count == 3 && due[0].reason == Reason::Trapped);
-    // nothing pending: nothing due
-    assert!(agg.due(at(30)).is_empty());
-    // a repeat after the window is published immediately with the running count
-    let e = agg.observe(occ("a", Reason::Trapped), at(31)).unwrap();
-    assert!(!e.first && e.count == 4);
-    // max_series: a third series is suppressed and counted
-    assert!(agg.observe(occ("b", Reason::Killed), at(32)).is_none());
-    assert_eq!(agg.suppressed(), 1);
-    // idle series close; then a new series fits and starts over
-    assert!(agg.due(at(200)).is_empty());
-    let e = agg.observe(occ("b", Reason::Killed), at(201)).unwrap();
-    assert!(e.first && e.count == 1);
-    let e = agg.observe(occ("a", Reason::Trapped), at(202)).unwrap();
-    assert!(
-        e.first && e.count == 1,
-        "a closed series starts a new Event"
+    let observe = |agg: &mut EventAggregator, s: u64, reason, note: &str| -> Published {
+        shape(
+            &agg.observe(occ(&a, "a", reason, note), at(s))
+                .into_iter()
+                .collect::<Vec<_>>(),
+        )
+    };
+    let rows: Vec<(&str, Published, Published)> = vec![
+        (
+            "a new note creates its Event at once",
+            observe(&mut agg, 0, Denied, "n1"),
+            vec![(true, 1, 1, false)],
+        ),
+        (
+            "a repeat within the burst updates the series at once",
+            observe(&mut agg, 1, Denied, "n1"),
+            vec![(false, 2, 1, false)],
+        ),
+        (
+            "a repeat without a token waits in the count",
+            observe(&mut agg, 2, Denied, "n1"),
+            vec![],
+        ),
+        (
+            "a new note without a token gets no Event of its own",
+            observe(&mut agg, 3, Denied, "n2"),
+            vec![],
+        ),
+        (
+            "another reason has its own bucket",
+            observe(&mut agg, 3, Started, "started"),
+            vec![(true, 1, 1, false)],
+        ),
+        (
+            "nothing is due before a token comes back",
+            shape(&agg.due(at(9))),
+            vec![],
+        ),
+        (
+            "the first token back publishes the waiting repeats as one update",
+            shape(&agg.due(at(10))),
+            vec![(false, 3, 1, false)],
+        ),
+        (
+            "the next one reports the notes that had no Event, in a summary",
+            shape(&agg.due(at(20))),
+            vec![(true, 1, 1, true)],
+        ),
+        (
+            "nothing pending: nothing due",
+            shape(&agg.due(at(40))),
+            vec![],
+        ),
+    ];
+    for (rule, got, want) in rows {
+        assert_eq!(got, want, "{rule}");
+    }
+    assert_eq!(
+        agg.stats(),
+        EventStats {
+            folded: 1,
+            dropped: 0
+        }
     );
-    // drain publishes whatever is pending regardless of the window
-    assert!(agg.observe(occ("a", Reason::Trapped), at(203)).is_none());
-    let drained = agg.drain(at(203));
-    assert_eq!(drained.len(), 1);
-    assert_eq!(drained[0].count, 2);
+}
+
+#[test]
+fn notes_without_an_event_of_their_own_are_summarized_by_the_next_token() {
+    let a = refs("uid-a");
+    let mut agg = EventAggregator::new(policy());
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let reason = EventReason::CapabilityDenied;
+    for (i, note) in ["n1", "n2", "n3", "n4"].into_iter().enumerate() {
+        agg.observe(occ(&a, "a", reason, note), at(i as u64));
+    }
+    // n3 and n4 had no token. A token later, n5 joins them and the token pays the summary:
+    // one Event standing for all three, naming the last.
+    let e = agg.observe(occ(&a, "a", reason, "n5"), at(10)).unwrap();
+    assert!(e.first && e.summary && e.count == 3, "{e:?}");
+    assert!(
+        e.note
+            .starts_with("3 CapabilityDenied occurrences not published one by one")
+            && e.note.contains("the last: n5"),
+        "{}",
+        e.note
+    );
+    assert_eq!(agg.stats().folded, 3);
+    // Nothing owed any more: the next new note (with a token) gets its own Event.
+    let e = agg.observe(occ(&a, "a", reason, "n6"), at(20)).unwrap();
+    assert!(e.first && !e.summary && e.note == "n6");
+}
+
+#[test]
+fn fairness_folded_counts_are_summarized_not_put_in_a_series() {
+    let a = refs("uid-a");
+    let mut agg = EventAggregator::new(policy());
+    let now = Instant::now();
+    let reason = EventReason::CapabilityDenied;
+    let subject = EventSubject {
+        namespace: "ns",
+        name: "a",
+        refs: &a,
+    };
+    agg.observe(occ(&a, "a", reason, "n1"), now);
+    // Their notes are unknown: a summary (the last token pays it), naming the last note seen.
+    let e = agg
+        .observe_folded(subject, reason, 100, SystemTime::UNIX_EPOCH, now)
+        .unwrap();
+    assert_eq!(
+        shape(std::slice::from_ref(&e)),
+        vec![(true, 100, 100, true)]
+    );
+    assert!(e.note.contains("the last: n1"), "{}", e.note);
+    // No token: owed, and drained at shutdown.
+    assert!(
+        agg.observe_folded(subject, reason, 5, SystemTime::UNIX_EPOCH, now)
+            .is_none()
+    );
+    assert_eq!(shape(&agg.drain(now)), vec![(true, 5, 5, true)]);
+}
+
+#[test]
+fn a_refused_publication_is_offered_again() {
+    let a = refs("uid-a");
+    let mut agg = EventAggregator::new(policy());
+    let t0 = Instant::now();
+    let reason = EventReason::Killed;
+    let e = agg.observe(occ(&a, "a", reason, "k"), t0).unwrap();
+    agg.refused(&e, false);
+    // Its token came back: the retry goes out at the next tick, still as the create.
+    let again = agg.due(t0);
+    assert_eq!(shape(&again), vec![(true, 1, 1, false)]);
+    assert_eq!(again[0].series, e.series);
+    // The last token goes to a repeat; the next repeat waits, and is refused at shutdown:
+    // dropped and counted.
+    assert!(agg.observe(occ(&a, "a", reason, "k"), t0).is_some());
+    assert!(agg.observe(occ(&a, "a", reason, "k"), t0).is_none());
+    let last = agg.drain(t0);
+    assert_eq!(shape(&last), vec![(false, 3, 1, false)]);
+    agg.refused(&last[0], true);
+    assert_eq!(agg.stats().dropped, 1);
+}
+
+#[test]
+fn series_are_per_component_object_and_bounded() {
+    let mut agg = EventAggregator::new(EventPolicy {
+        max_series: 2,
+        ..policy()
+    });
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let reason = EventReason::QuotaExceeded;
+    let (old, new, third) = (refs("uid-old"), refs("uid-new"), refs("uid-3"));
+    assert!(
+        agg.observe(occ(&old, "a", reason, "q"), at(0))
+            .unwrap()
+            .first
+    );
+    // The same name recreated is another object: its own series.
+    assert!(
+        agg.observe(occ(&new, "a", reason, "q"), at(0))
+            .unwrap()
+            .first
+    );
+    // A third bucket does not fit: dropped and counted.
+    assert!(agg.observe(occ(&third, "b", reason, "q"), at(1)).is_none());
+    assert_eq!(agg.stats().dropped, 1);
+    // Idle series close; then there is room, and a closed series starts a new Event.
+    assert!(agg.due(at(200)).is_empty());
+    assert!(
+        agg.observe(occ(&third, "b", reason, "q"), at(201))
+            .unwrap()
+            .first
+    );
+    assert!(
+        agg.observe(occ(&old, "a", reason, "q"), at(202))
+            .unwrap()
+            .first
+    );
+}
+
+#[test]
+fn audit_reasons_map_onto_the_fixed_event_reasons() {
+    // audit reason, Event reason (None: the log only)
+    let table = [
+        (Reason::Started, Some(EventReason::Started)),
+        (Reason::Stopped, Some(EventReason::Stopped)),
+        (
+            Reason::CapabilityDenied,
+            Some(EventReason::CapabilityDenied),
+        ),
+        (Reason::QuotaExceeded, Some(EventReason::QuotaExceeded)),
+        (Reason::Killed, Some(EventReason::Killed)),
+        (Reason::CrashLoop, Some(EventReason::CrashLoop)),
+        (Reason::DevModeBypass, Some(EventReason::DevModeBypass)),
+        (Reason::Revoked, Some(EventReason::Revoked)),
+        // A trap always comes with a Killed, a restart with a Started.
+        (Reason::Trapped, None),
+        (Reason::Restarted, None),
+        (Reason::CapabilityGranted, None),
+        (Reason::MessageRejected, None),
+        (Reason::Folded, None),
+    ];
+    for (reason, event) in table {
+        assert_eq!(reason.event_reason(), event, "{reason:?}");
+        if let Some(event) = event {
+            assert_eq!(
+                event.as_str(),
+                reason.as_str(),
+                "same word in log and Event"
+            );
+        }
+    }
+    let folded = AuditKind::Folded {
+        of: Reason::QuotaExceeded,
+        count: 3,
+    };
+    assert_eq!(folded.event_reason(), Some(EventReason::QuotaExceeded));
 }
 
 #[test]
 fn normal_and_warning_reasons() {
     assert!(!Reason::Started.is_warning());
     assert!(!Reason::Restarted.is_warning());
+    assert!(!Reason::Stopped.is_warning());
     for r in [
         Reason::CapabilityDenied,
         Reason::QuotaExceeded,
@@ -440,8 +745,13 @@ fn normal_and_warning_reasons() {
         Reason::Trapped,
         Reason::CrashLoop,
         Reason::MessageRejected,
+        Reason::Revoked,
+        Reason::DevModeBypass,
     ] {
         assert!(r.is_warning(), "{r:?}");
+        if let Some(e) = r.event_reason() {
+            assert!(e.is_warning(), "{e:?}");
+        }
     }
 }
 
@@ -603,7 +913,20 @@ fn folded_records_count_in_the_kubernetes_event_series() {
     }
     handle.shutdown();
     let events: Vec<AggregatedEvent> = rx.try_iter().collect();
-    let last = events.last().unwrap();
-    assert_eq!(last.reason, Reason::CapabilityDenied);
-    assert_eq!(last.count, 5_000, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.reason == EventReason::CapabilityDenied)
+    );
+    // Each Event object's final count (a series' last update, or a summary).
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    for e in &events {
+        last.insert(e.series, e.count);
+    }
+    assert_eq!(last.values().sum::<u64>(), 5_000, "{events:?}");
+    assert!(
+        events.len() <= 14,
+        "the burst, then what ticks and shutdown publish: {}",
+        events.len()
+    );
 }

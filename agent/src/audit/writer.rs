@@ -8,7 +8,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::aggregate::{AggregatedEvent, EventAggregator, EventPolicy, EventSink, Occurrence};
+use super::aggregate::{
+    AggregatedEvent, EventAggregator, EventPolicy, EventSink, EventStats, EventSubject, Occurrence,
+};
 use super::event::{AuditEvent, AuditKind, ComponentIdentity, InstanceIdentity};
 use super::fold::FOLDABLE;
 use super::log::{LogFile, Rotation, log_line};
@@ -39,6 +41,8 @@ pub struct AuditConfig {
     /// Queue bound; beyond it events are dropped and counted.
     pub capacity: usize,
     pub metrics: AuditMetrics,
+    /// Where Kubernetes Events go (node mode: [`super::EventPublisher`]); `None` publishes
+    /// none. Only components whose identity carries Kubernetes objects get Events.
     pub events: Option<Box<dyn EventSink>>,
     pub policy: EventPolicy,
     /// How often the writer logs drops and publishes due series.
@@ -103,7 +107,7 @@ impl Auditor {
             events: config.events,
             aggregator: EventAggregator::new(config.policy),
             reported_drops: 0,
-            reported_suppressed: 0,
+            reported_events: EventStats::default(),
             reported_write_errors: 0,
             folding: Vec::new(),
             line: Vec::with_capacity(512),
@@ -172,7 +176,7 @@ struct Writer {
     events: Option<Box<dyn EventSink>>,
     aggregator: EventAggregator,
     reported_drops: u64,
-    reported_suppressed: u64,
+    reported_events: EventStats,
     reported_write_errors: u64,
     /// Component revisions with folded records not yet summarized.
     folding: Vec<Arc<ComponentIdentity>>,
@@ -233,7 +237,7 @@ impl Writer {
         self.flush_file();
         let now = Instant::now();
         for event in self.aggregator.drain(now) {
-            self.publish(event);
+            self.publish(event, true);
         }
         self.report();
     }
@@ -262,29 +266,30 @@ impl Writer {
     }
 
     fn write(&mut self, e: &AuditEvent) {
-        let reason = e.kind.reason();
         self.write_line(e);
         let component = &e.instance.component;
         // Catches a fold whose `Folding` notice was lost to a full queue.
         if component.fold.pending() && !self.folding.iter().any(|c| Arc::ptr_eq(c, component)) {
             self.folding.push(Arc::clone(component));
         }
-        if self.events.is_some() {
-            let occurrence = Occurrence {
-                namespace: &e.instance.component.id.namespace,
-                name: &e.instance.component.id.name,
-                reason,
-                note: format!(
-                    "{} (instance {} on node {})",
-                    e.kind.note(),
-                    e.instance.instance,
-                    self.node
-                ),
-                at: e.at,
-            };
-            if let Some(event) = self.aggregator.observe(occurrence, Instant::now()) {
-                self.publish(event);
-            }
+        if self.events.is_none() {
+            return;
+        }
+        let (Some(refs), Some(reason)) = (&component.k8s, e.kind.event_reason()) else {
+            return;
+        };
+        let occurrence = Occurrence {
+            subject: EventSubject {
+                namespace: &component.id.namespace,
+                name: &component.id.name,
+                refs,
+            },
+            reason,
+            note: e.kind.note(),
+            at: e.at,
+        };
+        if let Some(event) = self.aggregator.observe(occurrence, Instant::now()) {
+            self.publish(event, false);
         }
     }
 
@@ -309,9 +314,13 @@ impl Writer {
         }
     }
 
-    fn publish(&mut self, event: AggregatedEvent) {
-        if let Some(sink) = &mut self.events {
-            sink.publish(event);
+    /// Hands `event` to the sink; a refusal (full queue) puts its occurrences back in the
+    /// aggregator, or drops them at shutdown (`last`).
+    fn publish(&mut self, event: AggregatedEvent, last: bool) {
+        if let Some(sink) = &mut self.events
+            && let Err(event) = sink.publish(event)
+        {
+            self.aggregator.refused(&event, last);
         }
     }
 
@@ -341,18 +350,26 @@ impl Writer {
                     kind: AuditKind::Folded { of, count },
                 };
                 self.write_line(&summary);
-                if self.events.is_some() {
-                    let id = &component.id;
-                    let folded = self.aggregator.observe_folded(
-                        &id.namespace,
-                        &id.name,
-                        of,
-                        count,
-                        Instant::now(),
-                    );
-                    if let Some(event) = folded {
-                        self.publish(event);
-                    }
+                let (Some(refs), Some(reason), true) =
+                    (&component.k8s, of.event_reason(), self.events.is_some())
+                else {
+                    continue;
+                };
+                let id = &component.id;
+                let subject = EventSubject {
+                    namespace: &id.namespace,
+                    name: &id.name,
+                    refs,
+                };
+                let folded = self.aggregator.observe_folded(
+                    subject,
+                    reason,
+                    count,
+                    summary.at,
+                    Instant::now(),
+                );
+                if let Some(event) = folded {
+                    self.publish(event, false);
                 }
             }
         }
@@ -363,7 +380,7 @@ impl Writer {
     fn on_tick(&mut self, now: Instant) {
         self.summarize_folds();
         for event in self.aggregator.due(now) {
-            self.publish(event);
+            self.publish(event, false);
         }
         self.report();
     }
@@ -379,17 +396,25 @@ impl Writer {
             );
             self.reported_drops = drops;
         }
-        let suppressed = self.aggregator.suppressed();
-        if suppressed > self.reported_suppressed {
-            self.metrics
-                .events_suppressed
-                .inc_by(suppressed - self.reported_suppressed);
+        let stats = self.aggregator.stats();
+        let folded = stats.folded.saturating_sub(self.reported_events.folded);
+        let dropped = stats.dropped.saturating_sub(self.reported_events.dropped);
+        self.metrics.events.folded.inc_by(folded);
+        self.metrics.events.dropped.inc_by(dropped);
+        if dropped > 0 {
             tracing::warn!(
-                suppressed = suppressed - self.reported_suppressed,
-                "too many open Event series: occurrences not published as Kubernetes Events"
+                dropped,
+                "occurrences not published as Kubernetes Events (too many open series, or the \
+                 publisher queue full at shutdown); counted in airssys_events_dropped_total, \
+                 the audit log has each"
             );
-            self.reported_suppressed = suppressed;
         }
+        // A refused publication takes its folds back until it is offered again: never
+        // count them twice.
+        self.reported_events = EventStats {
+            folded: stats.folded.max(self.reported_events.folded),
+            dropped: stats.dropped.max(self.reported_events.dropped),
+        };
         let errors = self.metrics.write_errors.get();
         if errors > self.reported_write_errors {
             tracing::error!(

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use airssys_agent::audit::{AuditConfig, AuditSink, Auditor, AuditorHandle};
+use airssys_agent::audit::{AuditConfig, AuditSink, Auditor, AuditorHandle, EventSink};
 pub use airssys_agent::engine::{AgentEngine, EngineConfig, sha256_digest};
 use airssys_agent::id::ComponentId;
 pub use airssys_agent::limits::Quotas;
+use airssys_agent::metrics::Metrics;
 use airssys_agent::restart::RestartPolicy;
 use airssys_agent::storage::KvStore;
 use airssys_agent::supervisor::{ComponentSpec, Supervisor};
@@ -74,6 +75,7 @@ pub fn spec(name: &str, guest_name: &str, grant: CapabilitySet, quotas: Quotas) 
         grant,
         quotas,
         env: Vec::new(),
+        k8s: None,
     }
 }
 
@@ -85,6 +87,7 @@ pub fn shared_cache_dir() -> PathBuf {
 /// A supervisor with everything real, in its own temp dir.
 pub struct Harness {
     pub dir: tempfile::TempDir,
+    pub metrics: Arc<Metrics>,
     pub supervisor: Supervisor,
     pub audit: AuditSink,
     pub auditor: AuditorHandle,
@@ -106,14 +109,28 @@ impl Harness {
     }
 
     pub fn with_engine(tune: impl FnOnce(EngineConfig) -> EngineConfig) -> Self {
+        Self::build(tune, Arc::new(Metrics::new()), None)
+    }
+
+    /// A harness whose audit pipeline publishes Kubernetes Events to `events` and counts in
+    /// `metrics`.
+    pub fn with_events(metrics: Arc<Metrics>, events: Box<dyn EventSink>) -> Self {
+        Self::build(|c| c, metrics, Some(events))
+    }
+
+    fn build(
+        tune: impl FnOnce(EngineConfig) -> EngineConfig,
+        metrics: Arc<Metrics>,
+        events: Option<Box<dyn EventSink>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = tune(EngineConfig::new(shared_cache_dir()).with_capacity(64));
         let engine = AgentEngine::new(config).unwrap();
         let storage = Arc::new(KvStore::open(dir.path().join("kv.redb")).unwrap());
         let audit_log = dir.path().join("audit.jsonl");
-        let mut config =
-            AuditConfig::new("test-node", &airssys_agent::metrics::Metrics::new().audit);
+        let mut config = AuditConfig::new("test-node", &metrics.audit);
         config.log_path = Some(audit_log.clone());
+        config.events = events;
         let (audit, auditor) = Auditor::start(config).unwrap();
         let supervisor = Supervisor::new(
             engine,
@@ -124,6 +141,7 @@ impl Harness {
         );
         Self {
             dir,
+            metrics,
             supervisor,
             audit,
             auditor,
