@@ -29,6 +29,8 @@
 //! 8. [`supervisor`]: the components on this node (add, update, remove).
 //! 9. [`manifest`]: local manifests for `airssys-agent run --manifest`.
 //! 10. [`artifact`]: how node mode gets a Placement's verified bytes.
+//! 11. [`node`]: node mode: the agent Lease, this node's Placements converged onto the
+//!     supervisor, their status.
 pub mod bindings;
 pub mod grant;
 pub mod id;
@@ -49,5 +51,7 @@ pub mod host;
 pub mod instance;
 pub mod manifest;
 pub mod supervisor;
+
+pub mod node;
 
 pub use error::Error;
