@@ -364,27 +364,30 @@ async fn a_placement_runs_scales_updates_without_a_gap_and_stops() {
         "scaling fetches nothing"
     );
 
-    // Update to another digest while requests keep coming: no request fails and the status
+    // Update to another digest while requests keep coming (back to back, from two tasks, so
+    // even a millisecond without the component would fail some): none fails, and the status
     // never shows zero ready instances on the way.
-    let pinger = {
-        let supervisor = agent.supervisor.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            let deadline = Instant::now() + Duration::from_secs(4);
-            while Instant::now() < deadline {
-                match supervisor
-                    .request(&id, b"ping".to_vec(), Duration::from_secs(5))
-                    .await
-                {
-                    Ok(_) => ok += 1,
-                    Err(e) => failed.push(e.to_string()),
+    let pingers: Vec<_> = (0..2)
+        .map(|_| {
+            let supervisor = agent.supervisor.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let deadline = Instant::now() + Duration::from_secs(4);
+                while Instant::now() < deadline {
+                    match supervisor
+                        .request(&id, b"ping".to_vec(), Duration::from_secs(5))
+                        .await
+                    {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    tokio::task::yield_now().await;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (ok, failed)
+                (ok, failed)
+            })
         })
-    };
+        .collect();
     set_digest(&api, "svc-node", &worker).await;
     let deadline = Instant::now() + TIMEOUT;
     let mut seen = Vec::new();
@@ -406,12 +409,17 @@ async fn a_placement_runs_scales_updates_without_a_gap_and_stops() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for_answer(&agent.supervisor, &id, "hello", "v1:hello").await;
-    let (ok, failed) = pinger.await.unwrap();
-    assert!(
-        failed.is_empty(),
-        "requests failed during the update: {failed:?}"
-    );
-    assert!(ok > 10, "only {ok} requests answered");
+    for pinger in pingers {
+        let (ok, failed) = pinger.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} requests failed during the update (of {}): {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+        assert!(ok > 10, "only {ok} requests answered");
+    }
     assert_eq!(agent.supervisor.digest(&id).await, Some(worker.clone()));
 
     // Delete: the actor stops and nothing is left on the node.
@@ -489,7 +497,21 @@ async fn other_nodes_and_duplicate_placements_are_not_run() {
         .await
         .unwrap();
     agent.check_running();
+
+    // A graceful shutdown stops the component and says so on its Placement.
     agent.shutdown().await;
+    assert!(agent.supervisor.components().await.is_empty());
+    let stopped = api.get("dup-a").await.unwrap();
+    assert_eq!(
+        condition_status(&stopped, "Ready").as_deref(),
+        Some("False")
+    );
+    let status = stopped.status.unwrap();
+    assert_eq!((status.ready_instances, status.digest), (0, None));
+    let ready =
+        airssys_crds::condition::find(&status.conditions, airssys_crds::ConditionType::Ready)
+            .unwrap();
+    assert!(ready.message.contains(&agent.node), "{}", ready.message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -570,14 +570,17 @@ mod tests {
             ready_instances: n,
             ..PlacementStatus::default()
         };
-        let near = |a: Instant, b: Instant| {
-            a.max(b).duration_since(a.min(b)) < Duration::from_millis(5)
-        };
+        let near =
+            |a: Instant, b: Instant| a.max(b).duration_since(a.min(b)) < Duration::from_millis(5);
         // A burst of three changes goes out at once.
         let mut book = WriteBook::default();
         for (i, t) in [0, 10, 20].into_iter().enumerate() {
             let s = status(i32::try_from(i).unwrap() + 1);
-            assert_eq!(when_to_write(&book, &s, ms(t), &policy), ms(t), "write {i} of the burst");
+            assert_eq!(
+                when_to_write(&book, &s, ms(t), &policy),
+                ms(t),
+                "write {i} of the burst"
+            );
             book.wrote(s, ms(t), &policy);
         }
         // The fourth waits for a token (one a second; the burst refilled a little meanwhile).
