@@ -48,6 +48,13 @@ pub enum Error {
     /// A component with this name already runs.
     #[error("component {0} is already running; update it instead")]
     AlreadyRunning(String),
+    /// A Kubernetes API call failed (node mode: the Lease, the Placement watch, status).
+    #[error("cannot {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
     /// The storage database failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),

@@ -32,6 +32,8 @@
 //! 10. [`artifact`]: how node mode gets a Placement's verified bytes; [`fetch`]: from the
 //!     operator's artifact server, cached on disk by digest.
 //! 11. [`serve`]: the `/metrics`, `/healthz` and `/readyz` endpoint.
+//! 12. [`node`]: node mode: the agent Lease, this node's Placements converged onto the
+//!     supervisor, their status.
 pub mod bindings;
 pub mod grant;
 pub mod id;
@@ -54,5 +56,7 @@ pub mod instance;
 pub mod manifest;
 pub mod serve;
 pub mod supervisor;
+
+pub mod node;
 
 pub use error::Error;

@@ -21,9 +21,13 @@ pub struct Quotas {
     pub cpu_time_per_message: Duration,
     /// Wall-clock time per message, including time waiting on host calls.
     pub timeout: Duration,
-    /// Messages handled at once: the component runs up to this many instances (capped at
-    /// [`MAX_INSTANCES_PER_COMPONENT`]), each handling one at a time.
+    /// Messages handled at once by one replica: the component runs up to this many instances
+    /// per replica (capped at [`MAX_INSTANCES_PER_COMPONENT`]), each handling one at a time.
     pub max_concurrent_messages: u32,
+    /// Replicas of the component on this node (a Placement's `instances`; 1 for a local
+    /// manifest). They share the component's one mailbox, so they add concurrency, not
+    /// queues: the node runs up to `replicas × maxConcurrentMessages` instances.
+    pub replicas: u32,
     /// Messages waiting in the mailbox before senders are pushed back.
     pub mailbox_capacity: u32,
     /// Bytes the component may keep in the node's store.
@@ -44,6 +48,7 @@ impl Default for Quotas {
             cpu_time_per_message: Duration::from_millis(100),
             timeout: Duration::from_secs(5),
             max_concurrent_messages: 1,
+            replicas: 1,
             mailbox_capacity: 64,
             storage_bytes: 10 << 20,
             messages_per_second: 1000,
@@ -61,6 +66,7 @@ impl From<&airssys_crds::limits::ResolvedLimits> for Quotas {
             cpu_time_per_message: l.cpu_time_per_message,
             timeout: l.timeout,
             max_concurrent_messages: l.max_concurrent_messages,
+            replicas: 1,
             mailbox_capacity: l.mailbox_capacity,
             storage_bytes: l.storage_bytes,
             messages_per_second: l.messages_per_second,
@@ -75,11 +81,13 @@ impl From<&airssys_crds::limits::ResolvedLimits> for Quotas {
 pub const MAX_INSTANCES_PER_COMPONENT: u32 = airssys_crds::limits::MAX_CONCURRENT_MESSAGES;
 
 impl Quotas {
-    /// Instances the component may run at once: `maxConcurrentMessages`, at least one, at
-    /// most [`MAX_INSTANCES_PER_COMPONENT`].
+    /// Instances the component may run at once: `maxConcurrentMessages` (at least one, at
+    /// most [`MAX_INSTANCES_PER_COMPONENT`]) for each of its replicas on this node. The
+    /// replica count is the operator's to bound (it places no more than the node's capacity).
     pub fn instances(&self) -> u32 {
         self.max_concurrent_messages
             .clamp(1, MAX_INSTANCES_PER_COMPONENT)
+            .saturating_mul(self.replicas.max(1))
     }
 
     /// Epoch ticks a message may run on the CPU, rounded up, at least one.

@@ -98,6 +98,11 @@ impl Supervisor {
         &self.engine
     }
 
+    /// Where the node's audit records go (node mode records Started/Stopped/Revoked here).
+    pub fn audit(&self) -> &AuditSink {
+        &self.audit
+    }
+
     pub fn storage(&self) -> &Arc<KvStore> {
         &self.storage
     }
@@ -239,6 +244,18 @@ impl Supervisor {
     /// Stops a component: each instance finishes its current message, `shutdown` is called,
     /// queued messages are dropped (their requesters get no reply).
     pub async fn remove(&self, id: &ComponentId) -> Result<(), Error> {
+        self.begin_remove(id).await?.await;
+        Ok(())
+    }
+
+    /// The first half of [`Supervisor::remove`]: the component is gone from this supervisor
+    /// and the broker (it can be added again at once) and its instances are told to stop;
+    /// the returned future waits until they have. Node mode runs that wait in the background
+    /// so one slow message does not hold up the other components.
+    pub async fn begin_remove(
+        &self,
+        id: &ComponentId,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, Error> {
         let entry = {
             let mut actors = self.actors.lock().await;
             let entry = actors
@@ -249,11 +266,13 @@ impl Supervisor {
         };
         self.broker.unregister(id);
         entry.control.send_replace(Control::Stop);
-        if let Err(e) = entry.task.await {
-            tracing::warn!(component = %id, error = %e, "actor task ended abnormally");
-        }
-        tracing::info!(component = %id, "component removed");
-        Ok(())
+        let id = id.clone();
+        Ok(async move {
+            if let Err(e) = entry.task.await {
+                tracing::warn!(component = %id, error = %e, "actor task ended abnormally");
+            }
+            tracing::info!(component = %id, "component removed");
+        })
     }
 
     /// Stops every component.

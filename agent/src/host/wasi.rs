@@ -16,7 +16,10 @@ use crate::context::InstanceScope;
 use crate::error::Error;
 
 /// Builds the WASI context of the instance `ctx`.
-pub(crate) fn build_ctx(ctx: &InstanceScope, log_budget: &SharedLogBudget) -> Result<WasiCtx, Error> {
+pub(crate) fn build_ctx(
+    ctx: &InstanceScope,
+    log_budget: &SharedLogBudget,
+) -> Result<WasiCtx, Error> {
     let mut builder = WasiCtxBuilder::new();
     builder.envs(&ctx.env);
     builder
