@@ -903,8 +903,16 @@ pub async fn start_agent(
 ) -> Result<Supervised, Error> {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cp.client().await?);
     if nodes.get_opt(node).await?.is_none() {
-        cp.create_node(node, &[("kubernetes.io/hostname", node)])
-            .await?;
+        // The labels a kubelet puts on its Node (the examples select on kubernetes.io/os).
+        cp.create_node(
+            node,
+            &[
+                ("kubernetes.io/hostname", node),
+                ("kubernetes.io/os", "linux"),
+                ("kubernetes.io/arch", std::env::consts::ARCH),
+            ],
+        )
+        .await?;
     }
     let kubeconfig = cp
         .node_bound_kubeconfig(PRODUCT_NAMESPACE, AGENT_SERVICE_ACCOUNT, node)
