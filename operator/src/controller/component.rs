@@ -814,4 +814,60 @@ mod tests {
         assert_eq!(o.matched_sources.len(), MATCHED_LIMIT);
         assert!(o.approved.unwrap().message.contains("100 matching sources"));
     }
+
+    #[test]
+    fn api_failures_read_as_one_line_with_what_to_do() {
+        let api = |code, reason: &str, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let what = "pull secret pull in namespace team";
+        let fix = "create it there, or remove it from spec.artifact.oci.pullSecrets";
+        // (rule, error, class, message)
+        let cases = [
+            (
+                "missing: the object, and what to do",
+                api(404, "NotFound", "secrets \"pull\" not found"),
+                ErrorClass::NeedsAction,
+                format!("{what} was not found: {fix}"),
+            ),
+            (
+                "forbidden: which permission the operator lacks",
+                api(403, "Forbidden", "secrets \"pull\" is forbidden"),
+                ErrorClass::NeedsAction,
+                format!(
+                    "the operator may not read {what}: give its ServiceAccount get on it (the chart's ClusterRole grants get on secrets and configmaps)"
+                ),
+            ),
+            (
+                "anything else: the API server's answer, retried",
+                api(500, "InternalError", "etcdserver: request timed out"),
+                ErrorClass::Transient,
+                format!(
+                    "reading {what}: the API server answered 500 InternalError: etcdserver: request timed out"
+                ),
+            ),
+        ];
+        for (rule, error, class, message) in cases {
+            let failure = Failure::kube(what, fix, &error);
+            assert_eq!(failure.class, class, "{rule}");
+            assert_eq!(failure.message, message, "{rule}");
+            for dump in ["Status {", "Some(", "ApiError", "\n"] {
+                assert!(
+                    !failure.message.contains(dump),
+                    "{rule}: {}",
+                    failure.message
+                );
+            }
+        }
+        assert!(
+            !crate::Error::Kube(api(409, "Conflict", "the object was modified"))
+                .to_string()
+                .contains("Status {"),
+            "logs carry no status dump either"
+        );
+    }
 }

@@ -683,7 +683,8 @@ mod tests {
     fn coverage_change_spec() {
         let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         // (rule, before, after, sources counted again)
-        let rows: [(&str, &[&str], &[&str], &[&str]); 5] = [
+        type Row<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let rows: [Row<'_>; 5] = [
             (
                 "first decision: every matched source",
                 &[],
