@@ -17,6 +17,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use sha2::{Digest as _, Sha256};
 
 pub use airssys_crds::reason::Reason;
 
@@ -167,10 +168,23 @@ impl From<&ObjectReference> for Regarding {
 /// repeats; any difference, the note included, is a different Event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Occurrence {
-    pub regarding: Regarding,
-    pub reason: EventReason,
-    pub action: String,
-    pub note: String,
+    regarding: Regarding,
+    reason: EventReason,
+    action: String,
+    /// SHA-256 of the whole note, before it is shortened for the Event: notes that differ only
+    /// past the cut are still different causes, and the cache holds 32 bytes, not the note.
+    note: [u8; 32],
+}
+
+impl Occurrence {
+    pub fn new(regarding: &ObjectReference, reason: EventReason, action: &str, note: &str) -> Self {
+        Self {
+            regarding: regarding.into(),
+            reason,
+            action: action.to_owned(),
+            note: Sha256::digest(note.as_bytes()).into(),
+        }
+    }
 }
 
 /// What to write for an occurrence.
@@ -341,18 +355,15 @@ mod tests {
     }
 
     fn occurrence(uid: &str, reason: EventReason, note: &str) -> Occurrence {
-        Occurrence {
-            regarding: Regarding {
-                api_version: Some("wasm.airssys.dev/v1alpha1".into()),
-                kind: Some("WasmComponent".into()),
-                namespace: Some("team".into()),
-                name: Some("echo".into()),
-                uid: Some(uid.into()),
-            },
-            reason,
-            action: "Revoke".into(),
-            note: note.into(),
-        }
+        let regarding = ObjectReference {
+            api_version: Some("wasm.airssys.dev/v1alpha1".into()),
+            kind: Some("WasmComponent".into()),
+            namespace: Some("team".into()),
+            name: Some("echo".into()),
+            uid: Some(uid.into()),
+            ..ObjectReference::default()
+        };
+        Occurrence::new(&regarding, reason, "Revoke", note)
     }
 
     #[test]
@@ -385,6 +396,12 @@ mod tests {
                 "a new cause (another note) is a new Event, never folded",
                 revoked(by_deny),
                 30,
+                Publish::Create,
+            ),
+            (
+                "notes that differ only past the Event's length limit are different causes",
+                revoked(&format!("{} and then {by_source}", "x".repeat(2000))),
+                35,
                 Publish::Create,
             ),
             (

@@ -133,7 +133,7 @@ impl EventPublisher {
     }
 
     /// Writes one occurrence: a new Event, or the series of the Event it repeats. The note
-    /// must already be bounded.
+    /// is shortened to what the API server takes.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
@@ -141,12 +141,7 @@ impl EventPublisher {
         action: &str,
         note: String,
     ) -> Result<(), kube::Error> {
-        let occurrence = Occurrence {
-            regarding: regarding.into(),
-            reason,
-            action: action.to_owned(),
-            note,
-        };
+        let occurrence = Occurrence::new(regarding, reason, action, &note);
         let next = self
             .series
             .lock()
@@ -186,7 +181,7 @@ impl EventPublisher {
             type_: Some(reason.event_type().as_str().to_owned()),
             reason: Some(reason.as_str().to_owned()),
             action: Some(action.to_owned()),
-            note: Some(occurrence.note.clone()),
+            note: Some(airssys_crds::condition::bounded(note, NOTE_LIMIT)),
             regarding: Some(regarding.clone()),
             reporting_controller: Some(REPORTER.to_owned()),
             reporting_instance: Some(self.instance.clone()),
@@ -254,7 +249,6 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let note = airssys_crds::condition::bounded(note, NOTE_LIMIT);
         let published = match self.events.publish(regarding, reason, action, note).await {
             Ok(()) => true,
             Err(e) => {
@@ -842,7 +836,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn events_about_cluster_scoped_objects_go_to_default() {
+    async fn events_about_cluster_scoped_objects_go_to_default_with_a_bounded_note() {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let publisher = EventPublisher::new(kube::Client::new(service, "default"));
         let regarding = ObjectReference {
@@ -863,12 +857,18 @@ mod tests {
                 &regarding,
                 EventReason::Condition(Reason::InvalidSource),
                 "Validate",
-                "n".into(),
+                "n".repeat(5000),
             )
             .await
             .unwrap();
         let bodies = server.await.unwrap();
         assert_eq!(bodies[0]["metadata"]["namespace"], "default");
         assert_eq!(bodies[0]["type"], "Warning");
+        let note = bodies[0]["note"].as_str().unwrap();
+        assert!(
+            note.len() <= NOTE_LIMIT && note.ends_with('…'),
+            "{}",
+            note.len()
+        );
     }
 }
