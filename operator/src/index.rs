@@ -144,18 +144,26 @@ impl TrustIndex {
             .map(|(facts, _)| facts)
     }
 
-    /// Remembers a component's last evaluation (facts and decision).
-    pub fn record(&mut self, facts: ComponentFacts, decision: TrustDecision) {
-        self.components.insert(
-            (facts.namespace.clone(), facts.name.clone()),
-            (facts, decision),
-        );
+    /// Remembers a component's last evaluation (facts and decision); returns the decision it
+    /// replaces, so the caller can tell which sources' coverage changed.
+    pub fn record(
+        &mut self,
+        facts: ComponentFacts,
+        decision: TrustDecision,
+    ) -> Option<TrustDecision> {
+        self.components
+            .insert(
+                (facts.namespace.clone(), facts.name.clone()),
+                (facts, decision),
+            )
+            .map(|(_, old)| old)
     }
 
-    /// Forgets a deleted component.
-    pub fn forget(&mut self, namespace: &str, name: &str) {
+    /// Forgets a deleted component; returns its last decision.
+    pub fn forget(&mut self, namespace: &str, name: &str) -> Option<TrustDecision> {
         self.components
-            .remove(&(namespace.to_owned(), name.to_owned()));
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .map(|(_, old)| old)
     }
 
     /// Components whose decision differs under the current sources from the recorded one:

@@ -39,7 +39,7 @@ pub use trust::{ComponentFacts, Policy, TrustDecision, decide};
 /// Everything that can fail in the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
     #[error("the trust index lock is poisoned (a thread panicked while updating it)")]
     IndexPoisoned,
@@ -53,6 +53,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A Kubernetes client error on one line: an API status as its code, reason and message
+/// (kube's own Display appends a debug dump of the whole status).
+pub fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let reason = if s.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", s.reason)
+            };
+            format!("the API server answered {}{reason}: {}", s.code, s.message)
+        }
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -130,19 +146,23 @@ impl Config {
 }
 
 /// What the controllers share: the client, the trust index, the resolver, the settings, the
-/// Event recorder and metrics, the re-queue channel to the component controller, the
-/// reflector stores, and the per-object failure counts for backoff.
+/// Event publisher and metrics, the re-queue channels to the component and trust-source
+/// controllers, the reflector stores, and the per-object failure counts for backoff.
 #[derive(Clone)]
 pub struct Context {
     pub client: kube::Client,
     pub index: Arc<RwLock<TrustIndex>>,
     pub resolver: Resolver,
     pub config: Config,
-    pub recorder: kube::runtime::events::Recorder,
+    pub events: Arc<controller::EventPublisher>,
     pub metrics: Arc<metrics::Metrics>,
     /// Components to evaluate again (a source they depend on changed).
     pub requeue: tokio::sync::mpsc::UnboundedSender<
         kube::runtime::reflector::ObjectRef<airssys_crds::WasmComponent>,
+    >,
+    /// Sources to count again (a component's decision changed which sources cover it).
+    pub source_requeue: tokio::sync::mpsc::UnboundedSender<
+        kube::runtime::reflector::ObjectRef<airssys_crds::TrustSource>,
     >,
     pub stores: controller::Stores,
     /// What the placement controller last planned per component, ahead of the watch.

@@ -622,6 +622,12 @@ async fn failures_have_their_own_condition_and_approve_nothing() {
     let (v, _, msg) = condition(&c, "Verified").unwrap();
     assert_eq!(v, "Unknown");
     assert!(msg.contains("retrying"), "{msg}");
+    // The root cause and what to do, not the client's "error sending request".
+    assert!(
+        msg.contains("connection refused") && msg.contains("check that the server runs"),
+        "{msg}"
+    );
+    assert!(!msg.contains("error sending request"), "{msg}");
     let (a, _, _) = condition(&c, "Approved").unwrap();
     assert_ne!(a, "True", "nothing approved while unreachable");
     assert_eq!(status(&c).approved_digest, None);
@@ -990,7 +996,13 @@ async fn pull_secrets_open_private_registries_only_in_their_own_namespace() {
     assert!(
         msg.contains("pull secret pull in namespace")
             && msg.contains(&other)
-            && msg.contains("not found"),
+            && msg.contains("not found")
+            && msg.contains("create it there"),
+        "{msg}"
+    );
+    // One line, not the API status's debug dump.
+    assert!(
+        !msg.contains("Status {") && !msg.contains("Some(") && !msg.contains('\n'),
         "{msg}"
     );
     // ...and works once it has its own.

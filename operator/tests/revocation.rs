@@ -273,3 +273,176 @@ async fn the_operator_clears_status_fields_someone_else_wrote() {
     assert!(approved(&api.get("echo").await.unwrap()).is_some_and(|(s, _, _)| s == "False"));
     assert_running(op);
 }
+
+/// The ApprovalRevoked Events about component `name`, as (note, series count).
+async fn revocations(cp: &ControlPlane, ns: &str, name: &str) -> Vec<(String, i32)> {
+    let api: Api<Event> = Api::namespaced(cp.client().await.unwrap(), ns);
+    let mut found: Vec<(String, i32)> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("ApprovalRevoked")
+                && e.regarding
+                    .as_ref()
+                    .is_some_and(|r| r.name.as_deref() == Some(name))
+        })
+        .map(|e| (e.note.unwrap_or_default(), e.series.map_or(1, |s| s.count)))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Waits until the ApprovalRevoked Events about `name` satisfy `done`; returns them.
+async fn wait_revocations(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    what: &str,
+    done: impl Fn(&[(String, i32)]) -> bool,
+) -> Vec<(String, i32)> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let events = revocations(cp, ns, name).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never came; ApprovalRevoked Events about {ns}/{name}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn deny_source_yaml(name: &str, addr: &str, path: &str) -> String {
+    format!(
+        "apiVersion: wasm.airssys.dev/v1alpha1\nkind: TrustSource\nmetadata:\n  name: {name}\nspec:\n  decision: Deny\n  registries:\n    - repository: '{addr}/{path}/**'\n"
+    )
+}
+
+#[tokio::test]
+async fn a_revocation_for_a_new_cause_is_a_new_event_and_a_repeat_is_counted() {
+    let (cp, op) = setup().await;
+    let ns = cp.create_namespace("rv-causes").await.unwrap();
+    let label = format!("trust-{ns}");
+    kubectl(cp, &["label", "namespace", &ns, &format!("{label}=yes")]).await;
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = registry.address().to_owned();
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let sources: Api<TrustSource> = Api::all(cp.client().await.unwrap());
+    let team = format!("{ns}-team");
+    apply(
+        cp,
+        d,
+        &registry_source_yaml(&team, &addr, &ns, Some(&label)),
+    )
+    .await;
+    let reference = format!("{addr}/{ns}/echo:v1");
+    push(d, &reference, "echo v1");
+    apply(cp, d, &component_yaml(&ns, "echo", &reference)).await;
+    wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
+
+    // Cause one: the namespace leaves the source's selector.
+    kubectl(cp, &["label", "namespace", &ns, &format!("{label}-")]).await;
+    wait_approved(&api, "echo", "False", "PendingApproval").await;
+    wait_revocations(cp, &ns, "echo", "the first revocation", |e| e.len() == 1).await;
+    kubectl(cp, &["label", "namespace", &ns, &format!("{label}=yes")]).await;
+    wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
+
+    // Cause two: a Deny source. A new Event with its own note; the first keeps its own.
+    let deny = format!("{ns}-block");
+    apply(cp, d, &deny_source_yaml(&deny, &addr, &ns)).await;
+    wait_approved(&api, "echo", "False", "Denied").await;
+    let events = wait_revocations(cp, &ns, "echo", "the second revocation", |e| e.len() == 2).await;
+    let by = |cause: &str| {
+        events
+            .iter()
+            .find(|(note, _)| note.contains(&format!("({cause})")))
+            .unwrap_or_else(|| panic!("no revocation for {cause}: {events:?}"))
+            .clone()
+    };
+    let (pending_note, pending_count) = by("PendingApproval");
+    let (denied_note, denied_count) = by("Denied");
+    assert_eq!((pending_count, denied_count), (1, 1), "{events:?}");
+    assert!(!pending_note.contains(&deny), "{pending_note}");
+    assert!(
+        denied_note.contains(&deny),
+        "the new cause is named: {denied_note}"
+    );
+
+    // The same cause again: counted on its Event, no third one.
+    sources
+        .delete(&deny, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
+    apply(cp, d, &deny_source_yaml(&deny, &addr, &ns)).await;
+    wait_approved(&api, "echo", "False", "Denied").await;
+    let events = wait_revocations(cp, &ns, "echo", "the repeat's count", |e| {
+        e.iter()
+            .any(|(note, count)| note == &denied_note && *count == 2)
+    })
+    .await;
+    let mut want = vec![(denied_note, 2), (pending_note, 1)];
+    want.sort();
+    assert_eq!(events, want, "two Events, each with its own message");
+
+    assert_running(op);
+    for name in [&deny, &team] {
+        sources
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_sources_component_count_follows_its_components_within_seconds() {
+    // Well under the trust-source controller's periodic refresh: only the re-queue from the
+    // component controller can make it.
+    const QUICK: Duration = Duration::from_secs(10);
+    let (cp, op) = setup().await;
+    let ns = cp.create_namespace("rv-count").await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = registry.address().to_owned();
+    let api: Api<WasmComponent> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let sources: Api<TrustSource> = Api::all(cp.client().await.unwrap());
+    let source = format!("{ns}-team");
+    apply(cp, d, &registry_source_yaml(&source, &addr, &ns, None)).await;
+    wait_for(
+        &sources,
+        &source,
+        |s| s.status.as_ref().is_some_and(|s| s.components == 0),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the source never reported its count: {e}"));
+
+    let reference = format!("{addr}/{ns}/echo:v1");
+    push(d, &reference, "echo v1");
+    apply(cp, d, &component_yaml(&ns, "echo", &reference)).await;
+    wait_approved(&api, "echo", "True", "TrustSourceMatched").await;
+    let counted =
+        |n: i32| move |s: &TrustSource| s.status.as_ref().is_some_and(|s| s.components == n);
+    wait_for(&sources, &source, counted(1), QUICK)
+        .await
+        .unwrap_or_else(|e| panic!("status.components did not follow the approval: {e}"));
+
+    api.delete("echo", &DeleteParams::default()).await.unwrap();
+    wait_for(&sources, &source, counted(0), QUICK)
+        .await
+        .unwrap_or_else(|e| panic!("status.components did not follow the deletion: {e}"));
+
+    assert_running(op);
+    sources
+        .delete(&source, &DeleteParams::default())
+        .await
+        .unwrap();
+}

@@ -27,9 +27,13 @@ impl fmt::Debug for RegistryCredentials {
 /// A pull secret that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("secret {secret:?} is not a docker config: {reason}")]
+    #[error(
+        "pull secret {secret} is not a docker config ({reason}); it must be a kubernetes.io/dockerconfigjson Secret, e.g. made with kubectl create secret docker-registry"
+    )]
     Json { secret: String, reason: String },
-    #[error("secret {secret:?} entry for {registry:?}: {reason}")]
+    #[error(
+        "pull secret {secret}, entry {registry}: {reason}; make it again, e.g. with kubectl create secret docker-registry"
+    )]
     Entry {
         secret: String,
         registry: String,

@@ -11,19 +11,23 @@
 //! - [`store`]: verified blobs on the operator's disk, by digest, bounded.
 //! - [`serve`]: the artifact server: approved components' blobs, by digest, to authenticated
 //!   agents over TLS, so no agent needs another namespace's pull credentials.
+//! - [`network`]: the root cause of a failed connection, in words, and what to do.
 //!
 //! Errors are classed so the controller can keep its promise: a network failure retries and
 //! never changes an approval; only an integrity failure marks a component as failing
-//! verification.
+//! verification. Their messages end up in conditions and Events: one line each, the cause (not
+//! the client library's "error sending request"), and what to do.
 
 pub mod cosign;
 pub mod credentials;
 pub mod keys;
+pub mod network;
 pub mod resolve;
 pub mod serve;
 pub mod store;
 
 use airssys_crds::Digest;
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use sha2::{Digest as _, Sha256};
 
 pub use cosign::{SignatureLayer, Signer, Verification};
@@ -49,7 +53,7 @@ pub enum ErrorClass {
 /// Why an artifact could not be resolved, fetched or verified.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("registry {registry}: {source}")]
+    #[error("registry {registry}: {}", explain_registry(.registry, .source))]
     Registry {
         registry: String,
         #[source]
@@ -58,8 +62,9 @@ pub enum ArtifactError {
     },
     /// The registry wants credentials, or refused the ones given (401/403).
     #[error(
-        "registry {registry} refused {}: {source}. {}",
+        "registry {registry} refused {} ({}). {}",
         refused_whom(user.as_deref()),
+        refusal(.source),
         unauthorized_hint(registry, user.as_deref())
     )]
     Unauthorized {
@@ -70,13 +75,13 @@ pub enum ArtifactError {
         #[source]
         source: Box<oci_client::errors::OciDistributionError>,
     },
-    #[error("fetching {url}: {source}")]
+    #[error("fetching {url}: {}", network::explain(.source, &host_of(.url)))]
     Http {
         url: String,
         #[source]
         source: reqwest::Error,
     },
-    #[error("fetching {url}: server answered {status}")]
+    #[error("fetching {url}: the server answered HTTP {status}{}", http_status_hint(*.status))]
     HttpStatus { url: String, status: u16 },
     #[error(
         "{what} has digest {actual}, expected {expected}: the bytes changed or were tampered with"
@@ -88,19 +93,25 @@ pub enum ArtifactError {
     },
     #[error("{what} is {size} bytes, more than the {limit} byte limit")]
     TooLarge { what: String, size: u64, limit: u64 },
-    #[error("oci reference {reference:?} is invalid: {reason}")]
+    #[error(
+        "oci reference {reference:?} is invalid: {reason}; fix spec.artifact.oci.reference (host/repository:tag or host/repository@sha256:...)"
+    )]
     InvalidReference { reference: String, reason: String },
-    #[error("url {url:?} is not allowed: {reason}")]
+    #[error("url {url:?} is not allowed: {reason}; fix spec.artifact.https.url")]
     InvalidUrl { url: String, reason: &'static str },
-    #[error("manifest of {reference} is not usable: {reason}")]
+    #[error(
+        "manifest of {reference} is not usable: {reason}; push the component as an OCI artifact with one layer of media type application/wasm"
+    )]
     Manifest { reference: String, reason: String },
     #[error(
-        "{reference} has no WebAssembly layer (expected one layer of media type application/wasm)"
+        "{reference} has no WebAssembly layer (expected one layer of media type application/wasm); push the component as one, e.g. oras push {reference} component.wasm:application/wasm"
     )]
     NoWasmLayer { reference: String },
-    #[error("pull secret: {0}")]
+    #[error(transparent)]
     Credentials(#[from] credentials::CredentialsError),
-    #[error("configMap key holds no bytes")]
+    #[error(
+        "the ConfigMap key holds no bytes; put the component under that key, e.g. kubectl create configmap NAME --from-file=KEY=component.wasm"
+    )]
     Empty,
     /// The same failure, seen by every caller that shared one download.
     #[error(transparent)]
@@ -139,9 +150,146 @@ impl ArtifactError {
     }
 }
 
+/// `host[:port]` of a URL, for advice; the URL itself when it has no host.
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() {
+        url.to_owned()
+    } else {
+        host.to_owned()
+    }
+}
+
+/// The most bytes of a server's own words quoted in a message.
+const QUOTE_LIMIT: usize = 200;
+
+/// A server's words on one line, bounded.
+fn quote(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    airssys_crds::condition::bounded(line, QUOTE_LIMIT)
+}
+
+/// What to do after an HTTPS server answered `status` (empty when retrying is all).
+fn http_status_hint(status: u16) -> &'static str {
+    match status {
+        404 | 410 => "; the URL names no file: fix spec.artifact.https.url",
+        401 | 403 => {
+            "; the server refuses access: HTTPS artifacts are fetched without credentials, so use a URL anyone may read, or an OCI registry with a pull secret"
+        }
+        _ => "",
+    }
+}
+
+/// One line about a failed registry request: the cause and, where someone must act, what to
+/// do (`oci-client`'s own messages are URL and envelope dumps, or a bare "error sending
+/// request").
+pub(crate) fn explain_registry(registry: &str, e: &OciDistributionError) -> String {
+    match e {
+        OciDistributionError::RequestError(r) => network::explain(r, registry),
+        OciDistributionError::IoError(io) => network::explain(io, registry),
+        OciDistributionError::ServerError { code, message, .. } => {
+            server_answer(registry, *code, message)
+        }
+        OciDistributionError::RegistryError { envelope, .. } => envelope_answer(envelope),
+        OciDistributionError::ImageManifestNotFoundError(what) => {
+            format!("no such manifest ({}); {NOT_FOUND_HINT}", quote(what))
+        }
+        OciDistributionError::GenericError(Some(what)) => quote(what),
+        OciDistributionError::GenericError(None) => {
+            "the registry client failed without saying why".to_owned()
+        }
+        other => quote(&other.to_string()),
+    }
+}
+
+const NOT_FOUND_HINT: &str =
+    "push the component to that repository and tag, or fix spec.artifact.oci.reference";
+
+fn server_answer(registry: &str, code: u16, message: &str) -> String {
+    let said = if message.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", quote(message))
+    };
+    match code {
+        404 => format!("not found (HTTP 404{said}); {NOT_FOUND_HINT}"),
+        400 if message.contains("HTTP request to an HTTPS server") => format!(
+            "{registry} speaks HTTPS, but the component asks for plain HTTP; remove insecure: true from spec.artifact.oci"
+        ),
+        429 => format!("rate-limited (HTTP 429{said})"),
+        500..=599 => format!("server error (HTTP {code}{said})"),
+        _ => format!("answered HTTP {code}{said}"),
+    }
+}
+
+/// An OCI error envelope as `CODE (message)`, with what to do for the first code.
+fn envelope_answer(envelope: &OciEnvelope) -> String {
+    let errors: Vec<String> = envelope
+        .errors
+        .iter()
+        .map(|e| {
+            let code = serde_json::to_value(&e.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "UNKNOWN".to_owned());
+            if e.message.trim().is_empty() {
+                code
+            } else {
+                format!("{code} ({})", quote(&e.message))
+            }
+        })
+        .collect();
+    let hint = match envelope.errors.first().map(|e| &e.code) {
+        Some(
+            OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound,
+        ) => NOT_FOUND_HINT,
+        Some(OciErrorCode::BlobUnknown | OciErrorCode::ManifestBlobUnknown) => {
+            "the manifest names a blob the registry lacks: push the component again"
+        }
+        Some(OciErrorCode::NameInvalid | OciErrorCode::TagInvalid) => {
+            "fix spec.artifact.oci.reference"
+        }
+        _ => "",
+    };
+    let answered = if errors.is_empty() {
+        "answered with an empty error list".to_owned()
+    } else {
+        format!("answered {}", errors.join(", "))
+    };
+    if hint.is_empty() {
+        answered
+    } else {
+        format!("{answered}; {hint}")
+    }
+}
+
+/// How the registry refused, briefly (the status or error code; never the URL).
+fn refusal(e: &OciDistributionError) -> String {
+    match e {
+        OciDistributionError::AuthenticationFailure(why) => {
+            format!("token request failed: {}", quote(why))
+        }
+        OciDistributionError::UnauthorizedError { .. } => "HTTP 401".to_owned(),
+        OciDistributionError::ServerError { code, .. } => format!("HTTP {code}"),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .map(|e| {
+                serde_json::to_value(&e.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "UNKNOWN".to_owned())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => quote(&other.to_string()),
+    }
+}
+
 fn refused_whom(user: Option<&str>) -> String {
     match user {
-        None => "anonymous access (no pull secret holds credentials for it)".to_owned(),
+        None => "anonymous access".to_owned(),
         Some(user) => format!("the credentials of user {user:?} from the pull secret"),
     }
 }
@@ -151,7 +299,7 @@ fn refused_whom(user: Option<&str>) -> String {
 fn unauthorized_hint(registry: &str, user: Option<&str>) -> String {
     match user {
         None => format!(
-            "Create a kubernetes.io/dockerconfigjson Secret with an entry for {registry} in the component's namespace and list it in spec.artifact.oci.pullSecrets"
+            "No pull secret of the component holds credentials for it: create a kubernetes.io/dockerconfigjson Secret with an entry for {registry} in the component's namespace and list it in spec.artifact.oci.pullSecrets"
         ),
         Some(_) => format!(
             "Fix the user name and password of the {registry} entry in the pull secret, or give that user pull access to the repository"
@@ -273,5 +421,71 @@ mod tests {
             };
             assert_eq!(err.class(), class, "{status}");
         }
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let https = |status| {
+            ArtifactError::HttpStatus {
+                url: "https://downloads.example.com/x.wasm".into(),
+                status,
+            }
+            .to_string()
+        };
+        // (rule, message, words it must hold)
+        let cases = [
+            (
+                "a missing file names the field to fix",
+                https(404),
+                "fix spec.artifact.https.url",
+            ),
+            (
+                "a refusal says no credentials are sent",
+                https(403),
+                "fetched without credentials",
+            ),
+            (
+                "an invalid reference names the field and the form",
+                ArtifactError::InvalidReference {
+                    reference: "Bad Ref".into(),
+                    reason: "invalid reference format".into(),
+                }
+                .to_string(),
+                "fix spec.artifact.oci.reference",
+            ),
+            (
+                "no wasm layer shows how to push one",
+                ArtifactError::NoWasmLayer {
+                    reference: "r.io/team/echo:v1".into(),
+                }
+                .to_string(),
+                "oras push r.io/team/echo:v1 component.wasm:application/wasm",
+            ),
+            (
+                "an empty ConfigMap key shows how to fill it",
+                ArtifactError::Empty.to_string(),
+                "kubectl create configmap",
+            ),
+            (
+                "a broken pull secret names it and how to make one",
+                ArtifactError::from(credentials::CredentialsError::Json {
+                    secret: "pull".into(),
+                    reason: "expected value at line 1 column 1".into(),
+                })
+                .to_string(),
+                "pull secret pull is not a docker config (expected value at line 1 column 1); it must be a kubernetes.io/dockerconfigjson Secret",
+            ),
+        ];
+        for (rule, msg, words) in cases {
+            assert!(msg.contains(words), "{rule}: {msg}");
+            assert!(!msg.contains('\n'), "{rule}: one line: {msg}");
+        }
+        assert_eq!(
+            https(503),
+            "fetching https://downloads.example.com/x.wasm: the server answered HTTP 503",
+            "retrying is all there is to do (the controller says so)"
+        );
+        assert_eq!(host_of("https://h.io:8443/a?b"), "h.io:8443");
+        assert_eq!(host_of(""), "");
     }
 }

@@ -83,14 +83,24 @@ impl From<ArtifactError> for Failure {
 }
 
 impl Failure {
-    fn kube(what: &str, e: &kube::Error) -> Self {
-        let class = match e {
-            kube::Error::Api(s) if s.code == 404 || s.code == 403 => ErrorClass::NeedsAction,
-            _ => ErrorClass::Transient,
-        };
-        Self {
-            class,
-            message: format!("{what}: {e}"),
+    /// Reading `what` (an object the spec names) failed; `fix` says what to do when it does
+    /// not exist. One line: never kube's debug dump of the API status.
+    fn kube(what: &str, fix: &str, e: &kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) if s.code == 404 => Self {
+                class: ErrorClass::NeedsAction,
+                message: format!("{what} was not found: {fix}"),
+            },
+            kube::Error::Api(s) if s.code == 403 => Self {
+                class: ErrorClass::NeedsAction,
+                message: format!(
+                    "the operator may not read {what}: give its ServiceAccount get on it (the chart's ClusterRole grants get on secrets and configmaps)"
+                ),
+            },
+            _ => Self {
+                class: ErrorClass::Transient,
+                message: format!("reading {what}: {}", crate::kube_message(e)),
+            },
         }
     }
 }
@@ -302,12 +312,13 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
         unverifiable: unverifiable.clone(),
         ..ComponentFacts::new(&ns, &name, resolved.digest.clone(), request)
     };
-    let decision = {
+    let (decision, previous) = {
         let mut index = ctx.index.write().map_err(|_| Error::IndexPoisoned)?;
         let decision = index.decide(&facts, ctx.policy());
-        index.record(facts, decision.clone());
-        decision
+        let previous = index.record(facts, decision.clone());
+        (decision, previous)
     };
+    ctx.coverage_changed(previous.as_ref(), Some(&decision));
 
     let mut verified_msg = format!(
         "Resolved to {}; {} verified signer(s).",
@@ -374,12 +385,13 @@ async fn unreachable(
             facts.request = request;
             facts.namespace_labels = labels;
             let digest = facts.digest.clone();
-            let decision = {
+            let (decision, previous) = {
                 let mut index = ctx.index.write().map_err(|_| Error::IndexPoisoned)?;
                 let decision = index.decide(&facts, ctx.policy());
-                index.record(facts, decision.clone());
-                decision
+                let previous = index.record(facts, decision.clone());
+                (decision, previous)
             };
+            ctx.coverage_changed(previous.as_ref(), Some(&decision));
             apply_decision(&mut after, &decision, digest.as_ref(), generation);
             match &digest {
                 Some(d) if decision.approved => {
@@ -416,10 +428,12 @@ async fn unreachable(
 }
 
 fn forget(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
-    ctx.index
+    let previous = ctx
+        .index
         .write()
         .map_err(|_| Error::IndexPoisoned)?
         .forget(ns, name);
+    ctx.coverage_changed(previous.as_ref(), None);
     Ok(())
 }
 
@@ -578,10 +592,13 @@ async fn resolve(
     }
     if let Some(cm) = &artifact.config_map {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-        let map = api
-            .get(&cm.name)
-            .await
-            .map_err(|e| Failure::kube(&format!("ConfigMap {}", cm.name), &e))?;
+        let map = api.get(&cm.name).await.map_err(|e| {
+            Failure::kube(
+                &format!("ConfigMap {} in namespace {ns}", cm.name),
+                "create it there, or fix spec.artifact.configMap.name",
+                &e,
+            )
+        })?;
         let bytes = map
             .binary_data
             .as_ref()
@@ -637,10 +654,8 @@ async fn resolve_oci(
         // Only the component's own namespace: a tenant must not borrow another's credentials.
         let secret = api.get(&r.name).await.map_err(|e| {
             Failure::kube(
-                &format!(
-                    "pull secret {} in namespace {ns} (pull secrets are read from the component's namespace only)",
-                    r.name
-                ),
+                &format!("pull secret {} in namespace {ns}", r.name),
+                "create it there (a kubernetes.io/dockerconfigjson Secret; pull secrets are read from the component's namespace only), or remove it from spec.artifact.oci.pullSecrets",
                 &e,
             )
         })?;
@@ -798,5 +813,61 @@ mod tests {
         );
         assert_eq!(o.matched_sources.len(), MATCHED_LIMIT);
         assert!(o.approved.unwrap().message.contains("100 matching sources"));
+    }
+
+    #[test]
+    fn api_failures_read_as_one_line_with_what_to_do() {
+        let api = |code, reason: &str, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let what = "pull secret pull in namespace team";
+        let fix = "create it there, or remove it from spec.artifact.oci.pullSecrets";
+        // (rule, error, class, message)
+        let cases = [
+            (
+                "missing: the object, and what to do",
+                api(404, "NotFound", "secrets \"pull\" not found"),
+                ErrorClass::NeedsAction,
+                format!("{what} was not found: {fix}"),
+            ),
+            (
+                "forbidden: which permission the operator lacks",
+                api(403, "Forbidden", "secrets \"pull\" is forbidden"),
+                ErrorClass::NeedsAction,
+                format!(
+                    "the operator may not read {what}: give its ServiceAccount get on it (the chart's ClusterRole grants get on secrets and configmaps)"
+                ),
+            ),
+            (
+                "anything else: the API server's answer, retried",
+                api(500, "InternalError", "etcdserver: request timed out"),
+                ErrorClass::Transient,
+                format!(
+                    "reading {what}: the API server answered 500 InternalError: etcdserver: request timed out"
+                ),
+            ),
+        ];
+        for (rule, error, class, message) in cases {
+            let failure = Failure::kube(what, fix, &error);
+            assert_eq!(failure.class, class, "{rule}");
+            assert_eq!(failure.message, message, "{rule}");
+            for dump in ["Status {", "Some(", "ApiError", "\n"] {
+                assert!(
+                    !failure.message.contains(dump),
+                    "{rule}: {}",
+                    failure.message
+                );
+            }
+        }
+        assert!(
+            !crate::Error::Kube(api(409, "Conflict", "the object was modified"))
+                .to_string()
+                .contains("Status {"),
+            "logs carry no status dump either"
+        );
     }
 }

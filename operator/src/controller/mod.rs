@@ -4,9 +4,11 @@
 //! into the component's status.
 //!
 //! All share one [`Context`] and its reflector stores (components, namespaces, Placements,
-//! Nodes, and the agents' Leases in the product's namespace). A source change reaches the component controller through a
-//! channel of `ObjectRefs` (`Controller::reconcile_on`), so the index is updated before the
-//! affected components are evaluated again. Components are enumerated from the component
+//! Nodes, and the agents' Leases in the product's namespace). A source change reaches the
+//! component controller through a channel of `ObjectRefs` (`Controller::reconcile_on`), so the
+//! index is updated before the affected components are evaluated again; the other way, a
+//! component whose decision changed which sources cover it re-queues those sources, so their
+//! `status.components` follows within seconds. Components are enumerated from the component
 //! controller's reflector store, never listed; Namespaces are watched too, and a label change
 //! re-queues the namespace's components at once (a relabel can change which sources select
 //! them).
@@ -23,10 +25,10 @@ pub mod component;
 pub mod placement;
 pub mod trust_source;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airssys_crds::agent::AGENT_LEASE_LABEL;
 use airssys_crds::condition::ConditionType;
@@ -34,18 +36,20 @@ use airssys_crds::{Placement, TrustSource, WasmComponent};
 use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::ResourceExt as _;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self as kube_controller, Action, Controller};
-use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::predicates;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::events::{EventReason, EventType};
+use crate::events::{EventReason, Occurrence, Publish, Series, event_name};
 use crate::metrics::Metrics;
+use crate::trust::TrustDecision;
 use crate::{Config, Context, Error, Resolver, TrustIndex};
 
 /// The finalizer on `WasmComponent`s, so deletions are seen and the index forgets them.
@@ -93,6 +97,105 @@ impl std::fmt::Debug for Stores {
     }
 }
 
+/// The re-queue channels into the controllers: components to evaluate again, and
+/// `TrustSource`s to count again.
+#[derive(Debug, Clone)]
+pub struct Requeues {
+    pub components: mpsc::UnboundedSender<ObjectRef<WasmComponent>>,
+    pub sources: mpsc::UnboundedSender<ObjectRef<TrustSource>>,
+}
+
+/// Publishes events.k8s.io/v1 Events; an exact repeat (same object, reason, action and note)
+/// within the series window updates the earlier Event's `series` instead ([`Series`] decides).
+pub struct EventPublisher {
+    client: kube::Client,
+    /// `reportingInstance`: the pod, else the controller.
+    instance: String,
+    series: Mutex<Series>,
+}
+
+impl std::fmt::Debug for EventPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // kube::Client has no Debug.
+        f.debug_struct("EventPublisher")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventPublisher {
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| REPORTER.to_owned()),
+            series: Mutex::default(),
+        }
+    }
+
+    /// Writes one occurrence: a new Event, or the series of the Event it repeats. The note
+    /// is shortened to what the API server takes.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        reason: EventReason,
+        action: &str,
+        note: String,
+    ) -> Result<(), kube::Error> {
+        let occurrence = Occurrence::new(regarding, reason, action, &note);
+        let next = self
+            .series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&occurrence, Instant::now());
+        // Cluster-scoped objects (TrustSources) have their Events in `default`, as kubectl
+        // looks for them.
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        if let Publish::Repeat { name, count } = next {
+            let series = serde_json::json!({ "series": {
+                "count": count,
+                "lastObservedTime": MicroTime(now),
+            }});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&series))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Expired (the API server keeps Events for a limited time) or deleted: the
+                // occurrence starts a new Event.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(event_name(
+                    regarding.name.as_deref().unwrap_or(REPORTER),
+                    u128::try_from(now.as_nanosecond()).unwrap_or_default(),
+                )),
+                namespace: Some(namespace.to_owned()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(reason.event_type().as_str().to_owned()),
+            reason: Some(reason.as_str().to_owned()),
+            action: Some(action.to_owned()),
+            note: Some(airssys_crds::condition::bounded(note, NOTE_LIMIT)),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(REPORTER.to_owned()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Event::default()
+        };
+        let created = api.create(&PostParams::default(), &event).await?;
+        self.series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .created(occurrence, created.name_any(), Instant::now());
+        Ok(())
+    }
+}
+
 impl Context {
     /// The shared state of both controllers.
     pub fn new(
@@ -100,21 +203,18 @@ impl Context {
         resolver: Resolver,
         config: Config,
         metrics: Arc<Metrics>,
-        requeue: mpsc::UnboundedSender<ObjectRef<WasmComponent>>,
+        requeues: Requeues,
         stores: Stores,
     ) -> Self {
-        let reporter = Reporter {
-            controller: REPORTER.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Arc::new(EventPublisher::new(client.clone())),
             client,
             index: Arc::new(RwLock::new(TrustIndex::new())),
             resolver,
             config,
             metrics,
-            requeue,
+            requeue: requeues.components,
+            source_requeue: requeues.sources,
             stores,
             ledger: Arc::new(Mutex::default()),
             view_ready: Arc::default(),
@@ -140,7 +240,8 @@ impl Context {
     }
 
     /// Publishes an Event about `regarding`; a rejected Event is logged and counted, never
-    /// fails the reconciliation (the status already says the same). The note is bounded.
+    /// fails the reconciliation (the status already says the same). The note is bounded. Only
+    /// an exact repeat folds into an earlier Event: a new cause is a new Event.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
@@ -148,18 +249,7 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let type_ = match reason.event_type() {
-            EventType::Normal => KubeEventType::Normal,
-            EventType::Warning => KubeEventType::Warning,
-        };
-        let event = Event {
-            type_,
-            reason: reason.as_str().to_owned(),
-            note: Some(airssys_crds::condition::bounded(note, NOTE_LIMIT)),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        let published = match self.recorder.publish(&event, regarding).await {
+        let published = match self.events.publish(regarding, reason, action, note).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(reason = reason.as_str(), error = %e, "publishing an Event failed");
@@ -174,6 +264,19 @@ impl Context {
     pub fn requeue_all(&self) {
         for c in self.stores.components.state() {
             let _ = self.requeue.send(ObjectRef::from_obj(c.as_ref()));
+        }
+    }
+
+    /// A component's decision went from `before` to `after` (`None`: no decision recorded):
+    /// the sources whose count of covered components changed are counted again
+    /// (`status.components`), within seconds rather than at the next refresh.
+    pub fn coverage_changed(&self, before: Option<&TrustDecision>, after: Option<&TrustDecision>) {
+        let none: &[String] = &[];
+        let before = before.map_or(none, |d| &d.matched_sources);
+        let after = after.map_or(none, |d| &d.matched_sources);
+        for source in coverage_change(before, after) {
+            // The receiver lives as long as the trust-source controller.
+            let _ = self.source_requeue.send(ObjectRef::new(source));
         }
     }
 
@@ -228,6 +331,14 @@ impl<K: kube::Resource<DynamicType = ()>, S> StatusApply<K, S> {
     }
 }
 
+/// The sources that cover a component under one of two decisions but not the other: those
+/// whose count changes when the decision goes from `before` to `after`.
+fn coverage_change<'a>(before: &'a [String], after: &'a [String]) -> BTreeSet<&'a str> {
+    let before: BTreeSet<&str> = before.iter().map(String::as_str).collect();
+    let after: BTreeSet<&str> = after.iter().map(String::as_str).collect();
+    before.symmetric_difference(&after).copied().collect()
+}
+
 /// Components of namespace `ns` in the store, as controller requests.
 fn components_in(store: &Store<WasmComponent>, ns: &str) -> Vec<ObjectRef<WasmComponent>> {
     store
@@ -260,6 +371,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (source_tx, source_rx) = mpsc::unbounded_channel();
     let (place_tx, place_rx) = mpsc::unbounded_channel();
     let (components, component_writer) = reflector::store();
     let (namespaces, namespace_writer) = reflector::store();
@@ -279,7 +391,10 @@ pub async fn run(
         resolver,
         config,
         metrics,
-        tx,
+        Requeues {
+            components: tx,
+            sources: source_tx,
+        },
         stores,
     ));
     let loaded = load_sources(&ctx).await?;
@@ -308,7 +423,13 @@ pub async fn run(
         _ => {}
     })
     .applied_objects();
+    // A component whose decision changed which sources cover it re-queues those sources, so
+    // their `status.components` follows within seconds.
+    let recounts = futures::stream::unfold(source_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
     let sources = Controller::for_stream(source_events, reader)
+        .reconcile_on(recounts)
         .shutdown_on_signal()
         .run(
             trust_source::reconcile,
@@ -316,8 +437,13 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "trust source controller");
+            match res {
+                // A recount of a source deleted meanwhile: nothing left to count.
+                Err(kube_controller::Error::ObjectNotFound(obj)) => {
+                    debug!(object = %obj, "trust source gone");
+                }
+                Err(e) => warn!(error = %e, "trust source controller"),
+                Ok(_) => {}
             }
         });
 
@@ -536,4 +662,213 @@ fn retry_after_error(ctx: &Context, controller: &str, key: &str, error: &Error) 
     let delay = ctx.backoff(key);
     warn!(controller, object = key, error = %error, transient = error.is_transient(), ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    use super::*;
+    use crate::events::Reason;
+
+    #[test]
+    fn coverage_change_spec() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // (rule, before, after, sources counted again)
+        type Row<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let rows: [Row<'_>; 5] = [
+            (
+                "first decision: every matched source",
+                &[],
+                &["a", "b"],
+                &["a", "b"],
+            ),
+            ("forgotten: every source it had", &["a"], &[], &["a"]),
+            (
+                "same sources in another order: none",
+                &["a", "b"],
+                &["b", "a"],
+                &[],
+            ),
+            (
+                "one source traded for another: both",
+                &["a", "b"],
+                &["b", "c"],
+                &["a", "c"],
+            ),
+            ("nothing before or after: none", &[], &[], &[]),
+        ];
+        for (rule, before, after, want) in rows {
+            let (before, after) = (names(before), names(after));
+            let got: Vec<&str> = coverage_change(&before, &after).into_iter().collect();
+            assert_eq!(got, want, "{rule}");
+        }
+    }
+
+    /// One expected API call: method, path prefix, and the status to answer with.
+    struct Call {
+        method: &'static str,
+        path: String,
+        status: u16,
+    }
+
+    /// Answers `calls` in order, echoing a created Event back with a name; returns the bodies.
+    async fn serve(
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        calls: Vec<Call>,
+    ) -> Vec<serde_json::Value> {
+        let mut bodies = Vec::new();
+        for call in calls {
+            let (request, send) = handle.next_request().await.expect("a request");
+            assert_eq!(request.method().as_str(), call.method);
+            let path = request.uri().to_string();
+            assert!(
+                path.starts_with(&call.path),
+                "{path}, expected {}",
+                call.path
+            );
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let answer = if call.status == 404 {
+                json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": "gone" })
+            } else {
+                body.clone()
+            };
+            send.send_response(
+                Response::builder()
+                    .status(call.status)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+            bodies.push(body);
+        }
+        bodies
+    }
+
+    #[tokio::test]
+    async fn only_an_exact_repeat_folds_into_an_earlier_event() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let publisher = EventPublisher::new(kube::Client::new(service, "default"));
+        let regarding = ObjectReference {
+            api_version: Some("wasm.airssys.dev/v1alpha1".into()),
+            kind: Some("WasmComponent".into()),
+            namespace: Some("team".into()),
+            name: Some("echo".into()),
+            uid: Some("u1".into()),
+            ..ObjectReference::default()
+        };
+        let events = "/apis/events.k8s.io/v1/namespaces/team/events";
+        let call = |method, path: String, status| Call {
+            method,
+            path,
+            status,
+        };
+        let create = || call("POST", format!("{events}?"), 201);
+        let repeat = |status| call("PATCH", format!("{events}/echo."), status);
+        let server = tokio::spawn(serve(
+            handle,
+            vec![
+                create(),
+                repeat(200),
+                create(),
+                repeat(200),
+                // The Event expired on the server: the repeat starts a new one.
+                repeat(404),
+                create(),
+            ],
+        ));
+        let first_cause = "Approval of sha256:a revoked (PendingApproval): no source matches";
+        let second_cause = "Approval of sha256:a revoked (Denied): denied by TrustSource block";
+        for note in [
+            first_cause,
+            first_cause,
+            second_cause,
+            first_cause,
+            second_cause,
+        ] {
+            publisher
+                .publish(
+                    &regarding,
+                    EventReason::ApprovalRevoked,
+                    "Revoke",
+                    note.to_owned(),
+                )
+                .await
+                .unwrap();
+        }
+        let bodies = server.await.unwrap();
+
+        let first = &bodies[0];
+        assert_eq!(first["note"], first_cause);
+        assert_eq!(first["reason"], "ApprovalRevoked");
+        assert_eq!(first["type"], "Warning");
+        assert_eq!(first["action"], "Revoke");
+        assert_eq!(first["reportingController"], REPORTER);
+        assert!(
+            first["reportingInstance"]
+                .as_str()
+                .is_some_and(|i| !i.is_empty())
+        );
+        assert!(first["eventTime"].as_str().is_some());
+        assert_eq!(first["regarding"]["uid"], "u1");
+        assert!(first.get("series").is_none());
+        assert!(
+            first["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("echo.")),
+            "{first}"
+        );
+
+        // The repeat touches only the series: the note stays what it was.
+        let series = &bodies[1];
+        assert_eq!(series["series"]["count"], 2, "{series}");
+        assert!(series["series"]["lastObservedTime"].as_str().is_some());
+        assert_eq!(series.as_object().unwrap().len(), 1, "{series}");
+
+        // A new cause is a new Event with its own note, not a count on the first.
+        assert_eq!(bodies[2]["note"], second_cause);
+        assert_eq!(bodies[3]["series"]["count"], 3, "the first cause again");
+        assert_eq!(bodies[4]["series"]["count"], 2, "the second cause again");
+        assert_eq!(bodies[5]["note"], second_cause, "recreated after a 404");
+    }
+
+    #[tokio::test]
+    async fn events_about_cluster_scoped_objects_go_to_default_with_a_bounded_note() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let publisher = EventPublisher::new(kube::Client::new(service, "default"));
+        let regarding = ObjectReference {
+            kind: Some("TrustSource".into()),
+            name: Some("bad".into()),
+            ..ObjectReference::default()
+        };
+        let server = tokio::spawn(serve(
+            handle,
+            vec![Call {
+                method: "POST",
+                path: "/apis/events.k8s.io/v1/namespaces/default/events?".into(),
+                status: 201,
+            }],
+        ));
+        publisher
+            .publish(
+                &regarding,
+                EventReason::Condition(Reason::InvalidSource),
+                "Validate",
+                "n".repeat(5000),
+            )
+            .await
+            .unwrap();
+        let bodies = server.await.unwrap();
+        assert_eq!(bodies[0]["metadata"]["namespace"], "default");
+        assert_eq!(bodies[0]["type"], "Warning");
+        let note = bodies[0]["note"].as_str().unwrap();
+        assert!(
+            note.len() <= NOTE_LIMIT && note.ends_with('…'),
+            "{}",
+            note.len()
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! The `TrustSource` controller: validates each source into the index, reports
 //! `Accepted`/`components`, and re-queues the components whose decision a change affects.
+//! It is re-queued in turn when a component's decision changes which sources cover it, so the
+//! COMPONENTS column follows within seconds.
 //!
 //! No finalizer: the operator never writes a `TrustSource` (only its status), so it cannot
 //! hold up or alter what an approver wrote. Deletions are seen on the watch stream instead
@@ -21,8 +23,10 @@ use crate::index::Applied;
 use crate::{Context, Error, metrics};
 
 const CONTROLLER: &str = "trustsource";
-/// How often `status.components` is refreshed without a change to the source.
-const REFRESH: Duration = Duration::from_secs(30);
+/// How often a source is reconciled without a change to it. `status.components` does not wait
+/// for this: a component whose decision changes which sources cover it re-queues them
+/// (`Context::coverage_changed`); this is only the safety net.
+const REFRESH: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(source: Arc<TrustSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer: metrics::ReconcileTimer = ctx.metrics.reconcile(CONTROLLER);
@@ -169,7 +173,7 @@ mod tests {
 
     use super::*;
     use crate::artifact::{Resolver, ResolverOptions};
-    use crate::controller::Stores;
+    use crate::controller::{Requeues, Stores};
     use crate::{Config, Context};
     use serde_json::json;
 
@@ -206,13 +210,17 @@ mod tests {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
         let (tx, _rx) = mpsc::unbounded_channel();
+        let (source_tx, _source_rx) = mpsc::unbounded_channel();
         let stores = Stores::default();
         let state = Arc::new(Context::new(
             client,
             Resolver::new(ResolverOptions::default()).unwrap(),
             Config::default(),
             Arc::default(),
-            tx,
+            Requeues {
+                components: tx,
+                sources: source_tx,
+            },
             stores,
         ));
         let source: TrustSource = serde_json::from_value(json!({

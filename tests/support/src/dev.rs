@@ -890,6 +890,15 @@ async fn start_watched(cp: &ControlPlane, name: &str, cmd: Command) -> Result<Su
     Ok(process)
 }
 
+/// This machine's architecture as Kubernetes names it (`kubernetes.io/arch`).
+fn kubernetes_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// Starts the agent of stand-in node `node` in node mode: its `Node` object (no kubelet here),
 /// a token of the chart's agent ServiceAccount bound to that Node (so the admission policy
 /// lets it write only this node's objects), and the operator's artifact server.
@@ -909,7 +918,7 @@ pub async fn start_agent(
             &[
                 ("kubernetes.io/hostname", node),
                 ("kubernetes.io/os", "linux"),
-                ("kubernetes.io/arch", std::env::consts::ARCH),
+                ("kubernetes.io/arch", kubernetes_arch()),
             ],
         )
         .await?;
