@@ -88,6 +88,25 @@ fn bench(c: &mut Criterion) {
     g.bench_function("table/check_connect_denied_private", |b| {
         b.iter(|| table.check_connect(black_box(Some("api.example.com")), black_box(private), 443))
     });
+    let public_v6: IpAddr = "2606:2800:220:1:248:1893:25c8:1946".parse().unwrap();
+    g.bench_function("table/check_connect_suffix_host_v6", |b| {
+        b.iter(|| {
+            table.check_connect(
+                black_box(Some("api.example.com")),
+                black_box(public_v6),
+                443,
+            )
+        })
+    });
+    // A broad block differs address by address: the one case that still classifies.
+    let broad = CapabilitySet::parse(
+        &serde_yaml::from_str::<Capabilities>("network: [{ host: 0.0.0.0/0, port: 443 }]").unwrap(),
+    )
+    .unwrap();
+    let broad = GrantTable::compile(&broad);
+    g.bench_function("table/check_connect_broad_cidr", |b| {
+        b.iter(|| broad.check_connect(black_box(None), black_box(public), 443))
+    });
     g.bench_function("table/check_publish_literal", |b| {
         b.iter(|| table.check_publish(black_box("events.logout")))
     });

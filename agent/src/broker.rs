@@ -10,8 +10,14 @@
 //! the broker is called; the broker checks each subscriber's grant for the concrete topic at
 //! delivery, so a subscription can never deliver more than its owner may receive.
 //!
-//! Subscriptions are indexed by topic token (a trie), so a publish looks only at the
-//! subscriptions that match it, and a component holds at most
+//! Topics are namespace-scoped: a publish reaches only subscribers in the publisher's own
+//! namespace, so two tenants granted the same topic never see each other's messages, and a
+//! direct send or request always targets the sender's namespace (a grant names a component
+//! of the same namespace; a `namespace/name` target is never granted). Nothing crosses a
+//! namespace through the broker.
+//!
+//! Subscriptions are indexed per namespace by topic token (a trie), so a publish looks only
+//! at the subscriptions that match it, and a component holds at most
 //! [`MAX_SUBSCRIPTIONS_PER_COMPONENT`]: no component can slow every publish on the node.
 
 use std::collections::{HashMap, HashSet};
@@ -208,11 +214,13 @@ impl Node {
     }
 }
 
-/// Every subscription on the node: the trie publishes walk, and each subscriber's patterns
-/// (for the cap, idempotence and removal without a scan).
+/// Every subscription on the node: one trie per namespace, which the publishes of that
+/// namespace walk, and each subscriber's patterns (for the cap, idempotence and removal
+/// without a scan).
 #[derive(Default)]
 struct Subscriptions {
-    root: Node,
+    /// namespace → the trie of its subscriptions.
+    roots: HashMap<String, Node>,
     /// Subscriber → its patterns in canonical text form.
     owners: HashMap<ComponentId, HashSet<String>>,
 }
@@ -300,7 +308,7 @@ impl Broker {
             .subscriptions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let Subscriptions { root, owners } = &mut *subs;
+        let Subscriptions { roots, owners } = &mut *subs;
         let patterns = owners.entry(subscriber.clone()).or_default();
         if patterns.contains(&text) {
             return Ok(());
@@ -312,7 +320,10 @@ impl Broker {
             subscriber: subscriber.clone(),
             mailbox,
         });
-        root.insert(text.split('.'), sub);
+        roots
+            .entry(subscriber.namespace.clone())
+            .or_default()
+            .insert(text.split('.'), sub);
         patterns.insert(text);
         Ok(())
     }
@@ -324,9 +335,15 @@ impl Broker {
             .subscriptions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let Subscriptions { root, owners } = &mut *subs;
-        for pattern in owners.remove(subscriber).unwrap_or_default() {
-            root.remove(pattern.split('.'), subscriber);
+        let Subscriptions { roots, owners } = &mut *subs;
+        let patterns = owners.remove(subscriber).unwrap_or_default();
+        if let Some(root) = roots.get_mut(&subscriber.namespace) {
+            for pattern in patterns {
+                root.remove(pattern.split('.'), subscriber);
+            }
+            if root.is_empty() {
+                roots.remove(&subscriber.namespace);
+            }
         }
     }
 
@@ -341,17 +358,21 @@ impl Broker {
             .map_or(0, HashSet::len)
     }
 
-    /// How many subscriptions a publish on `topic` looks at (tests: the index must not
-    /// scan the subscriptions that cannot match).
+    /// How many subscriptions a publish on `topic` in `namespace` looks at (tests: the
+    /// index must not scan the subscriptions that cannot match).
     #[cfg(test)]
-    fn visited(&self, topic: &str) -> usize {
+    fn visited(&self, namespace: &str, topic: &str) -> usize {
         let mut n = 0;
-        self.inner
+        if let Some(root) = self
+            .inner
             .subscriptions
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .root
-            .visit(Some(topic), &mut |_| n += 1);
+            .roots
+            .get(namespace)
+        {
+            root.visit(Some(topic), &mut |_| n += 1);
+        }
         n
     }
 
@@ -365,8 +386,9 @@ impl Broker {
             .cloned()
     }
 
-    /// Publishes to every subscriber whose pattern matches and whose grant allows `topic`.
-    /// Returns how many got it; a full mailbox is skipped and reported as [`BrokerError::Partial`].
+    /// Publishes to every subscriber in the publisher's namespace whose pattern matches and
+    /// whose grant allows `topic`. Returns how many got it; a full mailbox is skipped and
+    /// reported as [`BrokerError::Partial`].
     pub fn publish(
         &self,
         publisher: &ComponentId,
@@ -380,7 +402,10 @@ impl Broker {
             .unwrap_or_else(PoisonError::into_inner);
         let stats = &self.inner.stats;
         let (mut matched, mut delivered) = (0usize, 0usize);
-        subs.root.visit(Some(topic), &mut |sub| {
+        let Some(root) = subs.roots.get(&publisher.namespace) else {
+            return Ok(0);
+        };
+        root.visit(Some(topic), &mut |sub| {
             if !sub.mailbox.grants.check_subscribe(topic) {
                 stats.denied_at_delivery.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -583,6 +608,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn topics_never_cross_namespaces() {
+        // Two tenants, the same grant and the same pattern: each sees only its own.
+        let broker = Broker::new();
+        let g = grants(&[("orders.>", &[MessagingAccess::Subscribe])]);
+        let (a, mut ra) = mailbox(4, g.clone());
+        let (b, mut rb) = mailbox(4, g);
+        let in_a = ComponentId::new("tenant-a", "sub");
+        let in_b = ComponentId::new("tenant-b", "sub");
+        let pattern = || TopicPattern::parse("orders.>").unwrap();
+        broker.subscribe(&in_a, pattern(), a).unwrap();
+        broker.subscribe(&in_b, pattern(), b).unwrap();
+        let publisher = ComponentId::new("tenant-a", "pub");
+        let payload = || Arc::from(&b"x"[..]);
+        assert_eq!(
+            broker.publish(&publisher, "orders.new", payload()).unwrap(),
+            1
+        );
+        assert!(ra.try_recv().is_ok(), "same namespace delivers");
+        assert!(rb.try_recv().is_err(), "another namespace never does");
+        // A namespace with no subscriptions at all.
+        let outsider = ComponentId::new("tenant-c", "pub");
+        assert_eq!(
+            broker.publish(&outsider, "orders.new", payload()).unwrap(),
+            0
+        );
+        assert!(ra.try_recv().is_err() && rb.try_recv().is_err());
+        assert_eq!(broker.visited("tenant-a", "orders.new"), 1);
+        // Removing one tenant's subscriber leaves the other's.
+        broker.unsubscribe_all(&in_a);
+        assert_eq!(broker.visited("tenant-a", "orders.new"), 0);
+        assert_eq!(broker.visited("tenant-b", "orders.new"), 1);
+        // Direct sends name a component of the caller's namespace; the same name in
+        // another namespace is another component.
+        let (c, mut rc) = mailbox(4, grants(&[]));
+        broker.register(&ComponentId::new("tenant-b", "billing"), c);
+        assert!(matches!(
+            broker.send(Some(&publisher), "tenant-a", "billing", payload()),
+            Err(BrokerError::NotFound(t)) if t == "tenant-a/billing"
+        ));
+        assert!(rc.try_recv().is_err());
+    }
+
+    #[tokio::test]
     async fn delivery_checks_the_subscribers_grant() {
         let broker = Broker::new();
         let narrow = grants(&[("events.public", &[MessagingAccess::Subscribe])]);
@@ -740,15 +808,15 @@ mod tests {
             .subscribe(&id("all"), TopicPattern::parse("orders.>").unwrap(), m)
             .unwrap();
         assert_eq!(
-            broker.visited("orders.c7-9.new"),
+            broker.visited("ns", "orders.c7-9.new"),
             2,
             "its own pattern and orders.>"
         );
-        assert_eq!(broker.visited("orders.none.new"), 1, "only orders.>");
-        assert_eq!(broker.visited("billing.x"), 0);
+        assert_eq!(broker.visited("ns", "orders.none.new"), 1, "only orders.>");
+        assert_eq!(broker.visited("ns", "billing.x"), 0);
         // Removal takes only the removed component's subscriptions.
         broker.unsubscribe_all(&id("c7"));
-        assert_eq!(broker.visited("orders.c7-9.new"), 1);
+        assert_eq!(broker.visited("ns", "orders.c7-9.new"), 1);
         assert_eq!(broker.subscription_count(&id("c8")), 200);
     }
 

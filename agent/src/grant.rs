@@ -14,8 +14,8 @@
 use std::net::IpAddr;
 
 use airssys_crds::capability::{
-    AbsPath, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern, classify,
-    covers_normalized, is_normalized,
+    AbsPath, AddrClass, CapabilitySet, Cidr, HostPattern, NetTarget, PortRange, TopicPattern,
+    classify, covers_normalized, is_host_name, is_ip_literal, is_normalized,
 };
 
 /// Read or write, for files and buckets.
@@ -89,6 +89,23 @@ struct HostRule {
 struct CidrRule {
     cidr: Cidr,
     ports: PortRange,
+    /// Whether the rule reaches every address of its block, when that is the same for all
+    /// of them (`Cidr::uniform_reach`): the connect path then skips `classify`.
+    reach: Option<bool>,
+}
+
+impl CidrRule {
+    /// `Cidr::reaches` for an address inside the block, classifying it (once per check,
+    /// into `class`) only when the block's addresses differ.
+    #[inline]
+    fn reaches(&self, ip: IpAddr, class: &mut Option<AddrClass>) -> bool {
+        match self.reach {
+            Some(reach) => reach,
+            None => self
+                .cidr
+                .reaches_class(class.get_or_insert_with(|| classify(ip))),
+        }
+    }
 }
 
 /// De-duplicated names sorted by (length, bytes): a lookup finds the run of names of the
@@ -185,9 +202,9 @@ pub struct GrantTable {
     /// Per filesystem grant, its first (up to) eight bytes and their mask: one compare
     /// rejects most grants that do not cover a path before any `memcmp`.
     fs_heads: Box<[(u64, u64)]>,
-    /// Address grants: checked first, they are the only way to restricted addresses.
+    /// Address grants: reached by address; the only way to special-purpose addresses.
     cidrs: Box<[CidrRule]>,
-    /// Host-name grants: only for public addresses reached by name.
+    /// Host-name grants: the only way to resolve and reach a name.
     hosts: Box<[HostRule]>,
     buckets_read: NameSet,
     buckets_write: NameSet,
@@ -224,6 +241,7 @@ impl GrantTable {
                 NetTarget::Cidr(cidr) => cidrs.push(CidrRule {
                     cidr: *cidr,
                     ports: g.ports,
+                    reach: cidr.uniform_reach(),
                 }),
                 NetTarget::Host(pattern) => hosts.push(HostRule {
                     pattern: pattern.clone(),
@@ -310,49 +328,56 @@ impl GrantTable {
     }
 
     /// Whether the guest may connect to `ip:port`, reached through the name `host` if it used
-    /// one. Call it with the resolved address, after DNS. Loopback, private and link-local
-    /// addresses need an address (CIDR) grant; a host-name grant only reaches public ones.
-    /// An address grant reaches a special-purpose address (loopback, private, link-local,
-    /// metadata, ...) only when it names that address's range (`Cidr::reaches`).
+    /// one. Call it with the resolved address, after DNS. A name must be granted as a name
+    /// (on this port); an address (CIDR) grant is reached by address, never through a name.
+    /// The address must pass as well: a public one needs nothing more, a special-purpose
+    /// one (loopback, private, link-local, metadata, ...) an address grant that names its
+    /// range (`Cidr::reaches`). The crds rule is `CapabilitySet::allows_connect`.
     pub fn check_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
-        // Classified at most once per check, and only when a grant could use the answer.
+        // Classified at most once per check, and only when the answer is needed.
         let mut class = None;
-        let mut class_of = || *class.get_or_insert_with(|| classify(ip));
-        if self.cidrs.iter().any(|r| {
-            r.ports.contains(port) && r.cidr.contains(ip) && r.cidr.reaches_class(&class_of())
-        }) {
-            return true;
-        }
         match host {
-            Some(host) if !self.hosts.is_empty() && class_of().public => self
-                .hosts
-                .iter()
-                .any(|r| r.ports.contains(port) && r.pattern.matches(host)),
-            _ => false,
+            None => self.by_address(ip, port, &mut class),
+            Some(host) => {
+                self.name_granted(host, port)
+                    && (class.get_or_insert_with(|| classify(ip)).public
+                        || self.by_address(ip, port, &mut class))
+            }
         }
     }
 
-    /// Whether a connection to `host:port` by name could be allowed once `host` resolves: a
-    /// host-name grant matches it, or some address (CIDR) grant covers the port. Lets an
-    /// undeclared host be refused before any DNS query leaves the node; the resolved address
-    /// still goes through [`GrantTable::check_connect`].
+    /// Whether an address (CIDR) grant reaches `ip:port`.
+    #[inline]
+    fn by_address(&self, ip: IpAddr, port: u16, class: &mut Option<AddrClass>) -> bool {
+        self.cidrs
+            .iter()
+            .any(|r| r.ports.contains(port) && r.cidr.contains(ip) && r.reaches(ip, class))
+    }
+
+    /// Whether a host-name grant matches `host` on `port`.
+    #[inline]
+    fn name_granted(&self, host: &str, port: u16) -> bool {
+        self.hosts
+            .iter()
+            .any(|r| r.ports.contains(port) && r.pattern.matches(host))
+    }
+
+    /// Whether the guest may look `host` up to connect to it on `port` (outgoing HTTP): it is
+    /// a plain host name (`is_host_name`) and a host-name grant matches it on that port.
+    /// Address grants never let a name be resolved, so a DNS query leaves the node only for
+    /// a name the grant names; the resolved address still goes through
+    /// [`GrantTable::check_connect`]. The crds rule is `CapabilitySet::allows_resolve`.
     pub fn may_resolve(&self, host: &str, port: u16) -> bool {
-        self.cidrs.iter().any(|r| r.ports.contains(port))
-            || self
-                .hosts
-                .iter()
-                .any(|r| r.ports.contains(port) && r.pattern.matches(host))
+        is_host_name(host) && self.name_granted(host, port)
     }
 
     /// Whether the guest may resolve `name` (`wasi:sockets` name lookup, any port): an IP
-    /// literal (answered without a query), a name some host-name grant matches, or any name
-    /// when an address grant exists (a name may resolve into it, as for HTTP). A lookup no
-    /// grant could use is refused before a DNS query leaves the node.
+    /// literal (answered without a query), or a plain host name some host-name grant matches.
+    /// Address grants do not count: with only `10.0.0.0/8` granted, no name resolves, so DNS
+    /// queries cannot carry data out. The crds rule is `CapabilitySet::allows_lookup`.
     pub fn check_lookup(&self, name: &str) -> bool {
-        let literal = name.trim_start_matches('[').trim_end_matches(']');
-        literal.parse::<IpAddr>().is_ok()
-            || !self.cidrs.is_empty()
-            || self.hosts.iter().any(|r| r.pattern.matches(name))
+        is_ip_literal(name)
+            || (is_host_name(name) && self.hosts.iter().any(|r| r.pattern.matches(name)))
     }
 
     /// Whether any network grant exists (sockets and name lookup are enabled only then).
@@ -538,7 +563,8 @@ env: [{ name: LOG_LEVEL }, { name: REGION }]
             ("name resolving to v6 ULA", Some("api.example.com"), "fd00::1", 443, false),
             ("name resolving to mapped loopback", Some("api.example.com"), "::ffff:127.0.0.1", 443, false),
             ("cidr grant, private address", None, "10.2.3.4", 5432, true),
-            ("cidr grant reached by any name", Some("db.internal"), "10.2.3.4", 5432, true),
+            ("cidr grant is not reached through a name", Some("db.internal"), "10.2.3.4", 5432, false),
+            ("cidr grant is not reached through a granted name on its port", Some("api.example.com"), "10.2.3.4", 443, false),
             ("cidr grant, wrong port", None, "10.2.3.4", 5433, false),
             ("cidr grant, v4-mapped address", None, "::ffff:10.2.3.4", 5432, true),
             ("v6 loopback literal grant", None, "::1", 9000, true),
@@ -593,7 +619,12 @@ env: [{ name: LOG_LEVEL }, { name: REGION }]
             ("the apex of a suffix grant", &only_names, "example.com", false),
             ("an IP literal needs no query", &only_names, "10.1.2.3", true),
             ("a bracketed IPv6 literal", &only_names, "[::1]", true),
-            ("any name where an address grant exists", &t, "db.internal", true),
+            ("no name where only address grants exist", &t, "db.internal", false),
+            ("exfiltration in a name under address grants", &t, "c2VjcmV0.attacker.example", false),
+            ("a granted name under address grants", &t, "localhost", true),
+            ("an IP literal under address grants", &t, "10.1.2.3", true),
+            ("percent escapes are not a name", &only_names, "%61pi.example.com", false),
+            ("unicode a resolver maps is not a name", &only_names, "\u{ff41}pi.example.com", false),
         ];
         for (rule, table, name, want) in lookups {
             assert_eq!(table.check_lookup(name), *want, "{rule}");
@@ -664,16 +695,6 @@ env: [{ name: LOG_LEVEL }, { name: REGION }]
     fn may_resolve_spec() {
         let set = set(GRANT);
         let t = GrantTable::compile(&set);
-        // The rule as it read the parsed set before it moved into the table.
-        let oracle = |host: &str, port: u16| {
-            set.network.iter().any(|g| {
-                g.ports.contains(port)
-                    && match &g.target {
-                        NetTarget::Host(pattern) => pattern.matches(host),
-                        NetTarget::Cidr(_) => true,
-                    }
-            })
-        };
         #[rustfmt::skip]
         let cases: &[(&str, &str, u16, bool)] = &[
             ("host grant, matching name and port", "api.example.com", 443, true),
@@ -682,15 +703,114 @@ env: [{ name: LOG_LEVEL }, { name: REGION }]
             ("suffix grant never matches apex", "example.com", 443, false),
             ("exact grant, port in range", "api.partner.io", 8050, true),
             ("exact grant, other name in range", "api.partner.com", 8050, false),
-            ("any name on a port an address grant covers (checked after DNS)", "db.internal", 5432, true),
-            ("v6 address grant port", "anything", 9000, true),
+            ("no name on a port only an address grant covers", "db.internal", 5432, false),
+            ("no name on a v6 address grant's port", "anything", 9000, false),
+            ("a name that is not a plain host name", "%61pi.example.com", 443, false),
         ];
         for (rule, host, port, want) in cases {
             assert_eq!(t.may_resolve(host, *port), *want, "{rule}");
-            assert_eq!(oracle(host, *port), *want, "{rule}: set oracle agrees");
+            assert_eq!(
+                set.allows_resolve(host, *port),
+                *want,
+                "{rule}: crds oracle agrees"
+            );
         }
         assert!(t.has_network());
         assert!(!GrantTable::compile(&CapabilitySet::default()).has_network());
+    }
+
+    /// A small deterministic generator (xorshift64*), so the sampled addresses are the same
+    /// on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    #[test]
+    fn precomputed_block_reach_agrees_with_classifying_every_address() {
+        // Blocks whose reach is decided once at compile time and blocks that need the
+        // address's class, side by side; the table must answer as the crds set does.
+        let blocks = [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "8.8.8.0/24",
+            "100.64.0.0/10",
+            "100.100.100.0/24",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "169.254.169.254",
+            "172.16.0.0/12",
+            "192.0.0.0/24",
+            "192.168.0.0/16",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+            "255.255.255.255",
+            "64.0.0.0/2",
+            "93.184.216.34",
+            "::/0",
+            "2000::/3",
+            "2001:db8::/32",
+            "2002::/16",
+            "2606:2800::/32",
+            "fc00::/7",
+            "fd00::/8",
+            "fe80::/10",
+            "ff00::/8",
+            "::1",
+            "64:ff9b::/96",
+            "2001::/32",
+            "fd00:ec2::254",
+        ];
+        let yaml: Vec<String> = blocks
+            .iter()
+            .map(|b| format!("{{ host: \"{b}\", port: 7 }}"))
+            .collect();
+        let set = set(&format!("network: [{}]", yaml.join(", ")));
+        let t = GrantTable::compile(&set);
+        let uniform = t.cidrs.iter().filter(|r| r.reach.is_some()).count();
+        assert!(
+            uniform >= 15,
+            "most blocks are decided at compile time ({uniform})"
+        );
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for octet in 0..=255u32 {
+            for _ in 0..64 {
+                let low = rng.next() as u32 & 0x00ff_ffff;
+                addrs.push(IpAddr::from(std::net::Ipv4Addr::from((octet << 24) | low)));
+            }
+            addrs.push(IpAddr::from(std::net::Ipv4Addr::from(octet << 24)));
+            addrs.push(IpAddr::from(std::net::Ipv4Addr::from(
+                (octet << 24) | 0x00ff_ffff,
+            )));
+        }
+        for _ in 0..20_000 {
+            let bits = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            addrs.push(IpAddr::from(std::net::Ipv6Addr::from(bits)));
+            // And inside the low, special end of the space and the blocks above.
+            addrs.push(IpAddr::from(std::net::Ipv6Addr::from(bits >> 64)));
+        }
+        for b in blocks {
+            let base: IpAddr = b.split('/').next().unwrap().parse().unwrap();
+            addrs.push(base);
+            if let IpAddr::V6(v6) = base {
+                for _ in 0..64 {
+                    let low = u128::from(rng.next());
+                    addrs.push(IpAddr::from(std::net::Ipv6Addr::from(u128::from(v6) | low)));
+                }
+            }
+        }
+        for ip in addrs {
+            let want = set.allows_connect(None, ip, 7);
+            assert_eq!(t.check_connect(None, ip, 7), want, "{ip}");
+        }
     }
 
     #[test]

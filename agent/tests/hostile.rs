@@ -608,11 +608,14 @@ async fn a_guest_https_request_goes_to_the_checked_loopback_address_only_with_a_
     let h = Harness::new();
     let (port, _ca, seen) = tls_server(&["localhost"]);
 
-    // An address grant for exactly 127.0.0.1:port. `localhost` may resolve to ::1 first;
-    // the hook picks the address the grant allows and the TLS handshake goes there, with
-    // `localhost` as the server name. The test CA is not a web PKI root, so the guest gets a
-    // TLS error, after the server saw the handshake.
-    let grant = caps(&format!("network: [{{ host: 127.0.0.1, port: {port} }}]"));
+    // The name and an address grant for exactly 127.0.0.1:port (a name is resolved only
+    // through a name grant; loopback needs the address grant too). `localhost` may resolve
+    // to ::1 first; the hook picks the address the grant allows and the TLS handshake goes
+    // there, with `localhost` as the server name. The test CA is not a web PKI root, so the
+    // guest gets a TLS error, after the server saw the handshake.
+    let grant = caps(&format!(
+        "network: [{{ host: localhost, port: {port} }}, {{ host: 127.0.0.1, port: {port} }}]"
+    ));
     h.add(spec("tls-fetcher", "http-fetch", grant, quotas()))
         .await;
     let answer = h

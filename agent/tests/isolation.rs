@@ -1,6 +1,7 @@
 //! One component cannot hurt another through the broker or the store: replies are held to
 //! the receiver's size limit, probes for more than a grant gives are audited, subscriptions
-//! and storage are bounded. Every guest here is a real wasm32-wasip2 component (`prober`).
+//! and storage are bounded, and no message crosses a namespace (tenant). Every guest here is
+//! a real wasm32-wasip2 component (`prober`, `subscriber`, `echo`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -117,6 +118,84 @@ async fn replies_over_the_receivers_limit_never_reach_it() {
     assert_eq!(
         h.ask("asker", "ask:big:err:100").await.unwrap(),
         "invalid-input:100"
+    );
+}
+
+/// A component in `namespace` (the harness's own helpers use the `test` namespace).
+async fn add_in(h: &Harness, namespace: &str, name: &str, guest: &str, grant: &str) {
+    let mut s = spec(name, guest, caps(grant), quotas());
+    s.id = ComponentId::new(namespace, name);
+    h.add(s).await;
+}
+
+/// Asks `namespace/name`; the reply as text.
+async fn ask_in(h: &Harness, namespace: &str, name: &str, payload: &str) -> String {
+    let reply = h
+        .supervisor
+        .request(
+            &ComponentId::new(namespace, name),
+            payload.as_bytes().to_vec(),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{namespace}/{name} {payload}: {e}"));
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_sends_stay_inside_their_namespace() {
+    let h = Harness::new();
+    // Two tenants with identical components and identical grants: same topic, same names.
+    let publish = "messaging: [{ topic: events.>, access: [publish] }, \
+                   { component: billing, access: [send] }]";
+    let subscribe = "messaging: [{ topic: events.>, access: [subscribe] }]";
+    for tenant in ["tenant-a", "tenant-b"] {
+        add_in(&h, tenant, "pub", "prober", publish).await;
+        // Subscribes to `events.>` in `init`; `count` answers `N|last payload`.
+        add_in(&h, tenant, "sub", "subscriber", subscribe).await;
+    }
+    add_in(&h, "tenant-b", "billing", "echo", "").await;
+
+    // (rule, publishing tenant, the count each tenant's subscriber then has)
+    let cases: &[(&str, &str, [&str; 2])] = &[
+        (
+            "a publish reaches its own namespace only",
+            "tenant-a",
+            ["1|x", "0|"],
+        ),
+        ("and the other way round", "tenant-b", ["1|x", "1|x"]),
+        (
+            "a second publish, still only at home",
+            "tenant-a",
+            ["2|x", "1|x"],
+        ),
+    ];
+    for (rule, publisher, counts) in cases {
+        let answer = ask_in(&h, publisher, "pub", "publish:events.new").await;
+        assert_eq!(answer, "allowed", "{rule}");
+        for (tenant, want) in ["tenant-a", "tenant-b"].iter().zip(counts) {
+            // The count request queues behind the topic message, so it sees it.
+            let got = ask_in(&h, tenant, "sub", "count").await;
+            assert_eq!(&got, want, "{rule}: {tenant}/sub");
+        }
+    }
+
+    // A direct send names a component of the sender's own namespace: `billing` exists only
+    // in tenant-b, so tenant-a's grant for `billing` reaches nothing, and a `namespace/name`
+    // target is never granted (audited).
+    let answer = ask_in(&h, "tenant-a", "pub", "send:billing").await;
+    assert!(answer.starts_with("not-found:"), "{answer}");
+    let answer = ask_in(&h, "tenant-a", "pub", "send:tenant-b/billing").await;
+    assert!(answer.starts_with("access-denied:"), "{answer}");
+    h.wait_audit("the cross-namespace send", |e| {
+        e["component"] == "tenant-a/pub"
+            && e["kind"] == "CapabilityDenied"
+            && e["detail"]["target"] == "tenant-b/billing"
+    })
+    .await;
+    assert_eq!(
+        ask_in(&h, "tenant-b", "pub", "send:billing").await,
+        "allowed"
     );
 }
 

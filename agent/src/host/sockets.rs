@@ -1,14 +1,18 @@
-//! Sockets: every connect and datagram destination goes through the grant's
-//! `check_connect`; binding is limited to the wildcard address with an ephemeral port, and
-//! listening is refused (no grant lets a component accept connections). Name lookups go
-//! through the grant's `check_lookup`.
+//! Sockets: every address a guest names goes through the grant before anything else looks
+//! at it. Connects and datagram destinations are checked with the grant's `check_connect`;
+//! binding is limited to the wildcard address with an ephemeral port ([`bind_allowed`]),
+//! and listening is refused (no grant lets a component accept connections). Name lookups go
+//! through the grant's `check_lookup`. Each socket holds a host descriptor, so creating one
+//! is bounded like opening a file (`resources::may_open`).
 //!
 //! wasmtime-wasi validates addresses before it asks [`socket_allowed`]: a connect to
-//! `0.0.0.0`, `::`, `::ffff:127.0.0.1`, a multicast or broadcast address is refused as
+//! `0.0.0.0`, `::`, `::ffff:127.0.0.1`, a multicast or broadcast address, a bind to a
+//! multicast or broadcast address, or an address of the other family is refused as
 //! `invalid-argument` without reaching the check, and name lookups have no hook at all. So
-//! the functions that take a remote address or a name are shadowed ([`shadow_sockets`]) to
-//! run the grant check first: every refusal is audited through `InstanceScope::denied`, and
-//! what passes goes on to wasmtime-wasi (whose address check then counts the grant).
+//! every function that takes an address or a name (tcp `start-bind` / `start-connect`, udp
+//! `start-bind` / `stream` / `send`, `resolve-addresses`) is shadowed ([`shadow_sockets`])
+//! to run the grant check first: every refusal is audited through `InstanceScope::denied`,
+//! and what passes goes on to wasmtime-wasi (whose address check then counts the grant).
 
 use std::net::SocketAddr;
 
@@ -17,15 +21,19 @@ use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
     Host as LookupHost, ResolveAddressStream,
 };
-use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpSocketAddress, Network};
+use wasmtime_wasi::p2::bindings::sockets::network::{
+    ErrorCode, IpAddressFamily, IpSocketAddress, Network,
+};
 use wasmtime_wasi::p2::bindings::sockets::tcp::{HostTcpSocket, TcpSocket};
+use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host as TcpCreateHost;
 use wasmtime_wasi::p2::bindings::sockets::udp::{
     HostOutgoingDatagramStream, HostUdpSocket, IncomingDatagramStream, OutgoingDatagram,
     OutgoingDatagramStream, UdpSocket,
 };
+use wasmtime_wasi::p2::bindings::sockets::udp_create_socket::Host as UdpCreateHost;
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsView};
 
-use super::HostState;
+use super::{HostState, resources};
 use crate::context::InstanceScope;
 use crate::error::Error;
 use crate::grant::CapabilityKind;
@@ -34,17 +42,25 @@ use crate::grant::CapabilityKind;
 const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 const TCP: &str = "wasi:sockets/tcp@0.2.12";
 const UDP: &str = "wasi:sockets/udp@0.2.12";
+const TCP_CREATE: &str = "wasi:sockets/tcp-create-socket@0.2.12";
+const UDP_CREATE: &str = "wasi:sockets/udp-create-socket@0.2.12";
+
+/// Whether a guest may bind `addr`: only the wildcard address (`0.0.0.0` or `::`) with an
+/// ephemeral port, as the implicit bind before a connect does. Any other local address or
+/// port (a fixed port, loopback, a multicast group, broadcast) would be listening or
+/// receiving on the node's behalf, which no grant covers.
+pub fn bind_allowed(addr: SocketAddr) -> bool {
+    addr.ip().is_unspecified() && addr.port() == 0
+}
 
 pub(super) fn socket_allowed(ctx: &InstanceScope, addr: SocketAddr, use_: SocketAddrUse) -> bool {
     match use_ {
-        // Implicit binds (before connect) use the wildcard address and port 0; anything else
-        // would be listening, which no grant covers.
         SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
-            let wildcard = addr.ip().is_unspecified() && addr.port() == 0;
-            if !wildcard {
+            let allowed = bind_allowed(addr);
+            if !allowed {
                 ctx.denied(CapabilityKind::Network, &format!("bind {addr}"));
             }
-            wildcard
+            allowed
         }
         // No grant lets a component accept connections.
         SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => {
@@ -76,8 +92,33 @@ fn refuse_remote(store: &StoreContextMut<'_, HostState>, addr: SocketAddr) -> Op
     }
 }
 
-/// Replaces the `wasi:sockets` functions that take a name or a remote address with checked
-/// versions (see the module doc).
+/// [`bind_allowed`] for an address the guest names, before wasmtime-wasi validates it;
+/// audits a refusal. `None` when allowed to go on.
+fn refuse_bind(store: &StoreContextMut<'_, HostState>, addr: SocketAddr) -> Option<ErrorCode> {
+    if bind_allowed(addr) {
+        None
+    } else {
+        let ctx = &store.data().scope;
+        ctx.denied(CapabilityKind::Network, &format!("bind {addr}"));
+        Some(ErrorCode::AccessDenied)
+    }
+}
+
+/// A new socket holds a host descriptor: counted with the instance's open files against
+/// its cap and the node's budget (`resources::may_open`); a refusal is audited as a
+/// `handles` quota breach. `None` when allowed.
+fn refuse_new_socket(store: &mut StoreContextMut<'_, HostState>) -> Option<ErrorCode> {
+    let held = resources::open_files(&mut store.data_mut().table);
+    if resources::may_open(held) {
+        None
+    } else {
+        store.data().scope.quota_exceeded(resources::QUOTA);
+        Some(ErrorCode::NewSocketLimit)
+    }
+}
+
+/// Replaces the `wasi:sockets` functions that take a name or an address, and the ones that
+/// create a socket, with checked versions (see the module doc).
 pub fn shadow_sockets(linker: &mut Linker<HostState>) -> Result<(), Error> {
     linker.allow_shadowing(true);
     let result = shadow(linker);
@@ -104,7 +145,53 @@ fn shadow(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    linker.instance(TCP)?.func_wrap(
+    linker.instance(TCP_CREATE)?.func_wrap(
+        "create-tcp-socket",
+        |mut store: StoreContextMut<'_, HostState>, (family,): (IpAddressFamily,)| {
+            if let Some(code) = refuse_new_socket(&mut store) {
+                return Ok((Err(code),));
+            }
+            let mut view = store.data_mut().sockets();
+            match TcpCreateHost::create_tcp_socket(&mut view, family) {
+                Ok(sock) => Ok((Ok::<Resource<TcpSocket>, ErrorCode>(sock),)),
+                Err(e) => Ok((Err(e.downcast()?),)),
+            }
+        },
+    )?;
+    linker.instance(UDP_CREATE)?.func_wrap_async(
+        "create-udp-socket",
+        |mut store: StoreContextMut<'_, HostState>, (family,): (IpAddressFamily,)| {
+            Box::new(async move {
+                if let Some(code) = refuse_new_socket(&mut store) {
+                    return Ok((Err(code),));
+                }
+                let mut view = store.data_mut().sockets();
+                match UdpCreateHost::create_udp_socket(&mut view, family).await {
+                    Ok(sock) => Ok((Ok::<Resource<UdpSocket>, ErrorCode>(sock),)),
+                    Err(e) => Ok((Err(e.downcast()?),)),
+                }
+            })
+        },
+    )?;
+
+    let mut tcp = linker.instance(TCP)?;
+    tcp.func_wrap_async(
+        "[method]tcp-socket.start-bind",
+        |mut store: StoreContextMut<'_, HostState>,
+         (sock, network, local): (Resource<TcpSocket>, Resource<Network>, IpSocketAddress)| {
+            Box::new(async move {
+                if let Some(code) = refuse_bind(&store, SocketAddr::from(local)) {
+                    return Ok((Err(code),));
+                }
+                let mut view = store.data_mut().sockets();
+                match HostTcpSocket::start_bind(&mut view, sock, network, local).await {
+                    Ok(()) => Ok((Ok::<(), ErrorCode>(()),)),
+                    Err(e) => Ok((Err(e.downcast()?),)),
+                }
+            })
+        },
+    )?;
+    tcp.func_wrap(
         "[method]tcp-socket.start-connect",
         |mut store: StoreContextMut<'_, HostState>,
          (sock, network, remote): (Resource<TcpSocket>, Resource<Network>, IpSocketAddress)| {
@@ -120,6 +207,22 @@ fn shadow(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     )?;
 
     let mut udp = linker.instance(UDP)?;
+    udp.func_wrap_async(
+        "[method]udp-socket.start-bind",
+        |mut store: StoreContextMut<'_, HostState>,
+         (sock, network, local): (Resource<UdpSocket>, Resource<Network>, IpSocketAddress)| {
+            Box::new(async move {
+                if let Some(code) = refuse_bind(&store, SocketAddr::from(local)) {
+                    return Ok((Err(code),));
+                }
+                let mut view = store.data_mut().sockets();
+                match HostUdpSocket::start_bind(&mut view, sock, network, local).await {
+                    Ok(()) => Ok((Ok::<(), ErrorCode>(()),)),
+                    Err(e) => Ok((Err(e.downcast()?),)),
+                }
+            })
+        },
+    )?;
     udp.func_wrap_async(
         "[method]udp-socket.stream",
         |mut store: StoreContextMut<'_, HostState>,
@@ -161,4 +264,31 @@ fn shadow(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_spec() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, bool)] = &[
+            ("wildcard v4, ephemeral port (the implicit bind)", "0.0.0.0:0", true),
+            ("wildcard v6, ephemeral port", "[::]:0", true),
+            ("wildcard with a fixed port is listening", "0.0.0.0:8080", false),
+            ("loopback", "127.0.0.1:0", false),
+            ("a public address", "93.184.216.34:0", false),
+            ("a v4 multicast group", "224.0.0.1:0", false),
+            ("a v4 multicast group with a port", "239.1.2.3:5353", false),
+            ("a v6 multicast group", "[ff02::1]:0", false),
+            ("limited broadcast", "255.255.255.255:0", false),
+            ("mapped wildcard is not the v6 wildcard", "[::ffff:0.0.0.0]:0", false),
+            ("mapped multicast", "[::ffff:224.0.0.1]:0", false),
+        ];
+        for (rule, addr, want) in cases {
+            let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
+            assert_eq!(bind_allowed(addr), *want, "{rule}");
+        }
+    }
 }

@@ -14,7 +14,8 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 pub use network::{
-    AddrClass, Cidr, HostPattern, MAX_HOST_LEN, NetTarget, PortRange, classify, is_restricted,
+    AddrClass, Cidr, HostPattern, MAX_HOST_LEN, NetTarget, PortRange, classify, is_host_name,
+    is_ip_literal, is_restricted,
 };
 pub use path::{AbsPath, MAX_PATH_LEN, covers_normalized, is_normalized};
 pub use set::{BucketGrant, CapabilitySet, NetGrant, PathGrant, TopicGrant};
@@ -88,7 +89,7 @@ pub struct Capabilities {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub filesystem: Vec<FilesystemCapability>,
-    /// Outgoing connections (HTTP and sockets), checked after DNS resolution.
+    /// Outgoing connections (HTTP and sockets): names before DNS, addresses after.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub network: Vec<NetworkCapability>,
@@ -126,7 +127,9 @@ pub struct FilesystemCapability {
 #[x_kube(validation = kube::core::Rule::new("!has(self.endPort) || self.endPort >= self.port").message("endPort must be greater than or equal to port"))]
 pub struct NetworkCapability {
     /// `api.example.com`, `*.example.com` (label boundary), an IP literal or a CIDR.
-    /// Loopback, private and link-local addresses are only reachable through an address grant.
+    /// A name is resolved only through a name grant: to reach a name, grant the name (an
+    /// address grant reaches address literals). Loopback, private and link-local addresses
+    /// are only reachable through an address grant, by name or not.
     #[x_kube(validation = kube::core::Rule::new("self.matches('^([*][.])?[a-zA-Z0-9.-]+[.]?$') || self.matches('^[0-9a-fA-F.:]+(/[0-9]{1,3})?$')").message("network host must be a host name, '*.' followed by a domain, an IP address or a CIDR"))]
     #[schemars(length(min = 1, max = 253))]
     pub host: String,

@@ -136,6 +136,36 @@ impl HostPattern {
     }
 }
 
+/// Whether `name` is a plain DNS host name as a guest may ask to resolve it: 1-253 bytes of
+/// dot-separated labels of 1-63 ASCII letters, digits and `-` (not first or last), with an
+/// optional trailing dot. Anything else (percent escapes, Unicode a resolver would map to
+/// another name, empty labels, `*`) is refused before any DNS query, so the name a grant
+/// matched is the name that is queried. Allocation-free.
+pub fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= MAX_HOST_LEN
+        && name.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            (1..=63).contains(&bytes.len())
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                && bytes[0] != b'-'
+                && bytes[bytes.len() - 1] != b'-'
+        })
+}
+
+/// Whether `name` is an IP address literal (`10.1.2.3`, `::1`, `[::1]`): a lookup of it is
+/// answered without a DNS query.
+pub fn is_ip_literal(name: &str) -> bool {
+    let bare = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    bare.parse::<IpAddr>().is_ok()
+}
+
 /// Whether `guest`, ASCII-lower-cased, equals `lower` (already lower-case). Eight bytes at a
 /// time; a length that is not a multiple of eight ends with an overlapping last word.
 #[inline]
@@ -275,6 +305,52 @@ impl Cidr {
         class.public || self.is_inside(&class.block)
     }
 
+    /// [`Cidr::reaches`] decided once for the whole block, when every address inside it
+    /// gets the same answer: `Some(reached)`, or `None` when the answer depends on the
+    /// address. A block qualifies when no registry row lies strictly inside it and the most
+    /// specific row containing it does not judge by an embedded IPv4 address (so every
+    /// address in it classifies alike); a single address always qualifies. `10.0.0.0/8`
+    /// and `8.8.8.0/24` do, `0.0.0.0/0` does not. Lets a compiled grant skip [`classify`]
+    /// for such blocks on the connect path.
+    pub fn uniform_reach(&self) -> Option<bool> {
+        let max = if self.network.is_ipv4() { 32 } else { 128 };
+        if self.prefix == max {
+            return Some(self.reaches_class(&classify(self.network)));
+        }
+        let class = match self.network {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let own = v4_mask(self.prefix);
+                if SPECIAL_V4
+                    .iter()
+                    .any(|row| row.prefix > self.prefix && row.network & own == bits)
+                {
+                    return None;
+                }
+                match most_specific(SPECIAL_V4, |row| v4_covers(row, bits, self.prefix)) {
+                    Some(row) => row_class(row, |n| IpAddr::V4(Ipv4Addr::from(n))),
+                    None => return Some(true),
+                }
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let own = v6_mask(self.prefix);
+                if SPECIAL_V6
+                    .iter()
+                    .any(|row| row.prefix > self.prefix && row.network & own == bits)
+                {
+                    return None;
+                }
+                let row = most_specific(SPECIAL_V6, |row| v6_covers(row, bits, self.prefix))?;
+                if row.embeds.is_some() {
+                    return None;
+                }
+                row_class(row, |n| IpAddr::V6(Ipv6Addr::from(n)))
+            }
+        };
+        Some(self.reaches_class(&class))
+    }
+
     /// Plain set containment of blocks.
     fn is_inside(&self, outer: &Cidr) -> bool {
         self.prefix >= outer.prefix && outer.contains(self.network)
@@ -393,14 +469,18 @@ const fn v4(entry: &'static str, n: [u8; 4], prefix: u8, global: bool) -> Specia
     Special {
         entry,
         network: u32::from_be_bytes(n),
-        mask: if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        },
+        mask: v4_mask(prefix),
         prefix,
         global,
         embeds: None,
+    }
+}
+
+const fn v4_mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix as u32)
     }
 }
 
@@ -533,22 +613,83 @@ fn v6_covers(row: &Special<u128>, bits: u128, prefix: u8) -> bool {
     prefix >= row.prefix && bits & row.mask == row.network
 }
 
-fn class_v4(v4: Ipv4Addr) -> AddrClass {
+/// The class every address of `row` gets, for a row that does not embed IPv4.
+fn row_class<T: Copy>(row: &Special<T>, addr: impl Fn(T) -> IpAddr) -> AddrClass {
+    AddrClass {
+        entry: row.entry,
+        public: row.global,
+        block: Cidr {
+            network: addr(row.network),
+            prefix: row.prefix,
+        },
+    }
+}
+
+/// Classifies an IPv4 address by scanning [`SPECIAL_V4`]: the reference the fast path
+/// ([`V4_BY_OCTET`]) must agree with.
+fn class_v4_by_table(v4: Ipv4Addr) -> AddrClass {
     let bits = u32::from(v4);
     match most_specific(SPECIAL_V4, |row| v4_covers(row, bits, 32)) {
-        Some(row) => AddrClass {
-            entry: row.entry,
-            public: row.global,
-            block: Cidr {
-                network: IpAddr::V4(Ipv4Addr::from(row.network)),
-                prefix: row.prefix,
-            },
-        },
+        Some(row) => row_class(row, |n| IpAddr::V4(Ipv4Addr::from(n))),
         None => AddrClass {
             entry: "Global",
             public: true,
             block: Cidr::single(IpAddr::V4(v4)),
         },
+    }
+}
+
+/// [`V4_BY_OCTET`]: no registry row touches the /8, every address in it is global.
+const OCTET_PUBLIC: u8 = u8::MAX - 1;
+/// [`V4_BY_OCTET`]: rows lie inside the /8, so its addresses differ; scan the table.
+const OCTET_MIXED: u8 = u8::MAX;
+const _: () = assert!(SPECIAL_V4.len() < OCTET_PUBLIC as usize);
+
+/// Per first octet of an IPv4 address, what decides its class: [`OCTET_PUBLIC`],
+/// [`OCTET_MIXED`], or the index of the [`SPECIAL_V4`] row that classifies every address
+/// of the /8 (the most specific row containing it, when none lies strictly inside it).
+/// Built from the table at compile time, so the two cannot drift apart.
+static V4_BY_OCTET: [u8; 256] = v4_by_octet();
+
+const fn v4_by_octet() -> [u8; 256] {
+    let mut out = [OCTET_PUBLIC; 256];
+    let mut octet = 0usize;
+    while octet < 256 {
+        let block = (octet as u32) << 24;
+        let mut best = OCTET_PUBLIC;
+        let mut i = 0;
+        while i < SPECIAL_V4.len() {
+            let row = &SPECIAL_V4[i];
+            if row.prefix > 8 {
+                if row.network & 0xff00_0000 == block {
+                    best = OCTET_MIXED;
+                    break;
+                }
+            } else if block & row.mask == row.network
+                // Ties go to the later row, as `most_specific` does.
+                && (best == OCTET_PUBLIC || SPECIAL_V4[best as usize].prefix <= row.prefix)
+            {
+                best = i as u8;
+            }
+            i += 1;
+        }
+        out[octet] = best;
+        octet += 1;
+    }
+    out
+}
+
+fn class_v4(v4: Ipv4Addr) -> AddrClass {
+    match V4_BY_OCTET[usize::from(v4.octets()[0])] {
+        OCTET_PUBLIC => AddrClass {
+            entry: "Global",
+            public: true,
+            block: Cidr::single(IpAddr::V4(v4)),
+        },
+        OCTET_MIXED => class_v4_by_table(v4),
+        row => row_class(&SPECIAL_V4[usize::from(row)], |n| {
+            IpAddr::V4(Ipv4Addr::from(n))
+        }),
     }
 }
 
@@ -562,42 +703,109 @@ fn embedded(embeds: Embeds, bits: u128) -> Ipv4Addr {
     }
 }
 
+/// The class an IPv6 address gets from `row`, the most specific row containing it.
+fn class_v6_row(row: &Special<u128>, bits: u128, ip: Ipv6Addr) -> AddrClass {
+    match row.embeds {
+        None => row_class(row, |n| IpAddr::V6(Ipv6Addr::from(n))),
+        Some(embeds) => {
+            let inner = class_v4(embedded(embeds, bits));
+            AddrClass {
+                entry: if inner.public { row.entry } else { inner.entry },
+                public: inner.public,
+                block: Cidr::single(IpAddr::V6(ip)),
+            }
+        }
+    }
+}
+
+/// Classifies an IPv6 address (not IPv4-mapped) by scanning [`SPECIAL_V6`]: the reference
+/// the fast path must agree with.
+fn class_v6_by_table(v6: Ipv6Addr) -> AddrClass {
+    let bits = u128::from(v6);
+    match most_specific(SPECIAL_V6, |row| v6_covers(row, bits, 128)) {
+        Some(row) => class_v6_row(row, bits, v6),
+        // Unreachable: the `::/0` row covers everything; fail closed anyway.
+        None => AddrClass {
+            entry: "Reserved",
+            public: false,
+            block: Cidr::single(IpAddr::V6(v6)),
+        },
+    }
+}
+
+/// First hextets (`2001` of `2001:db8::`) that a registry row longer than /16 lies in, as a
+/// 65,536-bit set. An address whose first hextet is not in it is classified by the rows of
+/// /16 or shorter alone, which a hextet decides.
+static V6_DEEP_HEXTETS: [u64; 1024] = v6_deep_hextets();
+
+const fn v6_deep_hextets() -> [u64; 1024] {
+    let mut out = [0u64; 1024];
+    let mut i = 0;
+    while i < SPECIAL_V6.len() {
+        let row = &SPECIAL_V6[i];
+        if row.prefix > 16 {
+            let hextet = (row.network >> 112) as usize;
+            out[hextet / 64] |= 1u64 << (hextet % 64);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Indices of the [`SPECIAL_V6`] rows of /16 or shorter, in table order; the count after.
+static V6_SHALLOW: ([u8; SPECIAL_V6.len()], usize) = v6_shallow();
+
+const fn v6_shallow() -> ([u8; SPECIAL_V6.len()], usize) {
+    let mut out = [0u8; SPECIAL_V6.len()];
+    let mut n = 0;
+    let mut i = 0;
+    while i < SPECIAL_V6.len() {
+        if SPECIAL_V6[i].prefix <= 16 {
+            out[n] = i as u8;
+            n += 1;
+        }
+        i += 1;
+    }
+    (out, n)
+}
+
+fn class_v6(v6: Ipv6Addr) -> AddrClass {
+    let bits = u128::from(v6);
+    let hextet = (bits >> 112) as u16;
+    let h = usize::from(hextet);
+    if V6_DEEP_HEXTETS[h / 64] & (1u64 << (h % 64)) == 0 {
+        // Only rows of /16 or shorter contain it; compare on the first hextet.
+        let (rows, n) = &V6_SHALLOW;
+        let row = rows[..*n]
+            .iter()
+            .map(|&i| &SPECIAL_V6[usize::from(i)])
+            .filter(|row| hextet & (row.mask >> 112) as u16 == (row.network >> 112) as u16)
+            .max_by_key(|row| row.prefix);
+        if let Some(row) = row {
+            return class_v6_row(row, bits, v6);
+        }
+    }
+    class_v6_by_table(v6)
+}
+
 /// Classifies an address by the special-purpose registries. An IPv4-mapped address is its
 /// IPv4 address; other forms that carry an IPv4 address (IPv4-compatible, IPv4-translated,
 /// NAT64, 6to4, Teredo's client) are public only when that IPv4 address is, and otherwise
-/// special under their own IPv6 address. Allocation-free.
+/// special under their own IPv6 address. Allocation-free; most addresses are decided by
+/// their first octet or hextet without scanning the registry tables.
 pub fn classify(ip: IpAddr) -> AddrClass {
-    let v6 = match canonical(ip) {
-        IpAddr::V4(v4) => return class_v4(v4),
-        IpAddr::V6(v6) => v6,
-    };
-    let bits = u128::from(v6);
-    let Some(row) = most_specific(SPECIAL_V6, |row| v6_covers(row, bits, 128)) else {
-        // Unreachable: the `::/0` row covers everything; fail closed anyway.
-        return AddrClass {
-            entry: "Reserved",
-            public: false,
-            block: Cidr::single(ip),
-        };
-    };
-    let (public, block) = match row.embeds {
-        Some(embeds) => (class_v4(embedded(embeds, bits)).public, Cidr::single(ip)),
-        None => (
-            row.global,
-            Cidr {
-                network: IpAddr::V6(Ipv6Addr::from(row.network)),
-                prefix: row.prefix,
-            },
-        ),
-    };
-    let entry = match row.embeds {
-        Some(embeds) if !public => class_v4(embedded(embeds, bits)).entry,
-        _ => row.entry,
-    };
-    AddrClass {
-        entry,
-        public,
-        block,
+    match canonical(ip) {
+        IpAddr::V4(v4) => class_v4(v4),
+        IpAddr::V6(v6) => class_v6(v6),
+    }
+}
+
+/// [`classify`] by scanning the tables only (the reference for the fast paths' tests).
+#[cfg(test)]
+fn classify_by_table(ip: IpAddr) -> AddrClass {
+    match canonical(ip) {
+        IpAddr::V4(v4) => class_v4_by_table(v4),
+        IpAddr::V6(v6) => class_v6_by_table(v6),
     }
 }
 
@@ -1046,6 +1254,233 @@ mod tests {
                 let want = Cidr::parse(block).expect("block parses");
                 assert_eq!(class.block, want, "{rule}: {addr} ({})", class.entry);
             }
+        }
+    }
+
+    /// A small deterministic generator (xorshift64*): the same samples on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn v6(&mut self) -> u128 {
+            (u128::from(self.next()) << 64) | u128::from(self.next())
+        }
+    }
+
+    /// Addresses that probe every row's edges: its first and last address and their
+    /// neighbours, and random ones inside it.
+    fn row_edges(rng: &mut Rng) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for row in SPECIAL_V4 {
+            let last = row.network | !row.mask;
+            for bits in [
+                row.network,
+                last,
+                row.network.wrapping_sub(1),
+                last.wrapping_add(1),
+            ] {
+                out.push(IpAddr::V4(Ipv4Addr::from(bits)));
+            }
+            for _ in 0..32 {
+                let bits = row.network | (rng.next() as u32 & !row.mask);
+                out.push(IpAddr::V4(Ipv4Addr::from(bits)));
+            }
+        }
+        for row in SPECIAL_V6 {
+            let last = row.network | !row.mask;
+            for bits in [
+                row.network,
+                last,
+                row.network.wrapping_sub(1),
+                last.wrapping_add(1),
+            ] {
+                out.push(IpAddr::V6(Ipv6Addr::from(bits)));
+            }
+            for _ in 0..256 {
+                let bits = row.network | (rng.v6() & !row.mask);
+                out.push(IpAddr::V6(Ipv6Addr::from(bits)));
+                // The embedding forms carrying an address of each IPv4 row.
+                if row.embeds.is_some() {
+                    let v4 = &SPECIAL_V4[rng.next() as usize % SPECIAL_V4.len()];
+                    let inner = u128::from(v4.network | (rng.next() as u32 & !v4.mask));
+                    let shifted = match row.embeds {
+                        Some(Embeds::SixToFour) => inner << 80,
+                        Some(Embeds::Teredo) => u128::from(!(inner as u32)),
+                        _ => inner,
+                    };
+                    let cleared = bits & !0xffff_ffff_u128 & !(0xffff_ffff_u128 << 80);
+                    out.push(IpAddr::V6(Ipv6Addr::from(cleared | row.network | shifted)));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fast_classification_agrees_with_the_table_scan() {
+        let mut rng = Rng(0x243f_6a88_85a3_08d3);
+        let mut addrs = row_edges(&mut rng);
+        // Every first octet, its edges and a sample inside.
+        for octet in 0..=255u32 {
+            let block = octet << 24;
+            for bits in [block, block | 0x00ff_ffff] {
+                addrs.push(IpAddr::V4(Ipv4Addr::from(bits)));
+            }
+            for _ in 0..512 {
+                let bits = block | (rng.next() as u32 & 0x00ff_ffff);
+                addrs.push(IpAddr::V4(Ipv4Addr::from(bits)));
+            }
+        }
+        // Random IPv6, everywhere and in the low (special-dense) end, and every first hextet.
+        for _ in 0..100_000 {
+            let bits = rng.v6();
+            addrs.push(IpAddr::V6(Ipv6Addr::from(bits)));
+            addrs.push(IpAddr::V6(Ipv6Addr::from(bits >> 64)));
+            addrs.push(IpAddr::V6(Ipv6Addr::from(bits >> 96)));
+        }
+        for hextet in 0..=u16::MAX {
+            let bits = (u128::from(hextet) << 112) | (rng.v6() >> 16);
+            addrs.push(IpAddr::V6(Ipv6Addr::from(bits)));
+        }
+        for ip in addrs {
+            assert_eq!(classify(ip), classify_by_table(ip), "{ip}");
+        }
+        // The fast paths are taken: most first octets need no scan.
+        let scanned = V4_BY_OCTET.iter().filter(|&&o| o == OCTET_MIXED).count();
+        assert!(scanned <= 16, "{scanned} first octets still scan the table");
+    }
+
+    #[test]
+    fn uniform_block_reach_agrees_with_every_address() {
+        // (rule, block, decided once: Some(reach) / None)
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, Option<bool>)] = &[
+            ("a private block reaches all of itself", "10.0.0.0/8", Some(true)),
+            ("inside a private block", "10.1.0.0/16", Some(true)),
+            ("a public block", "8.8.8.0/24", Some(true)),
+            ("a public /8", "93.0.0.0/8", Some(true)),
+            ("a block holding loopback differs by address", "126.0.0.0/7", None),
+            ("any-v4 differs by address", "0.0.0.0/0", None),
+            ("link-local holds metadata", "169.254.0.0/16", None),
+            ("shared space holds Alibaba metadata", "100.64.0.0/10", None),
+            ("a block inside link-local beside metadata", "169.254.1.0/24", Some(true)),
+            ("multicast", "224.0.0.0/4", Some(true)),
+            ("a block inside multicast", "239.0.0.0/8", Some(true)),
+            ("a public block holding private ones", "172.0.0.0/8", None),
+            ("a single special address", "169.254.169.254", Some(true)),
+            ("a single address in a special block", "127.0.0.1", Some(true)),
+            ("any-v6", "::/0", None),
+            ("global unicast holds special blocks", "2000::/3", None),
+            ("a public v6 block", "2606:2800::/32", Some(true)),
+            ("ULA holds AWS metadata", "fc00::/7", None),
+            ("inside ULA beside metadata", "fd12::/16", Some(true)),
+            ("6to4 judges by the embedded address", "2002::/16", None),
+            ("NAT64 judges by the embedded address", "64:ff9b::/96", None),
+            ("documentation", "2001:db8::/32", Some(true)),
+            ("link-local v6", "fe80::/10", Some(true)),
+            ("v6 loopback", "::1", Some(true)),
+        ];
+        let mut rng = Rng(0x1319_8a2e_0370_7344);
+        for (rule, block, want) in cases {
+            let cidr = Cidr::parse(block).expect("block parses");
+            assert_eq!(cidr.uniform_reach(), *want, "{rule}");
+        }
+        // Every row's block, sampled: where the reach is decided once, every address agrees.
+        let mut blocks: Vec<Cidr> = cases
+            .iter()
+            .map(|(_, b, _)| Cidr::parse(b).expect("parses"))
+            .collect();
+        for row in SPECIAL_V4 {
+            let network = IpAddr::V4(Ipv4Addr::from(row.network));
+            blocks.push(Cidr {
+                network,
+                prefix: row.prefix,
+            });
+        }
+        for row in SPECIAL_V6 {
+            let network = IpAddr::V6(Ipv6Addr::from(row.network));
+            blocks.push(Cidr {
+                network,
+                prefix: row.prefix,
+            });
+        }
+        for _ in 0..2_000 {
+            let prefix = (rng.next() % 33) as u8;
+            let network = mask(IpAddr::V4(Ipv4Addr::from(rng.next() as u32)), prefix);
+            blocks.push(Cidr { network, prefix });
+            let prefix = (rng.next() % 129) as u8;
+            let network = mask(
+                IpAddr::V6(Ipv6Addr::from(rng.v6() >> (rng.next() % 64))),
+                prefix,
+            );
+            blocks.push(Cidr { network, prefix });
+        }
+        for cidr in blocks {
+            let Some(reach) = cidr.uniform_reach() else {
+                continue;
+            };
+            let addrs: Vec<IpAddr> = match cidr.network {
+                IpAddr::V4(v4) => {
+                    let m = v4_mask(cidr.prefix);
+                    let base = u32::from(v4);
+                    let mut v = vec![base, base | !m];
+                    v.extend((0..64).map(|_| base | (rng.next() as u32 & !m)));
+                    v.into_iter()
+                        .map(|b| IpAddr::V4(Ipv4Addr::from(b)))
+                        .collect()
+                }
+                IpAddr::V6(v6) => {
+                    let m = v6_mask(cidr.prefix);
+                    let base = u128::from(v6);
+                    let mut v = vec![base, base | !m];
+                    v.extend((0..64).map(|_| base | (rng.v6() & !m)));
+                    v.into_iter()
+                        .map(|b| IpAddr::V6(Ipv6Addr::from(b)))
+                        .collect()
+                }
+            };
+            for ip in addrs {
+                if cidr.contains(ip) {
+                    assert_eq!(cidr.reaches(ip), reach, "{cidr} vs {ip}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn host_names_a_lookup_may_carry() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, bool)] = &[
+            ("a plain name", "api.example.com", true),
+            ("upper case", "API.Example.COM", true),
+            ("a trailing dot", "api.example.com.", true),
+            ("one label", "localhost", true),
+            ("digits", "1.example.com", true),
+            ("empty", "", false),
+            ("only a dot", ".", false),
+            ("an empty label", "a..example.com", false),
+            ("a leading dot", ".example.com", false),
+            ("a leading dash", "-a.example.com", false),
+            ("a trailing dash", "a-.example.com", false),
+            ("an underscore", "_srv.example.com", false),
+            ("a wildcard", "*.example.com", false),
+            ("percent escapes", "%61.example.com", false),
+            ("full-width letters", "\u{ff41}.example.com", false),
+            ("an ideographic full stop", "a\u{3002}example.com", false),
+            ("a space", "a b.example.com", false),
+            ("a NUL", "a\0.example.com", false),
+            ("a 64-byte label", &format!("{}.example.com", "a".repeat(64)), false),
+            ("253 bytes", &format!("{}com", "a.".repeat(125)), true),
+            ("255 bytes", &format!("{}com", "a.".repeat(126)), false),
+        ];
+        for (rule, name, want) in cases {
+            assert_eq!(is_host_name(name), *want, "{rule}: {name:?}");
         }
     }
 

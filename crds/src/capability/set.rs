@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use super::network::{NetTarget, PortRange, is_restricted};
+use super::network::{NetTarget, PortRange, is_host_name, is_ip_literal, is_restricted};
 use super::path::{AbsPath, covers_normalized, is_normalized};
 use super::topic::{TopicPattern, check_bucket, check_component_name, check_env_name};
 use super::{Capabilities, CapabilityError, FsAccess, MessagingAccess};
@@ -322,20 +322,41 @@ impl CapabilitySet {
     }
 
     /// Whether the guest may connect to `ip:port`, reached by the name `host` if it used one.
-    /// A host-name grant only reaches public addresses: a name that resolves to a loopback,
-    /// private or link-local address needs an address (CIDR) grant naming that address's
-    /// range ([`super::Cidr::reaches`]: `0.0.0.0/0` does not reach loopback).
+    /// A name must be granted as a name ([`CapabilitySet::allows_resolve`]): an address
+    /// (CIDR) grant is reached by address literal, never by whatever name resolves into it.
+    /// The address must pass too: a public one is reached by the name grant alone; a
+    /// loopback, private, link-local or metadata address needs, besides, an address grant
+    /// naming that address's range ([`super::Cidr::reaches`]: `0.0.0.0/0` does not reach
+    /// loopback).
     pub fn allows_connect(&self, host: Option<&str>, ip: IpAddr, port: u16) -> bool {
-        let restricted = is_restricted(ip);
-        self.network.iter().any(|g| {
-            g.ports.contains(port)
-                && match &g.target {
-                    NetTarget::Cidr(cidr) => cidr.reaches(ip),
-                    NetTarget::Host(pattern) => {
-                        !restricted && host.is_some_and(|h| pattern.matches(h))
-                    }
-                }
-        })
+        let by_address = self.network.iter().any(|g| {
+            g.ports.contains(port) && matches!(&g.target, NetTarget::Cidr(cidr) if cidr.reaches(ip))
+        });
+        match host {
+            None => by_address,
+            Some(host) => self.allows_resolve(host, port) && (!is_restricted(ip) || by_address),
+        }
+    }
+
+    /// Whether a connection to `host:port` by name may look `host` up: a host-name grant
+    /// matches it on that port. Address (CIDR) grants never let a name be resolved, so DNS
+    /// queries carry only names a grant names.
+    pub fn allows_resolve(&self, host: &str, port: u16) -> bool {
+        is_host_name(host)
+            && self.network.iter().any(|g| {
+                g.ports.contains(port)
+                    && matches!(&g.target, NetTarget::Host(pattern) if pattern.matches(host))
+            })
+    }
+
+    /// Whether a `wasi:sockets` lookup of `name` (no port) may run: an IP literal (answered
+    /// without a query), or a host name some host-name grant matches on any port.
+    pub fn allows_lookup(&self, name: &str) -> bool {
+        is_ip_literal(name)
+            || (is_host_name(name)
+                && self.network.iter().any(
+                    |g| matches!(&g.target, NetTarget::Host(pattern) if pattern.matches(name)),
+                ))
     }
 
     /// Whether the guest may use `bucket` with `access`.
@@ -756,11 +777,11 @@ env: [{ name: LOG_LEVEL }]
                 true,
             ),
             (
-                "granted cidr via a name",
+                "a cidr grant is not reached through a name it does not name",
                 Some("db.internal"),
                 "10.2.3.4",
                 5432,
-                true,
+                false,
             ),
             ("granted cidr, wrong port", None, "10.2.3.4", 5433, false),
             (
@@ -791,6 +812,53 @@ env: [{ name: LOG_LEVEL }]
                 *want,
                 "{rule}"
             );
+        }
+    }
+
+    #[test]
+    fn names_are_resolved_only_through_name_grants() {
+        // To reach a name, grant the name; a private address behind it needs its block too.
+        let both = caps(
+            "network: [{ host: db.internal, port: 5432 }, { host: 10.0.0.0/8, port: 5432 }, \
+             { host: \"*.example.com\", port: 443 }]",
+        );
+        let cidr_only =
+            caps("network: [{ host: 10.0.0.0/8, port: 443 }, { host: 0.0.0.0/0, port: 443 }]");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // (rule, grant, name, resolved address, port, allowed)
+        type Connect<'a> = (&'a str, &'a CapabilitySet, Option<&'a str>, &'a str, u16, bool);
+        #[rustfmt::skip]
+        let connects: &[Connect] = &[
+            ("name and block grant reach a private address by name", &both, Some("db.internal"), "10.2.3.4", 5432, true),
+            ("name and block grant, address outside the block", &both, Some("db.internal"), "172.16.0.1", 5432, false),
+            ("name grant alone does not reach a private address", &both, Some("api.example.com"), "10.2.3.4", 443, false),
+            ("block grant, another name", &both, Some("other.internal"), "10.2.3.4", 5432, false),
+            ("block grants reach no name", &cidr_only, Some("attacker.example"), "10.2.3.4", 443, false),
+            ("broad block grant reaches no public name", &cidr_only, Some("attacker.example"), "93.184.216.34", 443, false),
+            ("block grants still reach their address literals", &cidr_only, None, "10.2.3.4", 443, true),
+        ];
+        for (rule, set, host, addr, port, want) in connects {
+            assert_eq!(set.allows_connect(*host, ip(addr), *port), *want, "{rule}");
+        }
+        #[rustfmt::skip]
+        let lookups: &[(&str, &CapabilitySet, &str, Option<u16>, bool)] = &[
+            ("a granted exact name", &both, "db.internal", Some(5432), true),
+            ("a granted name on another port", &both, "db.internal", Some(443), false),
+            ("a name under a suffix grant", &both, "a.example.com", Some(443), true),
+            ("a name only block grants exist for", &cidr_only, "attacker.example", Some(443), false),
+            ("exfiltration through a lookup under block grants", &cidr_only, "c2VjcmV0.attacker.example", None, false),
+            ("an IP literal needs no query", &cidr_only, "10.1.2.3", None, true),
+            ("a bracketed IPv6 literal", &cidr_only, "[::1]", None, true),
+            ("percent escapes are not a host name", &both, "%61.example.com", None, false),
+            ("unicode a resolver would map is not a host name", &both, "\u{ff41}.example.com", None, false),
+            ("an empty label is not a host name", &both, "a..example.com", None, false),
+            ("a wildcard is not a host name", &both, "*.example.com", None, false),
+        ];
+        for (rule, set, name, port, want) in lookups {
+            match port {
+                Some(port) => assert_eq!(set.allows_resolve(name, *port), *want, "{rule}"),
+                None => assert_eq!(set.allows_lookup(name), *want, "{rule}"),
+            }
         }
     }
 

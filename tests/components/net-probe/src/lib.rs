@@ -1,6 +1,8 @@
 //! Hostile network probe over raw `wasi:sockets`: `lookup NAME` resolves a name,
 //! `tcp ADDR:PORT` connects, `udp ADDR:PORT` connects a datagram socket, `udpsend ADDR:PORT`
-//! sends one datagram. Replies `ok[:detail]` or `error:CODE`.
+//! sends one datagram, `tcpbind ADDR:PORT` / `udpbind ADDR:PORT` bind a socket of the
+//! address's family to it (a multicast group, broadcast, a fixed port...). Replies
+//! `ok[:detail]` or `error:CODE`.
 wit_bindgen::generate!({ path: "../../../wit", world: "component" });
 
 #[allow(unused_imports)]
@@ -118,6 +120,31 @@ fn udp(addr: SocketAddr, send: bool) -> Result<String, ErrorCode> {
     Ok(sent.to_string())
 }
 
+fn bind(addr: SocketAddr, tcp: bool) -> Result<String, ErrorCode> {
+    let net = instance_network();
+    let (family, local) = wasi_addr(addr);
+    if tcp {
+        let sock = create_tcp_socket(family)?;
+        sock.start_bind(&net, local)?;
+        loop {
+            match sock.finish_bind() {
+                Ok(()) => return Ok(String::new()),
+                Err(ErrorCode::WouldBlock) => sock.subscribe().block(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let sock = create_udp_socket(family)?;
+    sock.start_bind(&net, local)?;
+    loop {
+        match sock.finish_bind() {
+            Ok(()) => return Ok(String::new()),
+            Err(ErrorCode::WouldBlock) => sock.subscribe().block(),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Guest for Component {
     fn init() -> Result<(), Error> {
         Ok(())
@@ -136,6 +163,8 @@ impl Guest for Component {
             "tcp" => addr().and_then(tcp),
             "udp" => addr().and_then(|a| udp(a, false)),
             "udpsend" => addr().and_then(|a| udp(a, true)),
+            "tcpbind" => addr().and_then(|a| bind(a, true)),
+            "udpbind" => addr().and_then(|a| bind(a, false)),
             _ => Err(ErrorCode::NotSupported),
         };
         Ok(Some(
