@@ -268,7 +268,7 @@ async fn print_memory(cluster: &DevCluster, client: &Client, when: &str) -> anyh
 fn profile(bin_dir: &Path) -> &'static str {
     match bin_dir.file_name().and_then(|n| n.to_str()) {
         Some("release") => "release profile",
-        _ => "dev profile (debug assertions; dependencies at the workspace's dev opt-level)",
+        _ => "dev profile: workspace crates unoptimised, dependencies at opt-level 1",
     }
 }
 
