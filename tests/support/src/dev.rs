@@ -239,13 +239,17 @@ pub fn default_dev_dir() -> PathBuf {
 }
 
 /// Where the workspace's binaries are for the running executable: its own directory
-/// (`<target>/debug` for a binary), or the one above `deps/` (a test).
+/// (`<target>/debug` for a binary), or the one above `deps/` (a test) or `examples/` (a
+/// benchmark program).
 pub fn workspace_bin_dir() -> Result<PathBuf, Error> {
     let exe = std::env::current_exe().map_err(Error::io("locating the running executable"))?;
     let mut dir = exe
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{} has no parent directory", exe.display())))?;
-    if dir.file_name().is_some_and(|n| n == "deps") {
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         dir = dir.parent().unwrap_or(dir);
     }
     Ok(dir.to_path_buf())
@@ -733,6 +737,19 @@ impl DevCluster {
     /// The nodes that have an agent process.
     pub fn agent_nodes(&self) -> Vec<&str> {
         self.agents.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// The operator's process id (benchmarks read its `/proc/<pid>/status`).
+    pub fn operator_pid(&self) -> u32 {
+        self.operator.pid()
+    }
+
+    /// The agents' process ids, by node.
+    pub fn agent_pids(&self) -> Vec<(&str, u32)> {
+        self.agents
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.pid()))
+            .collect()
     }
 
     /// The last `lines` lines of `node`'s agent log.
