@@ -15,8 +15,8 @@
 //!    holds two fewer than another. `min(replicas, total room)` are placed; the rest are
 //!    reported in a [`Shortfall`] whose message says why and what to do.
 //! 4. **Stability.** Where spreading leaves a choice (which nodes get one more), nodes that
-//!    already run that many keep them, then nodes without a `PreferNoSchedule` taint, then by
-//!    name. So scaling up never moves a replica, and a lost node moves only its own.
+//!    already run that many keep them, then nodes without a `PreferNoSchedule` taint, then the
+//!    nodes other components load least (instance slots), then by name. So scaling up never moves a replica, and a lost node moves only its own.
 //! 5. **One Placement per (component, node)**; `spec.instances` counts replicas on the node.
 //!    A spec change (digest, grant, limits, generation) updates Placements in place: the agent
 //!    replaces instances rolling. `replicas: 0` deletes them all.
@@ -525,9 +525,14 @@ pub fn place(
     let base: u64 = shares.iter().map(|&s| u64::from(s)).sum();
     let extra = usize::try_from(target - base).unwrap_or(usize::MAX);
     // Who gets one more: those already running more than the level, then preferred nodes,
-    // then by name (candidates are in name order; the sort is stable).
+    // then the least loaded by other components (so many small components spread over the
+    // nodes instead of piling onto the first by name), then by name (candidates are in name
+    // order; the sort is stable).
     let mut open: Vec<usize> = (0..candidates.len()).filter(|&i| rooms[i] > lvl).collect();
-    open.sort_by_key(|&i| (candidates[i].running <= lvl, !candidates[i].preferred));
+    open.sort_by_key(|&i| {
+        let c = &candidates[i];
+        (c.running <= lvl, !c.preferred, c.node.committed.instances)
+    });
     for &i in open.iter().take(extra) {
         shares[i] += 1;
     }
@@ -1083,6 +1088,24 @@ mod tests {
                 nodes: abc(),
                 shares: &[("a", 1), ("b", 1)],
                 changes: &["create a 1", "create b 1"],
+                ..ROW
+            },
+            Row {
+                rule: "fewer replicas than nodes: the nodes least loaded by other components first",
+                replicas: 2,
+                nodes: vec![
+                    N {
+                        used_slots: 7,
+                        ..node("a")
+                    },
+                    N {
+                        used_slots: 3,
+                        ..node("b")
+                    },
+                    node("c"),
+                ],
+                shares: &[("b", 1), ("c", 1)],
+                changes: &["create b 1", "create c 1"],
                 ..ROW
             },
             // Leases.

@@ -278,26 +278,25 @@ async fn approved_components_run_on_the_node_agents() {
     );
     wait_ready(&mut cluster, pending.namespace, pending.name, 1).await;
 
-    // A new digest behind the same tag (re-pushed and signed): every Placement moves to it,
-    // and none is without a ready instance meanwhile.
-    let reference = format!("{}/platform/echo:1.2.0", cluster.registry().address());
+    // A new digest behind the same tag: pushed under another tag and signed first (a tag
+    // that moves to an unsigned digest is no longer trusted, and a component whose approval
+    // goes stops), then the tag the component names is moved to it. Every Placement moves to
+    // it, and none is without a ready instance meanwhile.
+    let registry = cluster.registry().address().to_owned();
     let guests = dev::build_guests().unwrap();
     let bytes = std::fs::read(guests.join("echo.wasm")).unwrap();
     let work = dir.path().join("repush");
     std::fs::create_dir_all(&work).unwrap();
     // oras writes the push time into the manifest: a second push is a new manifest digest.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let new_digest = airssys_test_support::push_wasm(&work, &reference, &bytes).unwrap();
+    let staged = format!("{registry}/platform/echo:1.2.1");
+    let new_digest = airssys_test_support::push_wasm(&work, &staged, &bytes).unwrap();
     assert_ne!(new_digest, approved);
     cluster
         .signing_key()
-        .sign(
-            &work,
-            &format!(
-                "{}/platform/echo@{new_digest}",
-                cluster.registry().address()
-            ),
-        )
+        .sign(&work, &format!("{registry}/platform/echo@{new_digest}"))
+        .unwrap();
+    airssys_test_support::run_tool(&work, "oras", &["tag", "--plain-http", &staged, "1.2.0"])
         .unwrap();
     let mut gaps = Vec::new();
     let deadline = Instant::now() + TIMEOUT;
