@@ -826,7 +826,14 @@ env: [{ name: LOG_LEVEL }]
             caps("network: [{ host: 10.0.0.0/8, port: 443 }, { host: 0.0.0.0/0, port: 443 }]");
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         // (rule, grant, name, resolved address, port, allowed)
-        type Connect<'a> = (&'a str, &'a CapabilitySet, Option<&'a str>, &'a str, u16, bool);
+        type Connect<'a> = (
+            &'a str,
+            &'a CapabilitySet,
+            Option<&'a str>,
+            &'a str,
+            u16,
+            bool,
+        );
         #[rustfmt::skip]
         let connects: &[Connect] = &[
             ("name and block grant reach a private address by name", &both, Some("db.internal"), "10.2.3.4", 5432, true),
