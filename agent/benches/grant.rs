@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use airssys_agent::grant::{Access, GrantTable};
-use airssys_crds::capability::{Capabilities, CapabilitySet};
+use airssys_crds::capability::{Capabilities, CapabilitySet, classify};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// A realistic, medium-sized grant.
@@ -97,6 +97,16 @@ fn bench(c: &mut Criterion) {
                 443,
             )
         })
+    });
+    // The address classification alone (crds `classify`), by family.
+    g.bench_function("classify/public_v4", |b| {
+        b.iter(|| classify(black_box(public)))
+    });
+    g.bench_function("classify/public_v6", |b| {
+        b.iter(|| classify(black_box(public_v6)))
+    });
+    g.bench_function("classify/private_v4", |b| {
+        b.iter(|| classify(black_box(private)))
     });
     // A broad block differs address by address: the one case that still classifies.
     let broad = CapabilitySet::parse(

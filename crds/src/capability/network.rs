@@ -627,6 +627,8 @@ fn row_class<T: Copy>(row: &Special<T>, addr: impl Fn(T) -> IpAddr) -> AddrClass
 
 /// Classifies an IPv4 address by scanning [`SPECIAL_V4`]: the reference the fast path
 /// ([`V4_BY_OCTET`]) must agree with.
+#[cold]
+#[inline(never)]
 fn class_v4_by_table(v4: Ipv4Addr) -> AddrClass {
     let bits = u32::from(v4);
     match most_specific(SPECIAL_V4, |row| v4_covers(row, bits, 32)) {
@@ -704,11 +706,11 @@ fn embedded(embeds: Embeds, bits: u128) -> Ipv4Addr {
 }
 
 /// The class an IPv6 address gets from `row`, the most specific row containing it.
-fn class_v6_row(row: &Special<u128>, bits: u128, ip: Ipv6Addr) -> AddrClass {
+fn class_v6_row(row: &Special<u128>, ip: Ipv6Addr) -> AddrClass {
     match row.embeds {
         None => row_class(row, |n| IpAddr::V6(Ipv6Addr::from(n))),
         Some(embeds) => {
-            let inner = class_v4(embedded(embeds, bits));
+            let inner = class_v4(embedded(embeds, u128::from(ip)));
             AddrClass {
                 entry: if inner.public { row.entry } else { inner.entry },
                 public: inner.public,
@@ -720,10 +722,12 @@ fn class_v6_row(row: &Special<u128>, bits: u128, ip: Ipv6Addr) -> AddrClass {
 
 /// Classifies an IPv6 address (not IPv4-mapped) by scanning [`SPECIAL_V6`]: the reference
 /// the fast path must agree with.
+#[cold]
+#[inline(never)]
 fn class_v6_by_table(v6: Ipv6Addr) -> AddrClass {
     let bits = u128::from(v6);
     match most_specific(SPECIAL_V6, |row| v6_covers(row, bits, 128)) {
-        Some(row) => class_v6_row(row, bits, v6),
+        Some(row) => class_v6_row(row, v6),
         // Unreachable: the `::/0` row covers everything; fail closed anyway.
         None => AddrClass {
             entry: "Reserved",
@@ -752,16 +756,23 @@ const fn v6_deep_hextets() -> [u64; 1024] {
     out
 }
 
-/// Indices of the [`SPECIAL_V6`] rows of /16 or shorter, in table order; the count after.
-static V6_SHALLOW: ([u8; SPECIAL_V6.len()], usize) = v6_shallow();
+/// The [`SPECIAL_V6`] rows of /16 or shorter, in table order, as (first hextet, its mask,
+/// prefix, row index) so the fast path compares 16-bit words; the count after.
+static V6_SHALLOW: ([(u16, u16, u8, u8); SPECIAL_V6.len()], usize) = v6_shallow();
 
-const fn v6_shallow() -> ([u8; SPECIAL_V6.len()], usize) {
-    let mut out = [0u8; SPECIAL_V6.len()];
+const fn v6_shallow() -> ([(u16, u16, u8, u8); SPECIAL_V6.len()], usize) {
+    let mut out = [(0u16, 0u16, 0u8, 0u8); SPECIAL_V6.len()];
     let mut n = 0;
     let mut i = 0;
     while i < SPECIAL_V6.len() {
-        if SPECIAL_V6[i].prefix <= 16 {
-            out[n] = i as u8;
+        let row = &SPECIAL_V6[i];
+        if row.prefix <= 16 {
+            out[n] = (
+                (row.network >> 112) as u16,
+                (row.mask >> 112) as u16,
+                row.prefix,
+                i as u8,
+            );
             n += 1;
         }
         i += 1;
@@ -769,20 +780,63 @@ const fn v6_shallow() -> ([u8; SPECIAL_V6.len()], usize) {
     (out, n)
 }
 
+/// Per first byte of an IPv6 address, the [`SPECIAL_V6`] row of /8 or shorter that decides
+/// the class of an address no longer row contains (the most specific one containing the
+/// byte's /8), or [`OCTET_MIXED`] when a row of /9 to /16 lies in it (`2002::/16`,
+/// `fe80::/10`...). Built from the table at compile time.
+static V6_BY_BYTE: [u8; 256] = v6_by_byte();
+const _: () = assert!(SPECIAL_V6.len() < OCTET_PUBLIC as usize);
+
+const fn v6_by_byte() -> [u8; 256] {
+    let mut out = [OCTET_MIXED; 256];
+    let mut byte = 0usize;
+    while byte < 256 {
+        let block = (byte as u128) << 120;
+        let mut best = OCTET_PUBLIC;
+        let mut i = 0;
+        while i < SPECIAL_V6.len() {
+            let row = &SPECIAL_V6[i];
+            if row.prefix > 8 {
+                if row.prefix <= 16 && row.network >> 120 == byte as u128 {
+                    best = OCTET_MIXED;
+                    break;
+                }
+            } else if block & row.mask == row.network
+                && (best == OCTET_PUBLIC || SPECIAL_V6[best as usize].prefix <= row.prefix)
+            {
+                best = i as u8;
+            }
+            i += 1;
+        }
+        // `::/0` contains every byte, so `best` is a row or mixed, never public.
+        out[byte] = best;
+        byte += 1;
+    }
+    out
+}
+
 fn class_v6(v6: Ipv6Addr) -> AddrClass {
-    let bits = u128::from(v6);
-    let hextet = (bits >> 112) as u16;
+    // The first hextet alone: the whole address is read only on the slower paths.
+    let hextet = v6.segments()[0];
     let h = usize::from(hextet);
     if V6_DEEP_HEXTETS[h / 64] & (1u64 << (h % 64)) == 0 {
-        // Only rows of /16 or shorter contain it; compare on the first hextet.
+        // Only rows of /16 or shorter contain it; most first bytes hold none longer than
+        // /8, and the byte decides.
+        let row = V6_BY_BYTE[h >> 8];
+        if row < OCTET_PUBLIC {
+            return class_v6_row(&SPECIAL_V6[usize::from(row)], v6);
+        }
+        // The most specific row containing its first hextet decides (ties to the later
+        // row, as `most_specific`).
         let (rows, n) = &V6_SHALLOW;
-        let row = rows[..*n]
-            .iter()
-            .map(|&i| &SPECIAL_V6[usize::from(i)])
-            .filter(|row| hextet & (row.mask >> 112) as u16 == (row.network >> 112) as u16)
-            .max_by_key(|row| row.prefix);
-        if let Some(row) = row {
-            return class_v6_row(row, bits, v6);
+        let mut best: Option<(u8, u8)> = None;
+        for &(network, mask, prefix, i) in &rows[..*n] {
+            if hextet & mask == network && best.is_none_or(|(p, _)| prefix >= p) {
+                best = Some((prefix, i));
+            }
+        }
+        if let Some((_, i)) = best {
+            return class_v6_row(&SPECIAL_V6[usize::from(i)], v6);
         }
     }
     class_v6_by_table(v6)
