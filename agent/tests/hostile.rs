@@ -737,3 +737,64 @@ async fn write_only_directory_takes_writes_and_refuses_every_read() {
     assert_eq!(status.kills.load(Ordering::Relaxed), 0);
     assert_eq!(ask("write:/drop/late.txt:ok".into()).await, "written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_connections_left_in_flight_are_bounded_and_audited() {
+    let h = Harness::new();
+    neighbour(&h).await;
+    // A server that accepts and never answers: every request stays in flight, each holding
+    // a connection (a host descriptor) until the instance ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let accepted = held.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            accepted.lock().unwrap().push(sock);
+        }
+    });
+    let grant = caps(&format!("network: [{{ host: 127.0.0.1, port: {port} }}]"));
+    // Room in the resource table (64 MiB of quota: 4096 entries) for every request handle,
+    // so the descriptor bound, not the table, is what stops the flood.
+    let patient = airssys_agent::limits::Quotas {
+        timeout: Duration::from_secs(20),
+        cpu_time_per_message: Duration::from_secs(10),
+        memory_bytes: 64 << 20,
+        ..quotas()
+    };
+    const FLOOD: usize = 800;
+    h.add(spec("hoarder", "http-fetch", grant, patient)).await;
+    let reply = h
+        .ask(
+            "hoarder",
+            &format!("flood {FLOOD} http://127.0.0.1:{port}/"),
+        )
+        .await
+        .unwrap();
+    let count = |key: &str| -> usize {
+        reply
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {reply:?}"))
+    };
+    let (refused, waiting) = (count("refused:"), count("waiting:"));
+    assert!(
+        waiting <= airssys_agent::host::resources::MAX_OPEN_FILES,
+        "{waiting} connections in flight at once: {reply}"
+    );
+    assert!(
+        refused >= FLOOD - airssys_agent::host::resources::MAX_OPEN_FILES,
+        "{reply}"
+    );
+    assert!(
+        held.lock().unwrap().len() <= airssys_agent::host::resources::MAX_OPEN_FILES,
+        "the server saw {} connections",
+        held.lock().unwrap().len()
+    );
+    h.wait_audit("the refusals audited as a handles quota", |e| {
+        support::Expect::Quota("handles").matches("hoarder", e)
+    })
+    .await;
+    neighbour_still_answers(&h).await;
+}

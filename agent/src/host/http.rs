@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::resources;
 use crate::context::InstanceScope;
 use crate::grant::CapabilityKind;
 
@@ -23,11 +25,33 @@ use crate::grant::CapabilityKind;
 #[derive(Debug)]
 pub struct GrantedHttp {
     scope: InstanceScope,
+    /// Outgoing connections this instance holds open (each is a host descriptor until its
+    /// connection task ends).
+    connections: Arc<AtomicUsize>,
 }
 
 impl GrantedHttp {
     pub fn new(scope: InstanceScope) -> Self {
-        Self { scope }
+        Self {
+            scope,
+            connections: Arc::default(),
+        }
+    }
+}
+
+/// One open outgoing connection, counted while it lives.
+struct Connection(Arc<AtomicUsize>);
+
+impl Connection {
+    fn open(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -45,6 +69,7 @@ impl WasiHttpHooks for GrantedHttp {
     > {
         let _ = fut;
         let ctx = self.scope.clone();
+        let connections = self.connections.clone();
         Box::new(async move {
             let uri = request.uri().clone();
             let host = uri
@@ -88,9 +113,25 @@ impl WasiHttpHooks for GrantedHttp {
                 return Err(HttpError::HttpRequestDenied);
             };
             ctx.granted(CapabilityKind::Network);
+            // Each connection holds a descriptor while it lives: bounded per instance and by
+            // the node budget like files and sockets, so requests left in flight cannot use up
+            // the agent's descriptors.
+            // Counted before the check, so requests racing each other cannot all pass it.
+            let connection = Connection::open(&connections);
+            let others = connections.load(Ordering::Relaxed).saturating_sub(1);
+            if !resources::may_open(others) {
+                ctx.quota_exceeded(resources::QUOTA);
+                return Err(HttpError::ConnectionLimitReached);
+            }
             // Connect to the address we checked, never to a second lookup's answer (DNS
             // rebinding); the URI and Host header keep the name, TLS verifies it.
-            send_to(request, SocketAddr::new(ip, port), &web_pki_tls()?, options).await
+            let (response, io) =
+                send_to(request, SocketAddr::new(ip, port), &web_pki_tls()?, options).await?;
+            let io = async move {
+                let _connection = connection;
+                Box::into_pin(io).await
+            };
+            Ok((response, Box::new(io) as IoFuture))
         })
     }
 }
