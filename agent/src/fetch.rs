@@ -20,14 +20,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use airssys_crds::agent::{ARTIFACT_CA_CONFIGMAP, ARTIFACT_CA_KEY, BLOB_PATH_PREFIX};
-use airssys_crds::artifact::Digest;
+use airssys_crds::artifact::{Digest, component_layer};
 use airssys_crds::placement::PlacementSpec;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
@@ -38,11 +37,6 @@ use crate::artifact::{ArtifactSource, Fetched};
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// The most bytes of an OCI manifest the agent reads (the distribution spec's limit).
 pub const MANIFEST_LIMIT: usize = 4 << 20;
-/// Media types of a component layer: the same list as the operator's `WASM_MEDIA_TYPES`.
-pub const WASM_MEDIA_TYPES: [&str; 2] = [
-    "application/wasm",
-    "application/vnd.wasm.content.layer.v1+wasm",
-];
 
 /// How an [`ArtifactClient`] reaches the server and where it caches.
 #[derive(Debug, Clone)]
@@ -466,39 +460,6 @@ impl ArtifactSource for ArtifactClient {
     }
 }
 
-#[derive(Deserialize)]
-struct Manifest {
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: u64,
-}
-
-/// The component layer (digest, declared size) of OCI manifest `bytes`: its one layer of a
-/// [`WASM_MEDIA_TYPES`] type. The error completes "its manifest …".
-pub fn component_layer(bytes: &[u8]) -> Result<(Digest, u64), String> {
-    let manifest: Manifest =
-        serde_json::from_slice(bytes).map_err(|e| format!("is not an OCI image manifest: {e}"))?;
-    let mut wasm = manifest
-        .layers
-        .iter()
-        .filter(|l| WASM_MEDIA_TYPES.contains(&l.media_type.as_str()));
-    match (wasm.next(), wasm.next()) {
-        (Some(layer), None) => Digest::parse(&layer.digest)
-            .map(|d| (d, layer.size))
-            .map_err(|e| format!("names a bad layer digest: {e}")),
-        (None, _) => Err("has no WebAssembly layer".to_owned()),
-        (Some(_), Some(_)) => Err("has more than one WebAssembly layer".to_owned()),
-    }
-}
-
 fn digest_of(bytes: &[u8]) -> Digest {
     let hash: [u8; 32] = Sha256::digest(bytes).into();
     Digest::from_sha256(&hash)
@@ -541,73 +502,6 @@ fn write_file(temp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[allow(clippy::unwrap_used, reason = "test code")]
 mod tests {
     use super::*;
-
-    fn manifest(layers: &[(&str, &str)]) -> Vec<u8> {
-        let layers: Vec<serde_json::Value> = layers
-            .iter()
-            .map(|(media_type, digest)| {
-                serde_json::json!({"mediaType": media_type, "digest": digest, "size": 7})
-            })
-            .collect();
-        serde_json::json!({"schemaVersion": 2, "config": {}, "layers": layers})
-            .to_string()
-            .into_bytes()
-    }
-
-    #[test]
-    fn component_layer_spec() {
-        let a = digest_of(b"a");
-        let b = digest_of(b"b");
-        let ok = |d: &Digest| Ok((d.clone(), 7));
-        type Want<'a> = Result<(Digest, u64), &'a str>;
-        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
-            (
-                "application/wasm",
-                manifest(&[("application/wasm", a.as_str())]),
-                ok(&a),
-            ),
-            (
-                "the wasm OCI layer type",
-                manifest(&[(WASM_MEDIA_TYPES[1], a.as_str())]),
-                ok(&a),
-            ),
-            (
-                "other layers are ignored",
-                manifest(&[("text/plain", b.as_str()), ("application/wasm", a.as_str())]),
-                ok(&a),
-            ),
-            (
-                "no wasm layer",
-                manifest(&[("text/plain", a.as_str())]),
-                Err("no WebAssembly layer"),
-            ),
-            (
-                "two wasm layers",
-                manifest(&[
-                    ("application/wasm", a.as_str()),
-                    ("application/wasm", b.as_str()),
-                ]),
-                Err("more than one"),
-            ),
-            (
-                "a bad digest",
-                manifest(&[("application/wasm", "sha256:XYZ")]),
-                Err("bad layer digest"),
-            ),
-            (
-                "not JSON",
-                b"<html>".to_vec(),
-                Err("not an OCI image manifest"),
-            ),
-        ];
-        for (rule, bytes, want) in cases {
-            match (component_layer(&bytes), want) {
-                (Ok(got), Ok(want)) => assert_eq!(got, want, "{rule}"),
-                (Err(got), Err(want)) => assert!(got.contains(want), "{rule}: {got}"),
-                (got, want) => panic!("{rule}: got {got:?}, want {want:?}"),
-            }
-        }
-    }
 
     #[test]
     fn server_urls() {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use airssys_agent::Error;
 use airssys_agent::artifact::ArtifactSource as _;
 use airssys_agent::engine::{AgentEngine, EngineConfig};
-use airssys_agent::fetch::{ArtifactClient, ArtifactClientConfig, WASM_MEDIA_TYPES};
+use airssys_agent::fetch::{ArtifactClient, ArtifactClientConfig};
 use airssys_crds::{Digest, PlacementSpec, TrustSource, WasmComponent};
 use airssys_operator::artifact::ResolverOptions;
 use airssys_operator::artifact::serve::{ArtifactServerOptions, default_server_names};
@@ -364,12 +364,4 @@ async fn bytes_that_do_not_hash_to_the_digest_are_refused_and_not_cached() {
     let client = ArtifactClient::from_pem(small, ca.as_bytes()).unwrap();
     let err = client.fetch(&placement).await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { limit: 8, .. }), "{err}");
-}
-
-#[test]
-fn the_agent_accepts_the_layer_types_the_operator_resolves() {
-    assert_eq!(
-        WASM_MEDIA_TYPES,
-        airssys_operator::artifact::resolve::WASM_MEDIA_TYPES
-    );
 }

@@ -163,3 +163,124 @@ mod tests {
         assert_eq!(Digest::parse(d.as_str()), Ok(d));
     }
 }
+
+/// Media types of the component layer in an OCI manifest: what `oras push
+/// component.wasm:application/wasm` writes, and the wasm OCI artifact layer type.
+pub const WASM_MEDIA_TYPES: [&str; 2] = [
+    "application/wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+];
+
+/// Why an OCI manifest names no component layer. Each message completes "the manifest …".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayerError {
+    #[error("is not an OCI image manifest: {0}")]
+    NotAManifest(String),
+    #[error("has no WebAssembly layer")]
+    NoWasmLayer,
+    #[error("has more than one WebAssembly layer; a component artifact has exactly one")]
+    SeveralWasmLayers,
+    #[error("names a bad layer digest: {0}")]
+    BadDigest(String),
+}
+
+/// The component layer (digest, declared size) an OCI image manifest names: its one layer of
+/// a [`WASM_MEDIA_TYPES`] type. The operator (resolving) and the agent (fetching) both read
+/// manifests with this, so they agree on which bytes are the component.
+pub fn component_layer(manifest: &[u8]) -> Result<(Digest, u64), LayerError> {
+    #[derive(Deserialize)]
+    struct Manifest {
+        #[serde(default)]
+        layers: Vec<Layer>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Layer {
+        media_type: String,
+        digest: String,
+        #[serde(default)]
+        size: u64,
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(manifest).map_err(|e| LayerError::NotAManifest(e.to_string()))?;
+    let mut wasm = manifest
+        .layers
+        .iter()
+        .filter(|l| WASM_MEDIA_TYPES.contains(&l.media_type.as_str()));
+    match (wasm.next(), wasm.next()) {
+        (Some(layer), None) => Digest::parse(&layer.digest)
+            .map(|d| (d, layer.size))
+            .map_err(|e| LayerError::BadDigest(e.to_string())),
+        (None, _) => Err(LayerError::NoWasmLayer),
+        (Some(_), Some(_)) => Err(LayerError::SeveralWasmLayers),
+    }
+}
+
+#[cfg(test)]
+mod component_layer_tests {
+    use super::*;
+
+    fn manifest(layers: &[(&str, &str)]) -> Vec<u8> {
+        let layers: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|(media_type, digest)| {
+                serde_json::json!({"mediaType": media_type, "digest": digest, "size": 7})
+            })
+            .collect();
+        serde_json::json!({"schemaVersion": 2, "config": {}, "layers": layers})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn component_layer_spec() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let ok = |d: &str| Ok((Digest::parse(d).unwrap(), 7));
+        type Want = Result<(Digest, u64), fn(&LayerError) -> bool>;
+        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+            (
+                "application/wasm",
+                manifest(&[("application/wasm", &a)]),
+                ok(&a),
+            ),
+            (
+                "the wasm OCI layer type",
+                manifest(&[(WASM_MEDIA_TYPES[1], &a)]),
+                ok(&a),
+            ),
+            (
+                "other layers are ignored",
+                manifest(&[("text/plain", &b), ("application/wasm", &a)]),
+                ok(&a),
+            ),
+            (
+                "no wasm layer",
+                manifest(&[("text/plain", &a)]),
+                Err(|e| *e == LayerError::NoWasmLayer),
+            ),
+            (
+                "two wasm layers",
+                manifest(&[("application/wasm", &a), ("application/wasm", &b)]),
+                Err(|e| *e == LayerError::SeveralWasmLayers),
+            ),
+            (
+                "a bad digest",
+                manifest(&[("application/wasm", "sha256:XYZ")]),
+                Err(|e| matches!(e, LayerError::BadDigest(_))),
+            ),
+            (
+                "not JSON",
+                b"<html>".to_vec(),
+                Err(|e| matches!(e, LayerError::NotAManifest(_))),
+            ),
+        ];
+        for (rule, bytes, want) in cases {
+            match (component_layer(&bytes), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{rule}"),
+                (Err(got), Err(is)) => assert!(is(&got), "{rule}: {got}"),
+                (got, want) => panic!("{rule}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

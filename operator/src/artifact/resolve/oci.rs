@@ -5,12 +5,10 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use airssys_crds::Digest;
+use airssys_crds::artifact::LayerError;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
-use oci_client::manifest::{
-    IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest,
-    WASM_LAYER_MEDIA_TYPE,
-};
+use oci_client::manifest::{IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
@@ -25,8 +23,8 @@ use crate::artifact::{
     ArtifactError, ErrorClass, RegistryCredentials, check_digest, digest_of, status_class,
 };
 
-/// Media types accepted as the component layer.
-pub const WASM_MEDIA_TYPES: [&str; 2] = ["application/wasm", WASM_LAYER_MEDIA_TYPE];
+/// Media types accepted as the component layer (one list, shared with the agent).
+pub use airssys_crds::artifact::WASM_MEDIA_TYPES;
 
 /// An OCI reference resolved to a manifest digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -501,40 +499,17 @@ pub(super) fn auth(credentials: Option<&RegistryCredentials>) -> RegistryAuth {
 }
 
 /// The component layer (digest and size) that manifest `bytes` of `reference` names: its one
-/// layer of a wasm media type.
+/// layer of a wasm media type (the rule is `airssys_crds::artifact::component_layer`).
 pub fn component_layer(reference: &str, bytes: &[u8]) -> Result<(Digest, u64), ArtifactError> {
-    let manifest: OciImageManifest =
-        serde_json::from_slice(bytes).map_err(|e| ArtifactError::Manifest {
+    airssys_crds::artifact::component_layer(bytes).map_err(|e| match e {
+        LayerError::NoWasmLayer => ArtifactError::NoWasmLayer {
             reference: reference.to_owned(),
-            reason: format!("not an OCI image manifest: {e}"),
-        })?;
-    let layer = wasm_layer(reference, &manifest)?;
-    let digest = Digest::parse(&layer.digest).map_err(|e| ArtifactError::Manifest {
-        reference: reference.to_owned(),
-        reason: format!("layer digest: {e}"),
-    })?;
-    Ok((digest, u64::try_from(layer.size).unwrap_or(0)))
-}
-
-/// The one wasm layer of a component manifest.
-pub(super) fn wasm_layer<'m>(
-    reference: &str,
-    manifest: &'m OciImageManifest,
-) -> Result<&'m OciDescriptor, ArtifactError> {
-    let mut wasm = manifest
-        .layers
-        .iter()
-        .filter(|l| WASM_MEDIA_TYPES.contains(&l.media_type.as_str()));
-    match (wasm.next(), wasm.next()) {
-        (Some(layer), None) => Ok(layer),
-        (None, _) => Err(ArtifactError::NoWasmLayer {
+        },
+        other => ArtifactError::Manifest {
             reference: reference.to_owned(),
-        }),
-        (Some(_), Some(_)) => Err(ArtifactError::Manifest {
-            reference: reference.to_owned(),
-            reason: "more than one wasm layer; a component artifact has exactly one".to_owned(),
-        }),
-    }
+            reason: format!("it {other}"),
+        },
+    })
 }
 
 pub(super) fn is_not_found(e: &OciDistributionError) -> bool {

@@ -243,14 +243,18 @@ fn manifest(layers: &[&str]) -> OciImageManifest {
 
 #[test]
 fn wasm_layer_selection() {
-    assert!(wasm_layer("r", &manifest(&["application/wasm"])).is_ok());
-    assert!(wasm_layer("r", &manifest(&["text/plain", WASM_LAYER_MEDIA_TYPE])).is_ok());
+    let layer = |types: &[&str]| {
+        let bytes = serde_json::to_vec(&manifest(types)).unwrap();
+        component_layer("r", &bytes)
+    };
+    assert!(layer(&["application/wasm"]).is_ok());
+    assert!(layer(&["text/plain", WASM_LAYER_MEDIA_TYPE]).is_ok());
     assert!(matches!(
-        wasm_layer("r", &manifest(&["text/plain"])),
+        layer(&["text/plain"]),
         Err(ArtifactError::NoWasmLayer { .. })
     ));
     assert!(matches!(
-        wasm_layer("r", &manifest(&["application/wasm", "application/wasm"])),
+        layer(&["application/wasm", "application/wasm"]),
         Err(ArtifactError::Manifest { .. })
     ));
 }
