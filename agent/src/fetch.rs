@@ -27,11 +27,11 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
-use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
 use crate::Error;
 use crate::artifact::{ArtifactSource, Fetched};
+use crate::engine::sha256_digest;
 
 /// Where a pod's ServiceAccount token is mounted.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -234,7 +234,7 @@ impl ArtifactClient {
                 return None;
             }
         };
-        let actual = digest_of(&bytes);
+        let actual = sha256_digest(&bytes);
         if &actual == digest && bytes.len() <= limit {
             return Some(bytes);
         }
@@ -304,7 +304,7 @@ impl ArtifactClient {
                     })??;
             match answer {
                 Answer::Body(bytes) => {
-                    let actual = digest_of(&bytes);
+                    let actual = sha256_digest(&bytes);
                     if &actual != digest {
                         return Err(Error::DigestMismatch {
                             expected: digest.clone(),
@@ -458,11 +458,6 @@ impl ArtifactSource for ArtifactClient {
             wasm_digest: layer,
         })
     }
-}
-
-fn digest_of(bytes: &[u8]) -> Digest {
-    let hash: [u8; 32] = Sha256::digest(bytes).into();
-    Digest::from_sha256(&hash)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), Error> {
