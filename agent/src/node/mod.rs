@@ -216,6 +216,24 @@ struct Applied {
     identity: Arc<ComponentIdentity>,
 }
 
+/// Records why a running component stops (`Revoked`: its Placement went; `Stopped`: the agent
+/// stops) and tells its instances to stop; the returned future waits until they have.
+async fn retire(
+    supervisor: &Supervisor,
+    id: &ComponentId,
+    applied: &Applied,
+    why: AuditKind,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    supervisor.audit().component_event(&applied.identity, why);
+    match supervisor.begin_remove(id).await {
+        Ok(stopped) => Some(stopped),
+        Err(e) => {
+            tracing::warn!(component = %id, error = %e, "cannot stop component");
+            None
+        }
+    }
+}
+
 /// A fetch (and compile) that failed, and when to try again.
 struct FetchFailure {
     digest: Digest,
@@ -509,10 +527,7 @@ impl<S: ArtifactSource> Node<S> {
                     slot.failed = None;
                     if let Some(applied) = slot.applied.take() {
                         // The operator took the Placement away (revoked, moved, scaled in).
-                        self.supervisor
-                            .audit()
-                            .component_event(&applied.identity, AuditKind::Revoked);
-                        self.stop(&id).await;
+                        self.stop(&id, &applied).await;
                     }
                 }
                 Step::Reconfigure => {
@@ -710,13 +725,10 @@ impl<S: ArtifactSource> Node<S> {
     }
 
     /// Stops a component; its instances finish their current message in the background.
-    async fn stop(&mut self, id: &ComponentId) {
-        match self.supervisor.begin_remove(id).await {
-            Ok(stopped) => {
-                tokio::spawn(stopped);
-                tracing::info!(component = %id, "component stopped: no Placement wants it");
-            }
-            Err(e) => tracing::warn!(component = %id, error = %e, "cannot stop component"),
+    async fn stop(&mut self, id: &ComponentId, applied: &Applied) {
+        if let Some(stopped) = retire(&self.supervisor, id, applied, AuditKind::Revoked).await {
+            tokio::spawn(stopped);
+            tracing::info!(component = %id, "component stopped: no Placement wants it");
         }
     }
 
@@ -843,14 +855,11 @@ impl<S: ArtifactSource> Node<S> {
         let mut waits = Vec::new();
         for (id, slot) in &mut self.slots {
             slot.cancel_fetch();
-            if let Some(applied) = slot.applied.take() {
-                self.supervisor
-                    .audit()
-                    .component_event(&applied.identity, AuditKind::Stopped);
-                match self.supervisor.begin_remove(id).await {
-                    Ok(stopped) => waits.push(stopped),
-                    Err(e) => tracing::warn!(component = %id, error = %e, "cannot stop component"),
-                }
+            if let Some(applied) = slot.applied.take()
+                && let Some(stopped) =
+                    retire(&self.supervisor, id, &applied, AuditKind::Stopped).await
+            {
+                waits.push(stopped);
             }
         }
         futures::future::join_all(waits).await;
