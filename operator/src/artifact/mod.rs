@@ -355,6 +355,66 @@ pub fn check_digest(what: &str, bytes: &[u8], expected: &Digest) -> Result<(), A
     }
 }
 
+/// The bytes a ConfigMap holds under `key`: `binaryData` first, then `data` (empty when
+/// neither has it; [`config_map_digest`] refuses empty bytes).
+pub fn config_map_bytes(map: &k8s_openapi::api::core::v1::ConfigMap, key: &str) -> Vec<u8> {
+    map.binary_data
+        .as_ref()
+        .and_then(|b| b.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            map.data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .unwrap_or_default()
+}
+
+/// Why the pull credentials of a component could not be read.
+#[derive(Debug)]
+pub enum PullSecretError {
+    /// The named Secret could not be read from the component's namespace.
+    Read { name: String, source: kube::Error },
+    /// A Secret's content is not usable credentials.
+    Invalid(ArtifactError),
+}
+
+/// The credentials for `registry` from the pull secrets `oci` names, read from `namespace`
+/// only: a tenant never borrows another namespace's credentials. The component controller
+/// (resolving) and the artifact server (fetching for agents) both read them this way.
+pub async fn pull_credentials(
+    client: &kube::Client,
+    namespace: &str,
+    oci: &airssys_crds::artifact::OciArtifact,
+    registry: &str,
+) -> Result<Option<RegistryCredentials>, PullSecretError> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    for r in &oci.pull_secrets {
+        let secret = api
+            .get(&r.name)
+            .await
+            .map_err(|source| PullSecretError::Read {
+                name: r.name.clone(),
+                source,
+            })?;
+        if let Some(bytes) = secret
+            .data
+            .and_then(|mut d| d.remove(credentials::DOCKER_CONFIG_KEY))
+        {
+            secrets.push((r.name.clone(), bytes.0));
+        }
+    }
+    let borrowed: Vec<(&str, &[u8])> = secrets
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    credentials::credentials_for(&borrowed, registry)
+        .map_err(|e| PullSecretError::Invalid(ArtifactError::from(e)))
+}
+
 /// A component held in a ConfigMap key: its digest, checked against the optional expected
 /// digest from the spec. The caller reads the ConfigMap; this only judges the bytes.
 pub fn config_map_digest(bytes: &[u8], expected: Option<&Digest>) -> Result<Digest, ArtifactError> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use airssys_crds::component::{TrustLevel, WasmComponent, WasmComponentStatus};
 use airssys_crds::condition::{self, Condition, ConditionStatus, ConditionType};
 use airssys_crds::{Digest, artifact::OciArtifact};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
@@ -29,8 +29,10 @@ use serde::Serialize;
 use tracing::{info, instrument, warn};
 
 use super::{FIELD_MANAGER, FINALIZER, StatusApply};
-use crate::artifact::credentials::{DOCKER_CONFIG_KEY, credentials_for};
-use crate::artifact::{ErrorClass, SignatureLayer, config_map_digest, cosign};
+use crate::artifact::{
+    ErrorClass, PullSecretError, SignatureLayer, config_map_bytes, config_map_digest, cosign,
+    pull_credentials,
+};
 use crate::events::{EventReason, Reason};
 use crate::trust::{ComponentFacts, TrustDecision, summarize};
 use crate::{ArtifactError, Context, Error, metrics};
@@ -599,18 +601,7 @@ async fn resolve(
                 &e,
             )
         })?;
-        let bytes = map
-            .binary_data
-            .as_ref()
-            .and_then(|b| b.get(&cm.key))
-            .map(|b| b.0.clone())
-            .or_else(|| {
-                map.data
-                    .as_ref()
-                    .and_then(|d| d.get(&cm.key))
-                    .map(|s| s.clone().into_bytes())
-            })
-            .unwrap_or_default();
+        let bytes = config_map_bytes(&map, &cm.key);
         let expected = cm
             .digest
             .as_deref()
@@ -648,26 +639,16 @@ async fn resolve_oci(
             ),
         });
     }
-    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    for r in &oci.pull_secrets {
-        // Only the component's own namespace: a tenant must not borrow another's credentials.
-        let secret = api.get(&r.name).await.map_err(|e| {
-            Failure::kube(
-                &format!("pull secret {} in namespace {ns}", r.name),
+    let credentials = pull_credentials(&ctx.client, ns, oci, registry)
+        .await
+        .map_err(|e| match e {
+            PullSecretError::Read { name, source } => Failure::kube(
+                &format!("pull secret {name} in namespace {ns}"),
                 "create it there (a kubernetes.io/dockerconfigjson Secret; pull secrets are read from the component's namespace only), or remove it from spec.artifact.oci.pullSecrets",
-                &e,
-            )
+                &source,
+            ),
+            PullSecretError::Invalid(e) => Failure::from(e),
         })?;
-        if let Some(bytes) = secret.data.and_then(|mut d| d.remove(DOCKER_CONFIG_KEY)) {
-            secrets.push((r.name.clone(), bytes.0));
-        }
-    }
-    let borrowed: Vec<(&str, &[u8])> = secrets
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
-        .collect();
-    let credentials = credentials_for(&borrowed, registry).map_err(ArtifactError::from)?;
     let resolver = &ctx.resolver;
     let resolved = resolver
         .resolve_oci(&oci.reference, oci.insecure, credentials.as_ref())

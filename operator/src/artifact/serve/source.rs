@@ -5,14 +5,16 @@
 
 use airssys_crds::Digest;
 use airssys_crds::artifact::OciArtifact;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
 use super::ServeError;
 use super::approved::{ApprovedArtifact, Role};
 use crate::Config;
-use crate::artifact::credentials::{DOCKER_CONFIG_KEY, credentials_for};
-use crate::artifact::{ArtifactError, RegistryCredentials, Resolver, config_map_digest};
+use crate::artifact::{
+    ArtifactError, PullSecretError, RegistryCredentials, Resolver, config_map_bytes,
+    config_map_digest,
+};
 
 /// The bytes of `digest`, which plays `role` for approved component `a`.
 pub async fn fetch(
@@ -94,21 +96,6 @@ fn pinned_reference(oci: &OciArtifact, manifest: &Digest) -> Result<(String, Str
     ))
 }
 
-/// The key's bytes: `binaryData` first, then `data`.
-fn config_map_bytes(map: &ConfigMap, key: &str) -> Vec<u8> {
-    map.binary_data
-        .as_ref()
-        .and_then(|b| b.get(key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            map.data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|s| s.clone().into_bytes())
-        })
-        .unwrap_or_default()
-}
-
 /// The credentials for `registry` from the component's pull secrets, read from its own
 /// namespace only (the rule the component controller follows when it resolves).
 async fn pull_credentials(
@@ -117,22 +104,15 @@ async fn pull_credentials(
     oci: &OciArtifact,
     registry: &str,
 ) -> Result<Option<RegistryCredentials>, ServeError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
-    for r in &oci.pull_secrets {
-        let secret = api.get(&r.name).await.map_err(|source| ServeError::Kube {
-            what: format!("pull secret {namespace}/{}", r.name),
-            source,
-        })?;
-        if let Some(bytes) = secret.data.and_then(|mut d| d.remove(DOCKER_CONFIG_KEY)) {
-            secrets.push((r.name.clone(), bytes.0));
-        }
-    }
-    let borrowed: Vec<(&str, &[u8])> = secrets
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
-        .collect();
-    Ok(credentials_for(&borrowed, registry).map_err(ArtifactError::from)?)
+    crate::artifact::pull_credentials(client, namespace, oci, registry)
+        .await
+        .map_err(|e| match e {
+            PullSecretError::Read { name, source } => ServeError::Kube {
+                what: format!("pull secret {namespace}/{name}"),
+                source,
+            },
+            PullSecretError::Invalid(e) => ServeError::from(e),
+        })
 }
 
 #[cfg(test)]
