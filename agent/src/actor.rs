@@ -227,6 +227,11 @@ async fn instance_loop(
     let mut running: Option<LiveInstance> = None;
     loop {
         if running.is_none() {
+            if let Some(started) = revision.take_started() {
+                running = Some(started);
+                status.set_state(ActorState::Running);
+                continue;
+            }
             status.set_state(ActorState::Starting);
             let scope = revision.ctx.next_instance();
             match start(&scope, &revision.pre, &shared.engine).await {
@@ -257,7 +262,20 @@ async fn instance_loop(
                     Control::Run(r) => Some(r.clone()),
                     Control::Stop => None,
                 };
-                if let Some(r) = running.take() {
+                // Start before stop: an update hands over an instance of the new revision
+                // that already passed `init`; it serves from now, then the old one shuts down.
+                let handed_over = match &next {
+                    Some(next) if primary => next.take_started(),
+                    _ => None,
+                };
+                let old = match handed_over {
+                    Some(started) => {
+                        status.set_state(ActorState::Running);
+                        running.replace(started)
+                    }
+                    None => running.take(),
+                };
+                if let Some(r) = old {
                     stop_instance(r).await;
                 }
                 match next {

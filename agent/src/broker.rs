@@ -225,6 +225,13 @@ struct Subscriptions {
     owners: HashMap<ComponentId, HashSet<String>>,
 }
 
+/// A component's subscriptions, out of the index (see [`Broker::take_subscriptions`]).
+#[derive(Debug)]
+pub struct SavedSubscriptions {
+    subscriber: ComponentId,
+    patterns: Vec<String>,
+}
+
 /// Counters the metrics endpoint and tests read.
 #[derive(Debug, Default)]
 pub struct BrokerStats {
@@ -344,6 +351,49 @@ impl Broker {
             if root.is_empty() {
                 roots.remove(&subscriber.namespace);
             }
+        }
+    }
+
+    /// Takes every subscription of `subscriber` out of the index, to be put back with
+    /// [`Broker::restore_subscriptions`] if the revision that was to replace them does not start.
+    pub fn take_subscriptions(&self, subscriber: &ComponentId) -> SavedSubscriptions {
+        let patterns = self
+            .inner
+            .subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .owners
+            .get(subscriber)
+            .map(|p| p.iter().cloned().collect())
+            .unwrap_or_default();
+        self.unsubscribe_all(subscriber);
+        SavedSubscriptions {
+            subscriber: subscriber.clone(),
+            patterns,
+        }
+    }
+
+    /// Replaces whatever `saved`'s subscriber holds now with the saved subscriptions,
+    /// delivered to `mailbox` (the revision they belonged to).
+    pub fn restore_subscriptions(&self, saved: SavedSubscriptions, mailbox: &Mailbox) {
+        self.unsubscribe_all(&saved.subscriber);
+        let mut subs = self
+            .inner
+            .subscriptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Subscriptions { roots, owners } = &mut *subs;
+        let root = roots.entry(saved.subscriber.namespace.clone()).or_default();
+        let owned = owners.entry(saved.subscriber.clone()).or_default();
+        for text in saved.patterns {
+            root.insert(
+                text.split('.'),
+                Arc::new(Subscription {
+                    subscriber: saved.subscriber.clone(),
+                    mailbox: mailbox.clone(),
+                }),
+            );
+            owned.insert(text);
         }
     }
 

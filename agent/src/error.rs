@@ -45,6 +45,16 @@ pub enum Error {
     /// The named component is not running on this node.
     #[error("component {0} is not running on this node")]
     UnknownComponent(String),
+    /// An update's new revision could not start (its `init` failed, trapped or ran out of
+    /// a quota); the old revision keeps running.
+    #[error(
+        "revision {digest} of component {component} did not start ({reason}); the previous revision keeps running"
+    )]
+    StartFailed {
+        component: String,
+        digest: String,
+        reason: String,
+    },
     /// A component with this name already runs.
     #[error("component {0} is already running; update it instead")]
     AlreadyRunning(String),

@@ -80,6 +80,37 @@ impl std::fmt::Display for Kill {
 pub struct Revision {
     pub ctx: Arc<ComponentContext>,
     pub pre: Prepared,
+    /// An instance of this revision already started (its `init` passed) by the update that
+    /// made it: the instance that moves to this revision takes it instead of starting one,
+    /// so the component never waits on a start between the two revisions.
+    started: Arc<std::sync::Mutex<Option<LiveInstance>>>,
+}
+
+impl Revision {
+    pub fn new(ctx: Arc<ComponentContext>, pre: Prepared) -> Self {
+        Self {
+            ctx,
+            pre,
+            started: Arc::default(),
+        }
+    }
+
+    /// This revision with `instance` (one of its own) waiting to be taken.
+    pub(crate) fn with_started(self, instance: LiveInstance) -> Self {
+        *self
+            .started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(instance);
+        self
+    }
+
+    /// The instance started ahead, if no one has taken it yet.
+    pub(crate) fn take_started(&self) -> Option<LiveInstance> {
+        self.started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 impl std::fmt::Debug for Revision {

@@ -19,7 +19,7 @@ use crate::engine::{AgentEngine, CompileSource};
 use crate::error::Error;
 use crate::grant::GrantTable;
 use crate::id::ComponentId;
-use crate::instance::Revision;
+use crate::instance::{LiveInstance, Revision, stop_instance};
 use crate::limits::{Quotas, RateLimiter};
 use crate::restart::RestartPolicy;
 use crate::storage::KvStore;
@@ -155,7 +155,7 @@ impl Supervisor {
         let ctx = self.context(spec, Mailbox { tx, grants });
         self.storage
             .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
-        Ok((Revision { ctx, pre }, rx))
+        Ok((Revision::new(ctx, pre), rx))
     }
 
     /// Starts a component that is not running yet.
@@ -172,7 +172,7 @@ impl Supervisor {
         let ctx = self.context(&spec, mailbox.clone());
         self.storage
             .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
-        let revision = Revision { ctx, pre };
+        let revision = Revision::new(ctx, pre);
         let (control_tx, control_rx) = watch::channel(Control::Run(revision.clone()));
         let status = Arc::new(ActorStatus::default());
         let actor = ComponentActor::new(
@@ -199,30 +199,62 @@ impl Supervisor {
         Ok(source)
     }
 
-    /// Moves a running component to a new revision (digest, grant, quotas). Queued messages
-    /// are kept and handled by the new revision. The mailbox capacity stays as it was.
+    /// Moves a running component to a new revision (digest, grant, quotas), start before
+    /// stop: one instance of the new revision is started first (its `init` must pass) while
+    /// the old revision keeps serving; only then does the component move to it. If that start
+    /// fails, nothing changes (the old revision, its grant and its subscriptions stay) and the
+    /// error says why. Queued messages are kept and handled by the new revision. The mailbox
+    /// capacity stays as it was.
     pub async fn update(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
-        let mut actors = self.actors.lock().await;
-        let entry = actors
-            .get_mut(&spec.id)
-            .ok_or_else(|| Error::UnknownComponent(spec.id.to_string()))?;
         let (pre, source) = self.engine.prepare(&spec.digest, &spec.wasm).await?;
+        let (old_mailbox, status) = {
+            let actors = self.actors.lock().await;
+            let entry = actors
+                .get(&spec.id)
+                .ok_or_else(|| Error::UnknownComponent(spec.id.to_string()))?;
+            (entry.mailbox.clone(), entry.status.clone())
+        };
         let grants = Arc::new(GrantTable::compile(&spec.grant));
         let mailbox = Mailbox {
-            tx: entry.mailbox.tx.clone(),
+            tx: old_mailbox.tx.clone(),
             grants,
         };
-        let ctx = self.context(&spec, mailbox.clone());
+        let revision = Revision::new(self.context(&spec, mailbox.clone()), pre);
+        // Subscriptions belong to a revision: the new one's `init` subscribes afresh. (A
+        // restart of the same revision keeps them; its `init` subscribes again, which is
+        // idempotent, and no publish is missed meanwhile.)
+        let saved = self.broker.take_subscriptions(&spec.id);
+        // The trial start runs without the supervisor's lock: `init` may take up to the
+        // component's timeout, and other components must not wait on it.
+        let started = match LiveInstance::start(&revision, &self.engine).await {
+            Ok(started) => started,
+            Err(kill) => {
+                self.broker.restore_subscriptions(saved, &old_mailbox);
+                tracing::warn!(component = %spec.id, digest = %spec.digest, reason = %kill, "new revision did not start; the old one keeps running");
+                return Err(Error::StartFailed {
+                    component: spec.id.to_string(),
+                    digest: spec.digest.to_string(),
+                    reason: kill.to_string(),
+                });
+            }
+        };
+        let mut actors = self.actors.lock().await;
+        let entry = match actors.get_mut(&spec.id) {
+            Some(entry) if Arc::ptr_eq(&entry.status, &status) => entry,
+            // Removed (or removed and added again) while the new revision started.
+            _ => {
+                drop(actors);
+                stop_instance(started).await;
+                return Err(Error::UnknownComponent(spec.id.to_string()));
+            }
+        };
         self.storage
             .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
-        // Subscriptions belong to a revision: the new one's instances subscribe in `init`.
-        // (A restart of the same revision keeps them; its `init` subscribes again, which is
-        // idempotent, and no publish is missed meanwhile.)
-        self.broker.unsubscribe_all(&spec.id);
-        // Every instance sees the new revision after its current message.
+        // Every instance sees the new revision after its current message; the first to move
+        // takes the instance started above.
         entry
             .control
-            .send_replace(Control::Run(Revision { ctx, pre }));
+            .send_replace(Control::Run(revision.with_started(started)));
         self.broker.register(&spec.id, mailbox.clone());
         entry.mailbox = mailbox;
         entry.digest = spec.digest.clone();

@@ -131,6 +131,115 @@ async fn components_are_updated_and_removed_while_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_starts_the_new_revision_before_the_old_one_stops() {
+    let h = Arc::new(Harness::new());
+    h.add(spec("svc", "echo", caps(""), quotas())).await;
+    assert_eq!(h.ask("svc", "incr:x").await.unwrap(), "incr:x");
+
+    // Requests keep coming while the component moves to another digest: every one is
+    // answered, by one revision or the other.
+    let load = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..200 {
+                answers.push(h.ask("svc", "incr:x").await);
+            }
+            answers
+        })
+    };
+    let next = spec(
+        "svc",
+        "kv-counter",
+        caps("storage: [{ bucket: counters, access: [read, write] }]"),
+        quotas(),
+    );
+    let digest = next.digest.clone();
+    h.supervisor.update(next).await.unwrap();
+    // The update returns once an instance of the new revision has passed `init`.
+    let started = h
+        .audit_events()
+        .await
+        .iter()
+        .any(|e| support::Expect::Started.matches("svc", e) && e["digest"] == digest.as_str());
+    assert!(
+        started,
+        "the new revision had not started when update returned"
+    );
+    let answers = load.await.unwrap();
+    let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed during the update: {failed:?}"
+    );
+    assert!(answers.iter().any(|a| a.as_deref() == Ok("incr:x")));
+    let counted = h.ask("svc", "incr:x").await.unwrap();
+    assert!(
+        counted.parse::<u32>().is_ok(),
+        "the new revision answers: {counted}"
+    );
+    let status = h.supervisor.status(&id("svc")).await.unwrap();
+    assert_eq!(status.kills.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_whose_revision_cannot_start_changes_nothing() {
+    let h = Harness::new();
+    h.add(spec(
+        "subscriber",
+        "subscriber",
+        caps("messaging: [{ topic: \"events.>\", access: [subscribe] }]"),
+        quotas(),
+    ))
+    .await;
+    h.add(spec(
+        "publisher",
+        "publisher",
+        caps("messaging: [{ topic: \"events.*\", access: [publish] }]"),
+        quotas(),
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.supervisor.broker().subscription_count(&id("subscriber")) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = h.supervisor.digest(&id("subscriber")).await.unwrap();
+
+    // The new revision's `init` fails.
+    let mut failing = spec(
+        "subscriber",
+        "log-bomb",
+        caps("env: [{name: MODE}]"),
+        quotas(),
+    );
+    failing.env = vec![("MODE".into(), "fail-init".into())];
+    let err = h.supervisor.update(failing).await.unwrap_err().to_string();
+    assert!(
+        err.contains("did not start") && err.contains("init failed"),
+        "{err}"
+    );
+
+    // The old revision still runs, with its subscription and its state.
+    assert_eq!(
+        h.supervisor.digest(&id("subscriber")).await.unwrap(),
+        before
+    );
+    assert_eq!(
+        h.supervisor.broker().subscription_count(&id("subscriber")),
+        1
+    );
+    assert_eq!(
+        h.ask("publisher", "events.a|one").await.unwrap(),
+        "published"
+    );
+    assert_eq!(h.ask("subscriber", "count").await.unwrap(), "1|one");
+    let status = h.supervisor.status(&id("subscriber")).await.unwrap();
+    assert_eq!(status.kills.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(!status.is_crash_looping());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_between_components_round_trips() {
     let h = Harness::new();
     h.add(spec("echo", "echo", caps(""), quotas())).await;

@@ -19,6 +19,11 @@ use crate::limits::Limits;
 /// Most instances of one component on one node (the same bound as `spec.replicas`).
 pub const MAX_INSTANCES: i32 = 10000;
 
+/// Set by the operator on every Placement of a component that lost its approval, just before
+/// it deletes them; the value says why. The agent stops such a Placement at once and records
+/// `Revoked` (a Placement that goes without it was scaled in or moved: `Stopped`).
+pub const REVOKED_ANNOTATION: &str = "wasm.airssys.dev/revoked";
+
 /// A component's instances on one node (internal; owned by its `WasmComponent`).
 #[allow(
     clippy::duplicated_attributes,

@@ -61,6 +61,9 @@ pub enum Reason {
     FetchFailed,
     /// The fetched component does not compile or link on this node.
     CompileFailed,
+    /// An update's new revision compiled but its first instance did not start (`init`
+    /// failed, trapped or ran out of a quota); the previous revision keeps running.
+    StartFailed,
     // Degraded
     /// Instances restart repeatedly (crash loop backoff).
     CrashLoop,
@@ -70,7 +73,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and lookups.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::TrustSourceMatched,
         Self::ManuallyApproved,
         Self::PendingApproval,
@@ -93,6 +96,7 @@ impl Reason {
         Self::InstancesStarting,
         Self::FetchFailed,
         Self::CompileFailed,
+        Self::StartFailed,
         Self::CrashLoop,
         Self::Healthy,
     ];
@@ -122,6 +126,7 @@ impl Reason {
             Self::InstancesStarting => "InstancesStarting",
             Self::FetchFailed => "FetchFailed",
             Self::CompileFailed => "CompileFailed",
+            Self::StartFailed => "StartFailed",
             Self::CrashLoop => "CrashLoop",
             Self::Healthy => "Healthy",
         }

@@ -62,6 +62,7 @@ impl EventReason {
             | Reason::Healthy
             | Reason::FetchFailed
             | Reason::CompileFailed
+            | Reason::StartFailed
             | Reason::CrashLoop => None,
             Reason::TrustSourceMatched
             | Reason::ManuallyApproved
@@ -120,6 +121,7 @@ impl EventReason {
                 | Reason::Unschedulable
                 | Reason::FetchFailed
                 | Reason::CompileFailed
+                | Reason::StartFailed
                 | Reason::CrashLoop,
             )
             | Self::ApprovalRevoked

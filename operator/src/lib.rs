@@ -72,6 +72,27 @@ pub fn kube_message(e: &kube::Error) -> String {
 }
 
 impl Error {
+    /// Whether a write failed only because the object changed after the copy it was based on
+    /// was cached: the finalizer patch's `test` of the finalizer list (422) or an update's
+    /// resourceVersion (409). The change that made the copy stale is on its way to the cache
+    /// and starts the next reconcile anyway, so this is no failure to back off from.
+    pub fn is_stale_write(&self) -> bool {
+        use kube::runtime::finalizer::Error as Finalizer;
+        let stale =
+            |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
+        match self {
+            Self::Kube(e) => matches!(e, kube::Error::Api(s) if s.code == 409),
+            Self::Finalizer(e) => match e.as_ref() {
+                Finalizer::AddFinalizer(e) | Finalizer::RemoveFinalizer(e) => stale(e),
+                Finalizer::ApplyFailed(inner) | Finalizer::CleanupFailed(inner) => {
+                    inner.is_stale_write()
+                }
+                _ => false,
+            },
+            Self::IndexPoisoned | Self::LeadershipLost(_) | Self::Metrics { .. } => false,
+        }
+    }
+
     /// Whether a retry may succeed without anyone acting (network, API server hiccups).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -180,5 +201,53 @@ impl std::fmt::Debug for Context {
             .field("resolver", &self.resolver)
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::finalizer::Error as Finalizer;
+
+    use super::Error;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..kube::core::Status::default()
+        }))
+    }
+
+    #[test]
+    fn stale_writes_are_told_apart_from_failures() {
+        let finalizer = |e: Finalizer<Error>| Error::Finalizer(Box::new(e));
+        let rows: Vec<(&str, Error, bool)> = vec![
+            (
+                "finalizer add whose test of the list failed",
+                finalizer(Finalizer::AddFinalizer(api(422))),
+                true,
+            ),
+            (
+                "finalizer add refused for a conflict",
+                finalizer(Finalizer::AddFinalizer(api(409))),
+                true,
+            ),
+            (
+                "finalizer add forbidden",
+                finalizer(Finalizer::AddFinalizer(api(403))),
+                false,
+            ),
+            ("an update's conflict", Error::Kube(api(409)), true),
+            ("an invalid object", Error::Kube(api(422)), false),
+            ("server error", Error::Kube(api(500)), false),
+            (
+                "a conflict inside the reconcile",
+                finalizer(Finalizer::ApplyFailed(Error::Kube(api(409)))),
+                true,
+            ),
+            ("poisoned index", Error::IndexPoisoned, false),
+        ];
+        for (rule, error, stale) in rows {
+            assert_eq!(error.is_stale_write(), stale, "{rule}");
+        }
     }
 }

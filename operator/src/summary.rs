@@ -5,15 +5,18 @@
 //! Rules:
 //! - `replicas` (the `/scale` status) counts the replicas placed; `nodes[]` has one entry per
 //!   node with replicas, in node order.
-//! - A node's replicas count as ready only from a report about its Placement as it is now
-//!   (`status.observedGeneration` = the Placement's generation) running the approved digest;
-//!   a node never counts more ready than it was given.
+//! - A node's replicas count as ready when its agent reports instances running the approved
+//!   digest; a node never counts more ready than it was given. The report may describe an
+//!   older generation of the Placement (a scale or a new component generation rewrote it and
+//!   the agent has not written back yet): instances of the approved digest keep serving
+//!   through such a change, so counting them keeps `readyReplicas` from dipping at every
+//!   `kubectl scale`. A new digest is never counted until the agent reports it.
 //! - `Scheduled`: `NotApproved` when nothing may run; `ScaledToZero` for `replicas: 0`;
 //!   `Unschedulable` with placement's explanation when replicas are left unplaced; `Placed`
 //!   otherwise. While placement holds (waiting for the decision on a new generation) the
 //!   condition stays as it was.
 //! - `Ready`: `True` (`InstancesReady`) when as many replicas are ready as requested; else
-//!   `False` with the first node's `FetchFailed`/`CompileFailed` when an agent reports one,
+//!   `False` with the first node's `FetchFailed`/`CompileFailed`/`StartFailed` when an agent reports one,
 //!   else `InstancesStarting` with the counts.
 //! - `Degraded`: `True` (`CrashLoop`) when any Placement reports `Degraded=True`, naming the
 //!   nodes; `Healthy` otherwise.
@@ -46,8 +49,6 @@ pub enum Scheduling<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Report<'a> {
     pub node: &'a str,
-    /// The Placement's `metadata.generation`.
-    pub generation: Option<i64>,
     pub status: Option<&'a PlacementStatus>,
 }
 
@@ -109,13 +110,6 @@ fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// A report counts when it describes the Placement as it is now.
-fn current<'a>(report: &Report<'a>) -> Option<&'a PlacementStatus> {
-    report
-        .status
-        .filter(|s| s.observed_generation.is_some() && s.observed_generation == report.generation)
-}
-
 fn reported_condition(report: &Report<'_>, type_: ConditionType) -> Option<Condition> {
     report
         .status
@@ -147,7 +141,7 @@ pub fn summarize(input: &Input<'_>) -> Summary {
     for share in input.shares {
         let report = report_of(&share.node);
         let ready = report
-            .and_then(current)
+            .and_then(|r| r.status)
             .filter(|s| s.digest.is_some() && s.digest.as_ref() == input.approved_digest)
             .map_or(0, |s| u32::try_from(s.ready_instances).unwrap_or(0))
             .min(share.instances);
@@ -252,7 +246,11 @@ pub fn summarize(input: &Input<'_>) -> Summary {
             let c =
                 report_of(&share.node).and_then(|r| reported_condition(r, ConditionType::Ready))?;
             let reason = c.reason()?;
-            matches!(reason, Reason::FetchFailed | Reason::CompileFailed).then(|| {
+            matches!(
+                reason,
+                Reason::FetchFailed | Reason::CompileFailed | Reason::StartFailed
+            )
+            .then(|| {
                 (
                     reason,
                     format!("{counts}; node {}: {}", share.node, c.message),
@@ -456,7 +454,7 @@ mod tests {
                 ..row()
             },
             Row {
-                rule: "a report about an older generation of the Placement does not count",
+                rule: "a report about an older generation of the Placement counts its instances of the approved digest",
                 reports: vec![
                     ("a", Some(Agent { ready: 1, ..OK })),
                     (
@@ -469,9 +467,9 @@ mod tests {
                     ),
                     ("c", Some(Agent { ready: 1, ..OK })),
                 ],
-                ready_replicas: 2,
-                ready: (False, Reason::InstancesStarting),
-                messages: &["2 of 3 replica(s) ready"],
+                ready_replicas: 3,
+                ready: (True, Reason::InstancesReady),
+                messages: &["3 of 3 replica(s) ready"],
                 ..row()
             },
             Row {
@@ -614,7 +612,6 @@ mod tests {
                 .iter()
                 .map(|(node, s)| Report {
                     node,
-                    generation: Some(1),
                     status: s.as_ref(),
                 })
                 .collect();

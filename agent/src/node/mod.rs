@@ -216,8 +216,9 @@ struct Applied {
     identity: Arc<ComponentIdentity>,
 }
 
-/// Records why a running component stops (`Revoked`: its Placement went; `Stopped`: the agent
-/// stops) and tells its instances to stop; the returned future waits until they have.
+/// Records why a running component stops (`Revoked`: the operator revoked its Placement;
+/// `Stopped`: its Placement was scaled in or moved, or the agent stops) and tells its
+/// instances to stop; the returned future waits until they have.
 async fn retire(
     supervisor: &Supervisor,
     id: &ComponentId,
@@ -255,6 +256,9 @@ struct Slot {
     has_run: bool,
     /// Sample fast until then (after a start or update).
     watch_until: Option<Instant>,
+    /// The operator marked its Placement revoked: its stop is recorded as `Revoked`, not
+    /// `Stopped` (scale-in, move).
+    revoked: bool,
 }
 
 impl Slot {
@@ -481,6 +485,8 @@ impl<S: ArtifactSource> Node<S> {
             if !wanted.contains_key(id) {
                 slot.wanted = None;
                 slot.prepared = None;
+                // Kept once seen: the deletion that follows the mark must not clear it.
+                slot.revoked |= selection.revoked.contains(id);
             }
         }
         let pool = self.pool_instances;
@@ -492,6 +498,7 @@ impl<S: ArtifactSource> Node<S> {
                 slot.prepared = Some(placements::prepare(&id, &new.spec, pool));
             }
             slot.wanted = Some(new);
+            slot.revoked = false;
         }
     }
 
@@ -526,8 +533,13 @@ impl<S: ArtifactSource> Node<S> {
                     slot.cancel_fetch();
                     slot.failed = None;
                     if let Some(applied) = slot.applied.take() {
-                        // The operator took the Placement away (revoked, moved, scaled in).
-                        self.stop(&id, &applied).await;
+                        // The operator took the Placement away: revoked, or moved or scaled in.
+                        let why = if slot.revoked {
+                            AuditKind::Revoked
+                        } else {
+                            AuditKind::Stopped
+                        };
+                        self.stop(&id, &applied, why).await;
                     }
                 }
                 Step::Reconfigure => {
@@ -709,6 +721,7 @@ impl<S: ArtifactSource> Node<S> {
             Err(e) => {
                 let reason = match e {
                     Error::DigestMismatch { .. } | Error::Fetch { .. } => Reason::FetchFailed,
+                    Error::StartFailed { .. } => Reason::StartFailed,
                     _ => Reason::CompileFailed,
                 };
                 let digest = run.digest.clone();
@@ -725,10 +738,10 @@ impl<S: ArtifactSource> Node<S> {
     }
 
     /// Stops a component; its instances finish their current message in the background.
-    async fn stop(&mut self, id: &ComponentId, applied: &Applied) {
-        if let Some(stopped) = retire(&self.supervisor, id, applied, AuditKind::Revoked).await {
+    async fn stop(&mut self, id: &ComponentId, applied: &Applied, why: AuditKind) {
+        if let Some(stopped) = retire(&self.supervisor, id, applied, why).await {
             tokio::spawn(stopped);
-            tracing::info!(component = %id, "component stopped: no Placement wants it");
+            tracing::info!(component = %id, reason = ?why, "component stopped: no Placement wants it");
         }
     }
 

@@ -3,14 +3,14 @@
 //! No I/O: the node loop feeds them what the watcher, the supervisor and the fetch tasks
 //! report, and carries the steps out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use airssys_crds::artifact::Digest;
 use airssys_crds::capability::{Capabilities, CapabilitySet};
 use airssys_crds::component::ConfigEntry;
 use airssys_crds::limits::Limits;
-use airssys_crds::placement::{Placement, PlacementSpec};
+use airssys_crds::placement::{Placement, PlacementSpec, REVOKED_ANNOTATION};
 
 use crate::id::ComponentId;
 use crate::limits::Quotas;
@@ -50,6 +50,9 @@ pub struct Ignored {
 pub struct Selection {
     pub wanted: BTreeMap<ComponentId, Wanted>,
     pub ignored: Vec<Ignored>,
+    /// Components whose Placement here the operator marked revoked (see
+    /// [`REVOKED_ANNOTATION`]) and no other Placement wants.
+    pub revoked: BTreeSet<ComponentId>,
 }
 
 /// Chooses what to run from the Placements the watcher holds. A component is identified by
@@ -57,10 +60,13 @@ pub struct Selection {
 ///
 /// - Placements of other nodes are not looked at (the field selector already filters them;
 ///   this is the second lock), nor are Placements being deleted.
+/// - A Placement marked revoked does not run; its component is in [`Selection::revoked`]
+///   unless another of its Placements runs.
 /// - Two Placements for the same component on this node (the operator writes one): the
 ///   newer one (creation time, then name) runs, the other is [`Ignored`] and says so.
 pub fn select<'a>(node: &str, placements: impl IntoIterator<Item = &'a Placement>) -> Selection {
     let mut by_component: BTreeMap<ComponentId, Vec<&Placement>> = BTreeMap::new();
+    let mut revoked_ids = BTreeSet::new();
     for p in placements {
         let (Some(namespace), Some(_)) = (&p.metadata.namespace, &p.metadata.name) else {
             continue;
@@ -68,12 +74,21 @@ pub fn select<'a>(node: &str, placements: impl IntoIterator<Item = &'a Placement
         if p.spec.node_name != node || p.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        by_component
-            .entry(ComponentId::new(namespace, &p.spec.component.name))
-            .or_default()
-            .push(p);
+        let id = ComponentId::new(namespace, &p.spec.component.name);
+        let revoked = p
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(REVOKED_ANNOTATION));
+        if revoked {
+            revoked_ids.insert(id);
+            continue;
+        }
+        by_component.entry(id).or_default().push(p);
     }
     let mut selection = Selection::default();
+    revoked_ids.retain(|id| !by_component.contains_key(id));
+    selection.revoked = revoked_ids;
     for (id, mut group) in by_component {
         // Oldest first; the last one wins.
         group.sort_by(|a, b| {
@@ -307,10 +322,17 @@ mod tests {
             placements: Vec<Placement>,
             wanted: Vec<(&'static str, &'static str)>,
             ignored: Vec<&'static str>,
+            revoked: Vec<&'static str>,
         }
         let deleting = {
             let mut p = placement("ns", "p-gone", "node-a", "gone", 0);
             p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
+            p
+        };
+        let revoked = |name: &str, component: &str| {
+            let mut p = placement("ns", name, "node-a", component, 0);
+            p.metadata.annotations =
+                Some([(REVOKED_ANNOTATION.to_owned(), "source deleted".to_owned())].into());
             p
         };
         let rows = vec![
@@ -319,18 +341,21 @@ mod tests {
                 placements: vec![placement("ns", "p1", "node-a", "echo", 0)],
                 wanted: vec![("ns/echo", "p1")],
                 ignored: vec![],
+                revoked: vec![],
             },
             Row {
                 rule: "a Placement of another node is not looked at",
                 placements: vec![placement("ns", "p1", "node-b", "echo", 0)],
                 wanted: vec![],
                 ignored: vec![],
+                revoked: vec![],
             },
             Row {
                 rule: "a Placement being deleted is not run",
                 placements: vec![deleting],
                 wanted: vec![],
                 ignored: vec![],
+                revoked: vec![],
             },
             Row {
                 rule: "the same component name in two namespaces is two components",
@@ -340,6 +365,7 @@ mod tests {
                 ],
                 wanted: vec![("ns1/echo", "p1"), ("ns2/echo", "p1")],
                 ignored: vec![],
+                revoked: vec![],
             },
             Row {
                 rule: "two Placements for one component: the newer runs, the older is ignored",
@@ -349,6 +375,7 @@ mod tests {
                 ],
                 wanted: vec![("ns/echo", "p-new")],
                 ignored: vec!["p-old"],
+                revoked: vec![],
             },
             Row {
                 rule: "created in the same second: the name breaks the tie",
@@ -358,6 +385,38 @@ mod tests {
                 ],
                 wanted: vec![("ns/echo", "p-b")],
                 ignored: vec!["p-a"],
+                revoked: vec![],
+            },
+            Row {
+                rule: "a Placement marked revoked does not run and its component is revoked",
+                placements: vec![
+                    revoked("p1", "echo"),
+                    placement("ns", "p2", "node-a", "kv", 0),
+                ],
+                wanted: vec![("ns/kv", "p2")],
+                ignored: vec![],
+                revoked: vec!["ns/echo"],
+            },
+            Row {
+                rule: "a component another Placement still runs here is not revoked",
+                placements: vec![
+                    revoked("p-old", "echo"),
+                    placement("ns", "p-new", "node-a", "echo", 5),
+                ],
+                wanted: vec![("ns/echo", "p-new")],
+                ignored: vec![],
+                revoked: vec![],
+            },
+            Row {
+                rule: "a revoked Placement of another node is not looked at",
+                placements: vec![{
+                    let mut p = revoked("p1", "echo");
+                    p.spec.node_name = "node-b".into();
+                    p
+                }],
+                wanted: vec![],
+                ignored: vec![],
+                revoked: vec![],
             },
         ];
         for row in rows {
@@ -375,6 +434,8 @@ mod tests {
             assert_eq!(wanted, expected, "{}", row.rule);
             let ignored: Vec<&str> = s.ignored.iter().map(|i| i.key.name.as_str()).collect();
             assert_eq!(ignored, row.ignored, "{}", row.rule);
+            let revoked: Vec<String> = s.revoked.iter().map(ToString::to_string).collect();
+            assert_eq!(revoked, row.revoked, "{}", row.rule);
             for i in &s.ignored {
                 assert!(i.reason.contains("newer"), "{}: {}", row.rule, i.reason);
             }

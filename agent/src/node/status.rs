@@ -29,7 +29,8 @@ pub struct Running {
     pub restarts: u64,
 }
 
-/// Why the wanted revision does not run: `InvalidSpec`, `FetchFailed` or `CompileFailed`.
+/// Why the wanted revision does not run: `InvalidSpec`, `FetchFailed`, `CompileFailed` or
+/// `StartFailed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub reason: Reason,

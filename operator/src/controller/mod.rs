@@ -60,6 +60,8 @@ pub const FIELD_MANAGER: &str = "airssys-operator";
 pub const REPORTER: &str = "airssys-operator";
 /// The most bytes of an Event note (the API server allows 1 kB).
 const NOTE_LIMIT: usize = 1000;
+/// How soon a write refused for a stale copy is tried again (see [`Error::is_stale_write`]).
+const STALE_RETRY: Duration = Duration::from_millis(200);
 
 /// The reflector stores the controllers read instead of listing.
 #[derive(Clone)]
@@ -658,6 +660,13 @@ pub async fn shutdown_signal() {
 
 /// The shared error policy: count, log, and retry with backoff.
 fn retry_after_error(ctx: &Context, controller: &str, key: &str, error: &Error) -> Action {
+    if error.is_stale_write() {
+        // Many creates at once make this common (the finalizer patch of a component whose
+        // previous reconcile added it already); backing off would hold the component for
+        // seconds for nothing.
+        debug!(controller, object = key, error = %error, "write based on a stale copy; retrying shortly");
+        return Action::requeue(STALE_RETRY);
+    }
     ctx.metrics.failure(controller);
     let delay = ctx.backoff(key);
     warn!(controller, object = key, error = %error, transient = error.is_transient(), ?delay, "reconcile failed");

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use airssys_crds::agent::AgentCapacity;
 use airssys_crds::component::{NodeSummary, WasmComponent};
-use airssys_crds::condition::{Condition, ConditionType};
-use airssys_crds::placement::ComponentRef;
+use airssys_crds::condition::{self, Condition, ConditionType};
+use airssys_crds::placement::{ComponentRef, REVOKED_ANNOTATION};
 use airssys_crds::{Capabilities, Digest, Placement, PlacementSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -64,6 +64,8 @@ const SHORTFALL_RETRY: Duration = Duration::from_secs(5);
 const HOLD_RETRY: Duration = Duration::from_secs(2);
 /// Resync of a settled component.
 const RESYNC: Duration = Duration::from_secs(300);
+/// The most bytes of the reason a revoked Placement carries.
+const REVOKED_NOTE_LIMIT: usize = 512;
 
 /// What placement last planned for each component (by uid): the footprint it reserves per
 /// node. It stands in for the component's Placements in the store until the watch catches up
@@ -201,6 +203,10 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                 planned
             };
             if !existing.is_empty() || planned {
+                // A component being deleted is not revoked: its instances just stop.
+                if c.metadata.deletion_timestamp.is_none() {
+                    mark_revoked(&api, &existing, why).await?;
+                }
                 remove_all(&api, &name).await?;
                 info!(placements = existing.len(), why = %why, "removed every Placement");
             }
@@ -288,7 +294,6 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| Report {
             node: &p.spec.node_name,
-            generation: p.metadata.generation,
             status: p.status.as_ref(),
         })
         .collect();
@@ -459,6 +464,32 @@ async fn write_plan(
             "placement changed"
         );
     }
+    Ok(())
+}
+
+/// Marks each of `placements` revoked (with why) before they are deleted, so their agents
+/// stop them at once and record `Revoked`, not the `Stopped` of a scale-in or move.
+async fn mark_revoked(
+    api: &Api<Placement>,
+    placements: &[ExistingPlacement],
+    why: &str,
+) -> Result<(), Error> {
+    let why = condition::bounded(why.to_owned(), REVOKED_NOTE_LIMIT);
+    let patch = serde_json::json!({ "metadata": { "annotations": { REVOKED_ANNOTATION: why } } });
+    let marks = placements.iter().map(|p| {
+        let patch = &patch;
+        async move {
+            match api
+                .patch(&p.name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(Error::from(e)),
+            }
+        }
+    });
+    futures::future::try_join_all(marks).await?;
     Ok(())
 }
 

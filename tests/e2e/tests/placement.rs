@@ -12,7 +12,9 @@
 //! - a new digest of the trusted component rolls out with a ready instance on every Placement
 //!   throughout;
 //! - an agent killed: its Lease expires and its replicas move, back to `Ready`;
-//! - trust revoked: every Placement of the component goes within seconds.
+//! - readyReplicas does not dip while scaling up; a scale-in is `Stopped`, not `Revoked`;
+//! - trust revoked: every Placement of the component goes within seconds, with `Revoked`
+//!   Events from each node that ran it.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::future::Future;
@@ -187,6 +189,23 @@ async fn approved_components_run_on_the_node_agents() {
         ],
     )
     .await;
+    // The two replicas that run keep serving while the others start: readyReplicas never
+    // drops below them on the way to 5.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (ready, condition, _) = readiness(&cluster, "wasm-demo", "echo").await;
+        seen.push(ready);
+        if ready == 5 && condition == "True" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never 5 ready: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.iter().all(|&r| r >= 2),
+        "readyReplicas dipped while scaling up: {seen:?}"
+    );
     wait_ready(&mut cluster, "wasm-demo", "echo", 5).await;
     let placed = placements(&cluster, "wasm-demo", "echo").await;
     let mut shares: Vec<i64> = placed.iter().map(|p| p.1).collect();
@@ -218,6 +237,23 @@ async fn approved_components_run_on_the_node_agents() {
         })
     })
     .await;
+    // Scaled in, not revoked: the agents say `Stopped`.
+    wait_until(&mut cluster, "Stopped Events for echo", TIMEOUT, |c| {
+        Box::pin(async move {
+            let stopped = agent_events(c, "wasm-demo", "echo", "Stopped").await;
+            if stopped.is_empty() {
+                Err("none yet".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+    })
+    .await;
+    let revoked = agent_events(&cluster, "wasm-demo", "echo", "Revoked").await;
+    assert!(
+        revoked.is_empty(),
+        "a scale-in is not a revocation: {revoked:?}"
+    );
     kubectl(
         &cluster,
         &[
@@ -371,4 +407,44 @@ async fn approved_components_run_on_the_node_agents() {
     let (ready, condition, _) = readiness(&cluster, "wasm-demo", "echo").await;
     assert_ne!(condition, "True", "a revoked component is not Ready");
     assert_eq!(ready, 0);
+    // Every node that ran it says so.
+    let nodes = wait_until(
+        &mut cluster,
+        "Revoked Events from the 2 nodes left",
+        TIMEOUT,
+        |c| {
+            Box::pin(async move {
+                let mut nodes: Vec<String> = agent_events(c, "wasm-demo", "echo", "Revoked")
+                    .await
+                    .iter()
+                    .filter_map(|e| e["reportingInstance"].as_str().map(str::to_owned))
+                    .collect();
+                nodes.sort();
+                nodes.dedup();
+                if nodes.len() == 2 {
+                    Ok(nodes)
+                } else {
+                    Err(format!("Revoked from {nodes:?}"))
+                }
+            })
+        },
+    )
+    .await;
+    assert!(!nodes.contains(&victim), "{nodes:?}");
+}
+
+/// The agents' Events of `reason` about component `ns/name`.
+async fn agent_events(cluster: &DevCluster, ns: &str, name: &str, reason: &str) -> Vec<Value> {
+    let events = get_json(cluster, &["events.events.k8s.io", "-n", ns]).await;
+    events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["reason"] == reason
+                && e["reportingController"] == "wasm.airssys.dev/agent"
+                && e["regarding"]["name"] == name
+        })
+        .cloned()
+        .collect()
 }
