@@ -90,6 +90,10 @@ pub struct WasmComponentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub config: Vec<ConfigEntry>,
+    /// Serve the component over HTTP: it must export `wasi:http/incoming-handler` (the
+    /// `wasi:http/proxy` world). Absent: the component speaks the airssys world only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::http::HttpSpec>,
 }
 
 fn default_replicas() -> i32 {
@@ -255,6 +259,8 @@ pub enum SpecError {
 pub struct ValidSpec {
     pub capabilities: crate::capability::CapabilitySet,
     pub limits: crate::limits::ResolvedLimits,
+    /// `spec.http`'s limits, when the component is served over HTTP.
+    pub http: Option<crate::http::HttpLimits>,
 }
 
 impl WasmComponentSpec {
@@ -279,6 +285,7 @@ impl WasmComponentSpec {
         Ok(ValidSpec {
             capabilities: crate::capability::CapabilitySet::parse(&self.capabilities)?,
             limits: self.limits.resolve()?,
+            http: self.http.as_ref().map(|h| h.limits()).transpose()?,
         })
     }
 }
