@@ -275,8 +275,16 @@ mod tests {
 
     #[test]
     fn routing_rules() {
+        type Row<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            bool,
+        );
         #[rustfmt::skip]
-        let rows: &[(&str, Option<&str>, Option<&str>, Option<&str>, &str, bool)] = &[
+        let rows: &[Row] = &[
             // rule, route host, route prefix, request host, request path, matches
             ("no route takes everything", None, None, None, "/x", true),
             ("exact host", Some("shop.example.com"), None, Some("shop.example.com"), "/", true),
