@@ -15,9 +15,10 @@ use crate::actor::{ActorStatus, ComponentActor, Control};
 use crate::audit::{AuditSink, ComponentIdentity, ObjectRefs};
 use crate::broker::{Broker, BrokerError, Mailbox};
 use crate::context::ComponentContext;
-use crate::engine::{AgentEngine, CompileSource};
+use crate::engine::{AgentEngine, CompileSource, Runnable};
 use crate::error::Error;
 use crate::grant::GrantTable;
+use crate::http_server::{HttpRevision, HttpServer, HttpSettings};
 use crate::id::ComponentId;
 use crate::instance::Revision;
 use crate::limits::{Quotas, RateLimiter};
@@ -38,14 +39,25 @@ pub struct ComponentSpec {
     pub env: Vec<(String, String)>,
     /// The Kubernetes objects its audit Events name (node mode); `None`: no Events.
     pub k8s: Option<ObjectRefs>,
+    /// Serve it over HTTP (it must export `wasi:http/incoming-handler`); `None`: an actor
+    /// (it must export the airssys lifecycle).
+    pub http: Option<HttpSettings>,
 }
 
 struct ActorEntry {
-    control: watch::Sender<Control>,
     status: Arc<ActorStatus>,
-    task: tokio::task::JoinHandle<()>,
     digest: Digest,
-    mailbox: Mailbox,
+    running: Running,
+}
+
+/// How a component runs: an actor draining its mailbox, or an HTTP server.
+enum Running {
+    Actor {
+        control: watch::Sender<Control>,
+        task: tokio::task::JoinHandle<()>,
+        mailbox: Mailbox,
+    },
+    Http(HttpServer),
 }
 
 /// The node's running components.
@@ -158,74 +170,141 @@ impl Supervisor {
         Ok((Revision { ctx, pre }, rx))
     }
 
-    /// Starts a component that is not running yet.
+    /// Starts a component that is not running yet: as an actor, or (with `spec.http`) as an
+    /// HTTP server, as its exports allow.
     pub async fn add(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
         let mut actors = self.actors.lock().await;
         if actors.contains_key(&spec.id) {
             return Err(Error::AlreadyRunning(spec.id.to_string()));
         }
-        let (pre, source) = self.engine.prepare(&spec.digest, &spec.wasm).await?;
-        let grants = Arc::new(GrantTable::compile(&spec.grant));
-        let capacity = usize::try_from(spec.quotas.mailbox_capacity.max(1)).unwrap_or(1);
-        let (tx, rx) = mpsc::channel(capacity);
-        let mailbox = Mailbox { tx, grants };
-        let ctx = self.context(&spec, mailbox.clone());
-        self.storage
-            .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
-        let revision = Revision { ctx, pre };
-        let (control_tx, control_rx) = watch::channel(Control::Run(revision.clone()));
-        let status = Arc::new(ActorStatus::default());
-        let actor = ComponentActor::new(
-            revision,
-            self.engine.clone(),
-            rx,
-            control_rx,
-            status.clone(),
-            self.policy,
-        );
-        self.broker.register(&spec.id, mailbox.clone());
-        let task = tokio::spawn(actor.run());
+        let (runnable, source) = self
+            .engine
+            .prepare_world(&spec.digest, &spec.wasm, spec.http.is_some())
+            .await?;
+        let entry = self.start(&spec, runnable).await?;
         tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component added");
-        actors.insert(
-            spec.id.clone(),
-            ActorEntry {
-                control: control_tx,
-                status,
-                task,
-                digest: spec.digest.clone(),
-                mailbox,
-            },
-        );
+        actors.insert(spec.id.clone(), entry);
         Ok(source)
     }
 
+    /// Starts `spec` as what `runnable` is.
+    async fn start(&self, spec: &ComponentSpec, runnable: Runnable) -> Result<ActorEntry, Error> {
+        let grants = Arc::new(GrantTable::compile(&spec.grant));
+        let status = Arc::new(ActorStatus::default());
+        match (runnable, &spec.http) {
+            (Runnable::Http(pre), Some(settings)) => {
+                let ctx = self.context(spec, Self::no_mailbox(grants));
+                self.storage
+                    .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+                let revision = HttpRevision::new(ctx, pre, settings.clone());
+                let server =
+                    HttpServer::start(self.engine.clone(), revision, status.clone()).await?;
+                Ok(ActorEntry {
+                    status,
+                    digest: spec.digest.clone(),
+                    running: Running::Http(server),
+                })
+            }
+            (Runnable::Component(pre), _) => {
+                let capacity = usize::try_from(spec.quotas.mailbox_capacity.max(1)).unwrap_or(1);
+                let (tx, rx) = mpsc::channel(capacity);
+                let mailbox = Mailbox { tx, grants };
+                let ctx = self.context(spec, mailbox.clone());
+                self.storage
+                    .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+                let revision = Revision { ctx, pre };
+                let (control_tx, control_rx) = watch::channel(Control::Run(revision.clone()));
+                let actor = ComponentActor::new(
+                    revision,
+                    self.engine.clone(),
+                    rx,
+                    control_rx,
+                    status.clone(),
+                    self.policy,
+                );
+                self.broker.register(&spec.id, mailbox.clone());
+                let task = tokio::spawn(actor.run());
+                Ok(ActorEntry {
+                    status,
+                    digest: spec.digest.clone(),
+                    running: Running::Actor {
+                        control: control_tx,
+                        task,
+                        mailbox,
+                    },
+                })
+            }
+            (Runnable::Http(_), None) => Err(Error::Internal(
+                "an HTTP component selected without spec.http".into(),
+            )),
+        }
+    }
+
+    /// An HTTP component's context has no mailbox anyone can reach: it is not registered
+    /// with the broker, and what is sent to this one is dropped.
+    fn no_mailbox(grants: Arc<GrantTable>) -> Mailbox {
+        let (tx, _) = mpsc::channel(1);
+        Mailbox { tx, grants }
+    }
+
     /// Moves a running component to a new revision (digest, grant, quotas). Queued messages
-    /// are kept and handled by the new revision. The mailbox capacity stays as it was.
+    /// are kept and handled by the new revision. The mailbox capacity stays as it was. An
+    /// HTTP component's new requests run the new revision while those in flight finish; a
+    /// component that changes between actor and HTTP is stopped and started again.
     pub async fn update(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
         let mut actors = self.actors.lock().await;
         let entry = actors
             .get_mut(&spec.id)
             .ok_or_else(|| Error::UnknownComponent(spec.id.to_string()))?;
-        let (pre, source) = self.engine.prepare(&spec.digest, &spec.wasm).await?;
+        let (runnable, source) = self
+            .engine
+            .prepare_world(&spec.digest, &spec.wasm, spec.http.is_some())
+            .await?;
         let grants = Arc::new(GrantTable::compile(&spec.grant));
-        let mailbox = Mailbox {
-            tx: entry.mailbox.tx.clone(),
-            grants,
-        };
-        let ctx = self.context(&spec, mailbox.clone());
-        self.storage
-            .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
-        // Subscriptions belong to a revision: the new one's instances subscribe in `init`.
-        // (A restart of the same revision keeps them; its `init` subscribes again, which is
-        // idempotent, and no publish is missed meanwhile.)
-        self.broker.unsubscribe_all(&spec.id);
-        // Every instance sees the new revision after its current message.
-        entry
-            .control
-            .send_replace(Control::Run(Revision { ctx, pre }));
-        self.broker.register(&spec.id, mailbox.clone());
-        entry.mailbox = mailbox;
-        entry.digest = spec.digest.clone();
+        match (&mut entry.running, runnable, &spec.http) {
+            (Running::Http(server), Runnable::Http(pre), Some(settings)) => {
+                let ctx = self.context(&spec, Self::no_mailbox(grants));
+                self.storage
+                    .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+                server
+                    .update(HttpRevision::new(ctx, pre, settings.clone()))
+                    .await?;
+                entry.digest = spec.digest.clone();
+            }
+            (
+                Running::Actor {
+                    control, mailbox, ..
+                },
+                Runnable::Component(pre),
+                _,
+            ) => {
+                let new_mailbox = Mailbox {
+                    tx: mailbox.tx.clone(),
+                    grants,
+                };
+                let ctx = self.context(&spec, new_mailbox.clone());
+                self.storage
+                    .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+                // Subscriptions belong to a revision: the new one's instances subscribe in
+                // `init`. (A restart of the same revision keeps them; its `init` subscribes
+                // again, which is idempotent, and no publish is missed meanwhile.)
+                self.broker.unsubscribe_all(&spec.id);
+                // Every instance sees the new revision after its current message.
+                control.send_replace(Control::Run(Revision { ctx, pre }));
+                self.broker.register(&spec.id, new_mailbox.clone());
+                *mailbox = new_mailbox;
+                entry.digest = spec.digest.clone();
+            }
+            (_, runnable, _) => {
+                // Actor ↔ HTTP: stop the old one (in the background), start the new one.
+                let Some(old) = actors.remove(&spec.id) else {
+                    return Err(Error::UnknownComponent(spec.id.to_string()));
+                };
+                tokio::spawn(self.retire(&spec.id, old));
+                let entry = self.start(&spec, runnable).await?;
+                actors.insert(spec.id.clone(), entry);
+            }
+        }
         self.engine.retain(&digests_in_use(&actors));
         tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component updated");
         Ok(source)
@@ -264,15 +343,34 @@ impl Supervisor {
             self.engine.retain(&digests_in_use(&actors));
             entry
         };
-        self.broker.unregister(id);
-        entry.control.send_replace(Control::Stop);
+        Ok(self.retire(id, entry))
+    }
+
+    /// Tells a component's instances to stop (an HTTP component drains); the future waits
+    /// until they have.
+    fn retire(
+        &self,
+        id: &ComponentId,
+        entry: ActorEntry,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let id = id.clone();
-        Ok(async move {
-            if let Err(e) = entry.task.await {
-                tracing::warn!(component = %id, error = %e, "actor task ended abnormally");
+        let stopped: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match entry.running {
+            Running::Actor { control, task, .. } => {
+                self.broker.unregister(&id);
+                control.send_replace(Control::Stop);
+                let id = id.clone();
+                Box::pin(async move {
+                    if let Err(e) = task.await {
+                        tracing::warn!(component = %id, error = %e, "actor task ended abnormally");
+                    }
+                })
             }
+            Running::Http(server) => Box::pin(server.stop()),
+        };
+        async move {
+            stopped.await;
             tracing::info!(component = %id, "component removed");
-        })
+        }
     }
 
     /// Stops every component.
@@ -289,6 +387,14 @@ impl Supervisor {
 
     pub async fn digest(&self, id: &ComponentId) -> Option<Digest> {
         self.actors.lock().await.get(id).map(|e| e.digest.clone())
+    }
+
+    /// The address an HTTP component is served on (`None`: not running, or not HTTP).
+    pub async fn http_address(&self, id: &ComponentId) -> Option<std::net::SocketAddr> {
+        match &self.actors.lock().await.get(id)?.running {
+            Running::Http(server) => Some(server.address()),
+            Running::Actor { .. } => None,
+        }
     }
 
     pub async fn components(&self) -> Vec<ComponentId> {
@@ -332,7 +438,9 @@ impl Drop for Supervisor {
         // supervisor leaves nothing running.
         let actors = std::mem::take(self.actors.get_mut());
         for (_, entry) in actors {
-            entry.task.abort();
+            if let Running::Actor { task, .. } = entry.running {
+                task.abort();
+            }
         }
     }
 }

@@ -248,6 +248,8 @@ pub enum SpecError {
     Capability(#[from] crate::capability::CapabilityError),
     #[error(transparent)]
     Limits(#[from] crate::limits::LimitsError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpSpecError),
     #[error("replicas must be at least 0, got {0}")]
     Replicas(i32),
     #[error("artifact: {0}")]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{LimitsError, parse_duration, parse_quantity};
+use crate::limits::{parse_duration, parse_quantity};
 
 const QUANTITY_RULE: &str = "self.matches('^[0-9]+(Ki|Mi|Gi|k|M|G)?$')";
 const DURATION_RULE: &str = "self.matches('^([0-9]+(ms|s|m|h))+$')";
@@ -117,6 +117,15 @@ impl PlacementHttp {
     }
 }
 
+/// A `spec.http` field that does not parse or is out of bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("http.{field} {value:?} is invalid: {reason}")]
+pub struct HttpSpecError {
+    pub field: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
 /// Concrete per-request limits with defaults applied and bounds checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -140,11 +149,11 @@ impl Default for HttpLimits {
 impl HttpSpec {
     /// Applies defaults and checks bounds (the schema says the same; this is what the
     /// operator and the agent trust).
-    pub fn limits(&self) -> Result<HttpLimits, LimitsError> {
+    pub fn limits(&self) -> Result<HttpLimits, HttpSpecError> {
         let d = HttpLimits::default();
         if self.port == 0 {
-            return Err(LimitsError {
-                field: "http.port",
+            return Err(HttpSpecError {
+                field: "port",
                 value: "0".into(),
                 reason: "must be between 1 and 65535",
             });
@@ -153,8 +162,8 @@ impl HttpSpec {
             None => d.max_concurrent_requests,
             Some(n) if (1..=MAX_CONCURRENT_REQUESTS).contains(&n) => n,
             Some(n) => {
-                return Err(LimitsError {
-                    field: "http.maxConcurrentRequests",
+                return Err(HttpSpecError {
+                    field: "maxConcurrentRequests",
                     value: n.to_string(),
                     reason: "must be between 1 and 1000",
                 });
@@ -163,8 +172,8 @@ impl HttpSpec {
         let request_timeout = match self.request_timeout.as_deref() {
             None => d.request_timeout,
             Some(raw) => {
-                let err = |reason| LimitsError {
-                    field: "http.requestTimeout",
+                let err = |reason| HttpSpecError {
+                    field: "requestTimeout",
                     value: raw.to_owned(),
                     reason,
                 };
@@ -182,12 +191,12 @@ impl HttpSpec {
             max_concurrent_requests,
             request_timeout,
             max_request_body_bytes: body(
-                "http.maxRequestBodyBytes",
+                "maxRequestBodyBytes",
                 self.max_request_body_bytes.as_deref(),
                 d.max_request_body_bytes,
             )?,
             max_response_body_bytes: body(
-                "http.maxResponseBodyBytes",
+                "maxResponseBodyBytes",
                 self.max_response_body_bytes.as_deref(),
                 d.max_response_body_bytes,
             )?,
@@ -242,9 +251,9 @@ fn strip_port(host: &str) -> &str {
         .map_or(host, |(name, _)| name)
 }
 
-fn body(field: &'static str, raw: Option<&str>, default: u64) -> Result<u64, LimitsError> {
+fn body(field: &'static str, raw: Option<&str>, default: u64) -> Result<u64, HttpSpecError> {
     let Some(raw) = raw else { return Ok(default) };
-    let err = |reason| LimitsError {
+    let err = |reason| HttpSpecError {
         field,
         value: raw.to_owned(),
         reason,
@@ -339,42 +348,42 @@ mod tests {
                     max_concurrent_requests: Some(0),
                     ..HttpSpec::default()
                 },
-                "http.maxConcurrentRequests",
+                "maxConcurrentRequests",
             ),
             (
                 HttpSpec {
                     max_concurrent_requests: Some(1001),
                     ..HttpSpec::default()
                 },
-                "http.maxConcurrentRequests",
+                "maxConcurrentRequests",
             ),
             (
                 HttpSpec {
                     request_timeout: Some("0s".into()),
                     ..HttpSpec::default()
                 },
-                "http.requestTimeout",
+                "requestTimeout",
             ),
             (
                 HttpSpec {
                     request_timeout: Some("2h".into()),
                     ..HttpSpec::default()
                 },
-                "http.requestTimeout",
+                "requestTimeout",
             ),
             (
                 HttpSpec {
                     max_request_body_bytes: Some("2Gi".into()),
                     ..HttpSpec::default()
                 },
-                "http.maxRequestBodyBytes",
+                "maxRequestBodyBytes",
             ),
             (
                 HttpSpec {
                     max_response_body_bytes: Some("lots".into()),
                     ..HttpSpec::default()
                 },
-                "http.maxResponseBodyBytes",
+                "maxResponseBodyBytes",
             ),
         ];
         for (route, field) in bad {
