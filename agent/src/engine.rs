@@ -824,8 +824,10 @@ mod tests {
     fn the_world_comes_from_the_exports_and_the_spec() {
         let lifecycle = "airssys:component/lifecycle@0.1.0";
         let handler = "wasi:http/incoming-handler@0.2.6";
+        // rule, exports, spec.http set, the world or a part of the error
+        type Row<'a> = (&'a str, &'a [&'a str], bool, Result<World, &'a str>);
         #[rustfmt::skip]
-        let rows: &[(&str, &[&str], bool, Result<World, &str>)] = &[
+        let rows: &[Row] = &[
             ("lifecycle runs as an actor", &[lifecycle], false, Ok(World::Component)),
             ("a handler with spec.http is served", &[handler], true, Ok(World::Http)),
             ("both, spec.http picks HTTP", &[lifecycle, handler], true, Ok(World::Http)),
