@@ -291,7 +291,7 @@ async fn serve_connection(
     let header_timeout = shared.current().settings.limits.request_timeout;
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+        async move { Ok::<_, Infallible>(handle::<Incoming>(&shared, req).await) }
     });
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -327,8 +327,43 @@ fn plain(status: StatusCode, text: &'static str) -> Response<WasiBody> {
     response
 }
 
+/// A served component's request path without the network: what a connection calls per
+/// request (benches and tools measure it alone).
+#[derive(Clone)]
+pub struct HttpHandle(Arc<Shared>);
+
+impl std::fmt::Debug for HttpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HttpHandle")
+            .field(&self.0.current())
+            .finish()
+    }
+}
+
+impl HttpHandle {
+    /// Handles one request as if it had come in on the component's listener.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<WasiBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        handle(&self.0, request).await
+    }
+}
+
+impl HttpServer {
+    /// The component's request path, without the network.
+    pub fn handle(&self) -> HttpHandle {
+        HttpHandle(self.shared.clone())
+    }
+}
+
 /// Handles one request end to end; every failure is an HTTP status, never a hyper error.
-async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<WasiBody> {
+async fn handle<B>(shared: &Shared, request: Request<B>) -> Response<WasiBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<HttpError>,
+{
     let started = Instant::now();
     let revision = shared.current();
     let settings = &revision.settings;
@@ -537,13 +572,17 @@ impl Outcome {
 
 /// The request body, failing once more than `left` bytes arrive (the guest's read fails; it
 /// sees `HTTP-request-body-size`).
-struct LimitedRequestBody {
-    incoming: Incoming,
+struct LimitedRequestBody<B> {
+    incoming: B,
     left: u64,
     tripped: Arc<AtomicBool>,
 }
 
-impl Body for LimitedRequestBody {
+impl<B> Body for LimitedRequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<HttpError>,
+{
     type Data = Bytes;
     type Error = HttpError;
 
@@ -565,7 +604,7 @@ impl Body for LimitedRequestBody {
                     }
                 }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::from(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -389,6 +389,15 @@ impl Supervisor {
         self.actors.lock().await.get(id).map(|e| e.digest.clone())
     }
 
+    /// An HTTP component's request path without the network (`None`: not running, or not
+    /// HTTP).
+    pub async fn http_handle(&self, id: &ComponentId) -> Option<crate::http_server::HttpHandle> {
+        match &self.actors.lock().await.get(id)?.running {
+            Running::Http(server) => Some(server.handle()),
+            Running::Actor { .. } => None,
+        }
+    }
+
     /// The address an HTTP component is served on (`None`: not running, or not HTTP).
     pub async fn http_address(&self, id: &ComponentId) -> Option<std::net::SocketAddr> {
         match &self.actors.lock().await.get(id)?.running {
