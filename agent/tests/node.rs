@@ -735,6 +735,7 @@ async fn an_http_placement_is_served_on_the_advertised_address_at_its_target_por
     .await
     .unwrap();
     assert_ne!(condition_status(&failed, "Ready").as_deref(), Some("True"));
+    assert_eq!(ready_reason(&failed).as_deref(), Some("InvalidSpec"));
 
     // Deleting the Placement stops serving.
     api.delete("web-node", &DeleteParams::default())

@@ -720,6 +720,7 @@ impl<S: ArtifactSource> Node<S> {
             Err(e) => {
                 let reason = match e {
                     Error::DigestMismatch { .. } | Error::Fetch { .. } => Reason::FetchFailed,
+                    Error::World(_) => Reason::InvalidSpec,
                     _ => Reason::CompileFailed,
                 };
                 let digest = run.digest.clone();
@@ -937,6 +938,11 @@ async fn fetch_and_compile<S: ArtifactSource>(
         Err(e @ Error::DigestMismatch { .. }) => Err(Failure {
             reason: Reason::FetchFailed,
             message: format!("cannot fetch {}: {e}", spec.digest),
+        }),
+        // The bytes are fine; the spec asks for a world they do not export.
+        Err(e @ Error::World(_)) => Err(Failure {
+            reason: Reason::InvalidSpec,
+            message: format!("cannot run {}: {e}", spec.digest),
         }),
         Err(e) => Err(Failure {
             reason: Reason::CompileFailed,
