@@ -327,6 +327,16 @@ fn plain(status: StatusCode, text: &'static str) -> Response<WasiBody> {
     response
 }
 
+/// 503 with `Retry-After`.
+fn busy(text: &'static str) -> Response<WasiBody> {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, text);
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
 /// A served component's request path without the network: what a connection calls per
 /// request (benches and tools measure it alone).
 #[derive(Clone)]
@@ -445,7 +455,17 @@ where
                     .pre
                     .instantiate_async(&mut store)
                     .await
-                    .map_err(|e| GuestEnd::Killed(classify(&store, &e)))?;
+                    .map_err(|e| {
+                        // The node's instance pool is full: the node is busy, not the guest
+                        // at fault.
+                        if e.chain()
+                            .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
+                        {
+                            GuestEnd::PoolFull
+                        } else {
+                            GuestEnd::Killed(classify(&store, &e))
+                        }
+                    })?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, guest_request, out)
@@ -475,6 +495,10 @@ where
                     outcome.set(OUTCOME_FAILED);
                     status.failed.fetch_add(1, Ordering::Relaxed);
                 }
+                Some(GuestEnd::PoolFull) => {
+                    outcome.set(OUTCOME_POOL_FULL);
+                    status.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
             // The outcome is set before the store goes: a response body that ends because
             // the store dropped its sender reads it and aborts instead of ending cleanly.
@@ -499,6 +523,10 @@ where
                 return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
             }
             return match outcome.get() {
+                OUTCOME_POOL_FULL => {
+                    revision.whole.quota_exceeded(Quota::Concurrency);
+                    busy("no instance slot free on this node; retry later\n")
+                }
                 OUTCOME_DONE => {
                     shared.status.failed.fetch_add(1, Ordering::Relaxed);
                     plain(
@@ -537,11 +565,14 @@ enum GuestEnd {
     Killed(Kill),
     /// The agent cut the response (body over its limit).
     Cut,
+    /// No instance slot was free in the node's pool.
+    PoolFull,
 }
 
 const OUTCOME_RUNNING: u8 = 0;
 const OUTCOME_DONE: u8 = 1;
 const OUTCOME_FAILED: u8 = 2;
+const OUTCOME_POOL_FULL: u8 = 3;
 
 /// How a request's instance ended, shared with its response body; and the signal that stops
 /// the instance when the body is cut off.

@@ -416,3 +416,39 @@ async fn update_and_stop_drain_requests_in_flight() {
         .expect("drained once the request finished")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_gets_503_and_the_component_keeps_serving() {
+    // Room for three instances on this "node", a component allowed ten requests at once.
+    let h = Harness::with_engine(|c| c.with_capacity(3));
+    let route = HttpSpec {
+        max_concurrent_requests: Some(10),
+        ..HttpSpec::default()
+    };
+    h.add(http_spec("crowd", "http-hostile", "", route)).await;
+    let addr = address(&h, "crowd").await;
+    let tasks: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { get(addr, "/sleep/1500").await }))
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        if a.status == 503 {
+            assert_eq!(a.retry_after.as_deref(), Some("1"));
+        }
+        statuses.push(a.status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 503, 503, 503],
+        "the pool's size is served"
+    );
+    support::wait_kind(&h, "crowd", Expect::Quota("concurrency")).await;
+    assert_eq!(
+        support::count(&h, "crowd", Expect::Killed).await,
+        0,
+        "a full pool kills nothing"
+    );
+    assert_eq!(get(addr, "/").await.body.unwrap(), "hostile");
+}
