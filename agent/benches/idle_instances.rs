@@ -98,6 +98,7 @@ fn main() {
                 quotas: quotas.clone(),
                 env: Vec::new(),
                 k8s: None,
+                http: None,
             })
             .await
             .unwrap();
@@ -113,6 +114,7 @@ fn main() {
                     quotas: quotas.clone(),
                     env: Vec::new(),
                     k8s: None,
+                    http: None,
                 })
                 .await
                 .unwrap();

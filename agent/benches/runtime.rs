@@ -86,6 +86,7 @@ fn spec(name: &str, wasm: &str, grant: CapabilitySet, quotas: Quotas) -> Compone
         quotas,
         env: Vec::new(),
         k8s: None,
+        http: None,
     }
 }
 

@@ -16,11 +16,11 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::audit::{AuditKind, Text};
+use crate::audit::AuditKind;
 use crate::broker::Envelope;
 use crate::context::InstanceScope;
 use crate::engine::AgentEngine;
-use crate::instance::{Kill, LiveInstance, Revision, handle, start, stop_instance};
+use crate::instance::{Kill, LiveInstance, Revision, audit_kill, handle, start, stop_instance};
 use crate::restart::{RestartPolicy, RestartTracker};
 
 /// Where an actor is in its life.
@@ -54,7 +54,7 @@ impl ActorStatus {
         }
     }
 
-    fn set_state(&self, s: ActorState) {
+    pub(crate) fn set_state(&self, s: ActorState) {
         self.state.store(s as u8, Ordering::Relaxed);
     }
 
@@ -355,16 +355,7 @@ async fn crashed(
     let status = &shared.status;
     status.kills.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(component = %scope.id, instance = scope.number(), reason = %kill, "instance killed");
-    match &kill {
-        Kill::Quota(q) => scope.quota_exceeded(*q),
-        Kill::Trap(m) => scope.record(AuditKind::Trapped {
-            message: Text::new(m),
-        }),
-        Kill::InitFailed(_) | Kill::Setup(_) => {}
-    }
-    scope.record(AuditKind::Killed {
-        reason: Text::new(&kill.to_string()),
-    });
+    audit_kill(scope, &kill);
     let decision = shared.tracker().on_crash(Instant::now());
     shared.crashed_since_healthy.store(true, Ordering::Relaxed);
     if decision.crash_looping && !status.crash_looping.swap(true, Ordering::Relaxed) {

@@ -144,6 +144,126 @@ pub fn wasmtime_config(cfg: &EngineConfig) -> Config {
 /// One compiled and linked component, its exports resolved, ready to instantiate.
 pub type Prepared = crate::bindings::ComponentPre<HostState>;
 
+/// A compiled and linked HTTP component (`wasi:http/proxy`), ready to instantiate per request.
+pub type HttpPre = wasmtime_wasi_http::p2::bindings::ProxyPre<HostState>;
+
+/// The export that makes a component an airssys actor (world `airssys:component/component`).
+pub const LIFECYCLE_EXPORT: &str = "airssys:component/lifecycle";
+/// The export that makes a component an HTTP handler (world `wasi:http/proxy`, WASI 0.2).
+pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler";
+
+/// Which world a component is run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// `airssys:component/component`: an actor with a mailbox.
+    Component,
+    /// `wasi:http/proxy`: an HTTP handler, one instance per request.
+    Http,
+}
+
+/// A component whose exports do not fit what it is asked to run as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorldError {
+    #[error(
+        "the component exports neither `{LIFECYCLE_EXPORT}` (world airssys:component/component) nor `{HTTP_HANDLER_EXPORT}` (world wasi:http/proxy); it exports: {exports}"
+    )]
+    Neither { exports: String },
+    #[error(
+        "spec.http is set but the component does not export `{HTTP_HANDLER_EXPORT}` (world wasi:http/proxy; it exports: {exports}): build it for wasi:http/proxy, or remove spec.http"
+    )]
+    NotHttp { exports: String },
+    #[error(
+        "the component exports `{HTTP_HANDLER_EXPORT}` (world wasi:http/proxy) but not `{LIFECYCLE_EXPORT}` (world airssys:component/component): set spec.http to serve it over HTTP"
+    )]
+    NeedsHttpSpec,
+}
+
+/// Decides the world from a component's export names (`name@version`), and whether it is
+/// asked to serve HTTP (`spec.http` set).
+pub fn choose_world<S: AsRef<str>>(exports: &[S], serve_http: bool) -> Result<World, WorldError> {
+    let exports_one = |want: &str| {
+        exports.iter().any(|e| {
+            let e = e.as_ref();
+            e == want || e.strip_prefix(want).is_some_and(|v| v.starts_with('@'))
+        })
+    };
+    let lifecycle = exports_one(LIFECYCLE_EXPORT);
+    // Only WASI 0.2 handlers: that is what the agent links (`wasi:http@0.2.x`).
+    let http = exports.iter().any(|e| {
+        e.as_ref()
+            .strip_prefix(HTTP_HANDLER_EXPORT)
+            .is_some_and(|v| v.starts_with("@0.2."))
+    });
+    let listed = || {
+        if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports
+                .iter()
+                .map(|e| format!("`{}`", e.as_ref()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    match (serve_http, http, lifecycle) {
+        (true, true, _) => Ok(World::Http),
+        (true, false, _) => Err(WorldError::NotHttp { exports: listed() }),
+        (false, _, true) => Ok(World::Component),
+        (false, true, false) => Err(WorldError::NeedsHttpSpec),
+        (false, false, false) => Err(WorldError::Neither { exports: listed() }),
+    }
+}
+
+/// A compiled and linked component, bound to each world it exports.
+#[derive(Clone)]
+pub struct Loaded {
+    component: Option<Prepared>,
+    http: Option<HttpPre>,
+    exports: Arc<[String]>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("exports", &self.exports)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a component runs as, ready to instantiate.
+#[derive(Clone)]
+pub enum Runnable {
+    Component(Prepared),
+    Http(HttpPre),
+}
+
+impl std::fmt::Debug for Runnable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Component(_) => "Runnable::Component",
+            Self::Http(_) => "Runnable::Http",
+        })
+    }
+}
+
+impl Loaded {
+    /// The component as the world it is asked to run as (`serve_http`: `spec.http` is set).
+    pub fn select(&self, serve_http: bool) -> Result<Runnable, WorldError> {
+        match choose_world(&self.exports, serve_http)? {
+            World::Component => self.component.clone().map(Runnable::Component),
+            World::Http => self.http.clone().map(Runnable::Http),
+        }
+        .ok_or_else(|| WorldError::Neither {
+            exports: self.exports.join(", "),
+        })
+    }
+
+    /// The component's export names.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+}
+
 /// The engine, its linker, the epoch ticker and the compile cache.
 #[derive(Clone)]
 pub struct AgentEngine {
@@ -155,7 +275,7 @@ struct Inner {
     linker: Linker<HostState>,
     config: EngineConfig,
     engine_hash: String,
-    prepared: Mutex<Lru<Digest, Prepared>>,
+    prepared: Mutex<Lru<Digest, Loaded>>,
     /// Compiles are CPU-heavy; one at a time keeps the node responsive.
     compile_slots: Semaphore,
 
@@ -239,13 +359,41 @@ impl AgentEngine {
             .join(format!("{}.cwasm", sanitize_digest(digest.as_str())))
     }
 
-    /// The prepared component for `digest`: from memory, from the disk cache, or compiled
-    /// from `wasm` (which must hash to `digest`).
+    /// The prepared airssys component for `digest`: from memory, from the disk cache, or
+    /// compiled from `wasm` (which must hash to `digest`). A component that does not export
+    /// the airssys lifecycle is refused, naming the world it lacks.
     pub async fn prepare(
         &self,
         digest: &Digest,
         wasm: &[u8],
     ) -> Result<(Prepared, CompileSource), Error> {
+        let (loaded, source) = self.load(digest, wasm).await?;
+        match loaded.select(false)? {
+            Runnable::Component(pre) => Ok((pre, source)),
+            Runnable::Http(_) => Err(Error::Internal(
+                "an HTTP component selected as an airssys component".into(),
+            )),
+        }
+    }
+
+    /// The component for `digest` as the world it is asked to run as: `serve_http` when its
+    /// spec asks to serve HTTP. From memory, the disk cache, or compiled from `wasm`.
+    pub async fn prepare_world(
+        &self,
+        digest: &Digest,
+        wasm: &[u8],
+        serve_http: bool,
+    ) -> Result<(Runnable, CompileSource), Error> {
+        let (loaded, source) = self.load(digest, wasm).await?;
+        Ok((loaded.select(serve_http)?, source))
+    }
+
+    /// The compiled and linked component for `digest`, bound to the worlds it exports.
+    pub async fn load(
+        &self,
+        digest: &Digest,
+        wasm: &[u8],
+    ) -> Result<(Loaded, CompileSource), Error> {
         if let Some(pre) = self.cached(digest) {
             return Ok((pre, CompileSource::Memory));
         }
@@ -279,14 +427,38 @@ impl AgentEngine {
             tokio::task::spawn_blocking(move || this.load_or_compile(&digest_owned, &wasm))
                 .await
                 .map_err(|e| Error::Internal(format!("compile worker failed: {e}")))??;
+        let exports: Arc<[String]> = component
+            .component_type()
+            .exports(&self.inner.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let pre = self
             .inner
             .linker
             .instantiate_pre(&component)
-            .and_then(Prepared::new)
             .map_err(Error::wasm("link component"))?;
-        self.prepared().insert(digest.clone(), pre.clone());
-        Ok((pre, source))
+        // Bind every world the exports fit; which one runs is the spec's choice (`select`).
+        let bind_component = choose_world(&exports, false) == Ok(World::Component);
+        let bind_http = choose_world(&exports, true) == Ok(World::Http);
+        let loaded = Loaded {
+            component: if bind_component {
+                Some(Prepared::new(pre.clone()).map_err(Error::wasm("bind the airssys world"))?)
+            } else {
+                None
+            },
+            http: if bind_http {
+                Some(HttpPre::new(pre).map_err(Error::wasm("bind the wasi:http/proxy world"))?)
+            } else {
+                None
+            },
+            exports,
+        };
+        // A component that fits neither world is refused here, with its exports named.
+        if loaded.component.is_none() && loaded.http.is_none() {
+            loaded.select(false)?;
+        }
+        self.prepared().insert(digest.clone(), loaded.clone());
+        Ok((loaded, source))
     }
 
     /// Forgets the in-memory prepared component (the disk cache stays).
@@ -305,14 +477,14 @@ impl AgentEngine {
         self.prepared().keys().cloned().collect()
     }
 
-    fn prepared(&self) -> std::sync::MutexGuard<'_, Lru<Digest, Prepared>> {
+    fn prepared(&self) -> std::sync::MutexGuard<'_, Lru<Digest, Loaded>> {
         self.inner
             .prepared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn cached(&self, digest: &Digest) -> Option<Prepared> {
+    fn cached(&self, digest: &Digest) -> Option<Loaded> {
         self.prepared().get(digest)
     }
 
@@ -646,6 +818,38 @@ mod tests {
         assert_eq!((lru.entries.len(), lru.get(&"c")), (1, Some(2)));
         lru.remove(&"c");
         assert_eq!(lru.keys().count(), 0);
+    }
+
+    #[test]
+    fn the_world_comes_from_the_exports_and_the_spec() {
+        let lifecycle = "airssys:component/lifecycle@0.1.0";
+        let handler = "wasi:http/incoming-handler@0.2.6";
+        // rule, exports, spec.http set, the world or a part of the error
+        type Row<'a> = (&'a str, &'a [&'a str], bool, Result<World, &'a str>);
+        #[rustfmt::skip]
+        let rows: &[Row] = &[
+            ("lifecycle runs as an actor", &[lifecycle], false, Ok(World::Component)),
+            ("a handler with spec.http is served", &[handler], true, Ok(World::Http)),
+            ("both, spec.http picks HTTP", &[lifecycle, handler], true, Ok(World::Http)),
+            ("both, no spec.http picks the actor", &[lifecycle, handler], false, Ok(World::Component)),
+            ("spec.http without a handler names the missing export", &[lifecycle], true, Err("does not export `wasi:http/incoming-handler`")),
+            ("a handler without spec.http asks for it", &[handler], false, Err("set spec.http")),
+            ("neither world names both", &["wasi:cli/run@0.2.0"], false, Err("exports neither `airssys:component/lifecycle`")),
+            ("neither world lists the exports", &["wasi:cli/run@0.2.0"], false, Err("`wasi:cli/run@0.2.0`")),
+            ("nothing exported", &[], false, Err("it exports: nothing")),
+            ("a WASI 0.3 handler is not linked", &["wasi:http/handler@0.3.0"], true, Err("does not export")),
+            ("a lookalike name is not the export", &["airssys:component/lifecycle-v2@0.1.0"], false, Err("exports neither")),
+        ];
+        for (rule, exports, http, want) in rows {
+            let got = choose_world(exports, *http);
+            match (want, got) {
+                (Ok(w), Ok(g)) => assert_eq!(*w, g, "{rule}"),
+                (Err(needle), Err(e)) => {
+                    assert!(e.to_string().contains(needle), "{rule}: {e}")
+                }
+                (want, got) => panic!("{rule}: want {want:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

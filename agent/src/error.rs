@@ -68,6 +68,9 @@ pub enum Error {
     /// The storage database failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// The component's exports do not fit the world it is asked to run as.
+    #[error(transparent)]
+    World(#[from] crate::engine::WorldError),
     /// The agent is shutting down.
     #[error("the agent is shutting down")]
     Shutdown,

@@ -164,7 +164,7 @@ impl LiveInstance {
 /// Epoch callback: charge one tick of the message's CPU budget; yield to the runtime while
 /// there is budget left (so the wall-clock timeout and other actors get to run), trap when
 /// it is spent.
-fn on_epoch(mut cx: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+pub(crate) fn on_epoch(mut cx: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
     let state = cx.data_mut();
     if state.cpu.charge() {
         Ok(UpdateDeadline::Yield(1))
@@ -176,7 +176,7 @@ fn on_epoch(mut cx: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDe
 
 /// Prepares the store for one call. The deadline must be set before every call: without
 /// it the guest never reaches the callback and nothing can stop it.
-fn arm(store: &mut Store<HostState>) -> Result<(), Kill> {
+pub(crate) fn arm(store: &mut Store<HostState>) -> Result<(), Kill> {
     let data = store.data_mut();
     data.cpu.reset(data.scope.cpu_ticks);
     data.breach = None;
@@ -192,7 +192,7 @@ fn arm(store: &mut Store<HostState>) -> Result<(), Kill> {
 }
 
 /// Names what stopped a call.
-fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Kill {
+pub(crate) fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Kill {
     let data = store.data();
     if let Some(q) = data.breach.or(data.limiter.breached) {
         return Kill::Quota(q);
@@ -207,6 +207,34 @@ fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Kill {
     }
 }
 
+/// A fresh `Store` for the instance `scope` names: its host state, memory limiter and CPU
+/// budget armed for one call.
+pub(crate) fn new_store(
+    scope: &InstanceScope,
+    engine: &AgentEngine,
+) -> Result<Store<HostState>, Kill> {
+    let state = HostState::new(scope.clone()).map_err(|e| Kill::Setup(e.to_string()))?;
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_callback(on_epoch);
+    arm(&mut store)?;
+    Ok(store)
+}
+
+/// Audits a kill of the instance `scope` names: the quota or trap, then the kill itself.
+pub(crate) fn audit_kill(scope: &InstanceScope, kill: &Kill) {
+    match kill {
+        Kill::Quota(q) => scope.quota_exceeded(*q),
+        Kill::Trap(m) => scope.record(crate::audit::AuditKind::Trapped {
+            message: crate::audit::Text::new(m),
+        }),
+        Kill::InitFailed(_) | Kill::Setup(_) => {}
+    }
+    scope.record(crate::audit::AuditKind::Killed {
+        reason: crate::audit::Text::new(&kill.to_string()),
+    });
+}
+
 /// Starts the instance `scope` names (its number was taken by the caller, so a failed start
 /// is audited against it).
 pub(crate) async fn start(
@@ -214,11 +242,7 @@ pub(crate) async fn start(
     pre: &Prepared,
     engine: &AgentEngine,
 ) -> Result<LiveInstance, Kill> {
-    let state = HostState::new(scope.clone()).map_err(|e| Kill::Setup(e.to_string()))?;
-    let mut store = Store::new(engine.engine(), state);
-    store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_callback(on_epoch);
-    arm(&mut store)?;
+    let mut store = new_store(scope, engine)?;
     let bindings = match pre.instantiate_async(&mut store).await {
         Ok(b) => b,
         Err(e) => {

@@ -27,6 +27,8 @@
 //! 5. [`engine`]: the one wasmtime `Engine`, epoch ticker, on-disk compile cache.
 //! 6. [`instance`]: one live instance and one call into it under its budgets.
 //! 7. [`actor`]: a component's instances draining its mailbox; kills and restarts.
+//!    [`http_server`]: an HTTP component's listener, one pooled instance per request,
+//!    its per-request limits and drain.
 //! 8. [`supervisor`]: the components on this node (add, update, remove).
 //! 9. [`manifest`]: local manifests for `airssys-agent run --manifest`.
 //! 10. [`artifact`]: how node mode gets a Placement's verified bytes; [`fetch`]: from the
@@ -52,6 +54,7 @@ pub mod context;
 pub mod engine;
 pub mod fetch;
 pub mod host;
+pub mod http_server;
 pub mod instance;
 pub mod manifest;
 pub mod serve;

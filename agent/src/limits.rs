@@ -111,7 +111,12 @@ pub enum Quota {
     MessageRate,
     MessageSize,
     Mailbox,
+    /// Requests in flight of an HTTP component (over it: 503), or messages at once.
     Concurrency,
+    /// An HTTP request body over the component's `maxRequestBodyBytes` (413).
+    RequestBody,
+    /// An HTTP response body over the component's `maxResponseBodyBytes` (cut off).
+    ResponseBody,
     /// Host resources the instance holds: resource-table entries (HTTP fields and bodies,
     /// streams, pollables, files, sockets) and the open files among them.
     Handles,
@@ -119,7 +124,7 @@ pub enum Quota {
 
 impl Quota {
     /// Every quota, in counter-array order (`quota as usize`).
-    pub const ALL: [Quota; 10] = [
+    pub const ALL: [Quota; 12] = [
         Self::Memory,
         Self::Fuel,
         Self::CpuTime,
@@ -129,6 +134,8 @@ impl Quota {
         Self::MessageSize,
         Self::Mailbox,
         Self::Concurrency,
+        Self::RequestBody,
+        Self::ResponseBody,
         Self::Handles,
     ];
 
@@ -144,6 +151,8 @@ impl Quota {
             Self::MessageSize => "message-size",
             Self::Mailbox => "mailbox",
             Self::Concurrency => "concurrency",
+            Self::RequestBody => "request-body",
+            Self::ResponseBody => "response-body",
             Self::Handles => "handles",
         }
     }

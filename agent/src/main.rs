@@ -9,7 +9,7 @@
 //!   and exits: handy for trying a component, and what the CLI test drives.
 #![allow(clippy::print_stdout)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,6 +74,11 @@ enum Command {
         /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. `0.0.0.0:9090`).
         #[arg(long, env = "AIRSSYS_METRICS_ADDR")]
         metrics_addr: Option<SocketAddr>,
+        /// The address HTTP components are served on: node mode listens on it at each
+        /// Placement's targetPort and announces it on the Lease; local mode at each
+        /// component's http.port. Default: the pod IP ($POD_IP), else 127.0.0.1.
+        #[arg(long, env = "POD_IP", default_value = "127.0.0.1")]
+        advertise_address: IpAddr,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -158,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         audit_max_bytes,
         audit_max_files,
         metrics_addr,
+        advertise_address,
     } = cli.command;
     let Some(manifest) = manifest else {
         return run_node(
@@ -167,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             audit_max_bytes,
             audit_max_files,
             metrics_addr,
+            advertise_address,
         )
         .await;
     };
@@ -175,7 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    let specs = loaded.specs(&base, &manifest)?;
+    let specs = loaded.specs(&base, &manifest, advertise_address)?;
 
     create_data_dir(&data_dir)?;
     let cache_dir = cache_dir.unwrap_or_else(|| data_dir.join("cache"));
@@ -255,6 +262,7 @@ async fn run_node(
     audit_max_bytes: u64,
     audit_max_files: usize,
     metrics_addr: Option<SocketAddr>,
+    advertise_address: IpAddr,
 ) -> anyhow::Result<ExitCode> {
     use airssys_agent::audit::EventPublisher;
     use airssys_agent::fetch::{ArtifactClient, ArtifactClientConfig};
@@ -338,7 +346,8 @@ async fn run_node(
         data_dir.join("fs"),
         RestartPolicy::default(),
     ));
-    let config = NodeConfig::new(node_name, args.namespace, capacity);
+    let mut config = NodeConfig::new(node_name, args.namespace, capacity);
+    config.advertise_address = advertise_address;
     readiness.set(true);
     let result = node::run(client, config, supervisor.clone(), source, terminated()).await;
     readiness.set(false);

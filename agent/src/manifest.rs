@@ -11,20 +11,29 @@
 //!       storage: [{ bucket: counters, access: [read, write] }]
 //!     limits: { timeout: 2s, memory: 32Mi }
 //!     env: { LOG_LEVEL: debug }  # only keys the capabilities list under `env`
+//!   - name: hello                # an HTTP component (exports wasi:http/incoming-handler)
+//!     wasm: http_hello.wasm
+//!     http: { port: 8080, pathPrefix: /hello, maxConcurrentRequests: 16, requestTimeout: 5s }
 //! ```
+//!
+//! An HTTP component listens on `--advertise-address` (default 127.0.0.1) at `http.port`;
+//! `http` takes the fields of `WasmComponent.spec.http`.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airssys_crds::artifact::Digest;
 use airssys_crds::capability::{Capabilities, CapabilitySet};
+use airssys_crds::http::HttpSpec;
 use airssys_crds::limits::Limits;
 use serde::Deserialize;
 
 use crate::engine::sha256_digest;
 use crate::error::Error;
 use crate::grant::GrantTable;
+use crate::http_server::HttpSettings;
 use crate::id::ComponentId;
 use crate::limits::Quotas;
 use crate::supervisor::ComponentSpec;
@@ -52,6 +61,9 @@ pub struct ManifestComponent {
     pub limits: Limits,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Serve it over HTTP on `--advertise-address` at `http.port`.
+    #[serde(default)]
+    pub http: Option<HttpSpec>,
 }
 
 fn default_namespace() -> String {
@@ -72,17 +84,28 @@ impl Manifest {
     }
 
     /// Resolves every component to a [`ComponentSpec`]: reads the `.wasm` (relative to
-    /// `base`), checks the digest, parses capabilities and limits.
-    pub fn specs(&self, base: &Path, manifest_path: &Path) -> Result<Vec<ComponentSpec>, Error> {
+    /// `base`), checks the digest, parses capabilities and limits. HTTP components listen on
+    /// `address`.
+    pub fn specs(
+        &self,
+        base: &Path,
+        manifest_path: &Path,
+        address: IpAddr,
+    ) -> Result<Vec<ComponentSpec>, Error> {
         self.components
             .iter()
-            .map(|c| c.spec(base, manifest_path))
+            .map(|c| c.spec(base, manifest_path, address))
             .collect()
     }
 }
 
 impl ManifestComponent {
-    fn spec(&self, base: &Path, manifest_path: &Path) -> Result<ComponentSpec, Error> {
+    fn spec(
+        &self,
+        base: &Path,
+        manifest_path: &Path,
+        address: IpAddr,
+    ) -> Result<ComponentSpec, Error> {
         let id = ComponentId::new(&self.namespace, &self.name);
         let invalid = |reason: String| Error::Manifest {
             path: manifest_path.to_path_buf(),
@@ -129,6 +152,14 @@ impl ManifestComponent {
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let http = match &self.http {
+            None => None,
+            Some(spec) => Some(HttpSettings {
+                listen: SocketAddr::new(address, spec.port),
+                limits: spec.limits().map_err(|e| invalid(e.to_string()))?,
+                spec: spec.clone(),
+            }),
+        };
         Ok(ComponentSpec {
             id,
             digest,
@@ -138,6 +169,7 @@ impl ManifestComponent {
             env,
             // A local manifest names no Kubernetes objects: no Events.
             k8s: None,
+            http,
         })
     }
 }
@@ -161,14 +193,16 @@ components:
     env: { MODE: fast, SECRET: nope }
 "#;
         let m: Manifest = serde_yaml::from_str(yaml).unwrap();
-        let specs = m.specs(dir.path(), Path::new("m.yaml")).unwrap();
+        let specs = m.specs(dir.path(), Path::new("m.yaml"), LOCAL).unwrap();
         assert_eq!(specs[0].id, ComponentId::new("default", "x"));
         for (namespace, name) in [("ns", "a/b"), ("ns/a", "b"), ("NS", "x"), ("ns", "")] {
             let yaml = format!(
                 "components: [{{ name: '{name}', namespace: '{namespace}', wasm: x.wasm }}]"
             );
             let bad: Manifest = serde_yaml::from_str(&yaml).unwrap();
-            let err = bad.specs(dir.path(), Path::new("m.yaml")).unwrap_err();
+            let err = bad
+                .specs(dir.path(), Path::new("m.yaml"), LOCAL)
+                .unwrap_err();
             assert!(
                 matches!(err, Error::Manifest { .. }),
                 "{namespace}/{name}: {err}"
@@ -185,9 +219,32 @@ components:
         let mut wrong = m.clone();
         wrong.components[0].digest = Some(sha256_digest(b"other").to_string());
         assert!(matches!(
-            wrong.specs(dir.path(), Path::new("m.yaml")),
+            wrong.specs(dir.path(), Path::new("m.yaml"), LOCAL),
             Err(Error::DigestMismatch { .. })
         ));
+    }
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn an_http_component_listens_on_the_address_at_its_port() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("h.wasm"), b"w").unwrap();
+        let yaml = "components:\n  - name: h\n    wasm: h.wasm\n    http: { port: 8081, pathPrefix: /h, requestTimeout: 2s }\n";
+        let m: Manifest = serde_yaml::from_str(yaml).unwrap();
+        let specs = m.specs(dir.path(), Path::new("m.yaml"), LOCAL).unwrap();
+        let http = specs[0].http.as_ref().expect("served over HTTP");
+        assert_eq!(http.listen, SocketAddr::new(LOCAL, 8081));
+        assert_eq!(
+            http.limits.request_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(http.spec.path_prefix.as_deref(), Some("/h"));
+        let bad =
+            "components:\n  - name: h\n    wasm: h.wasm\n    http: { maxConcurrentRequests: 0 }\n";
+        let m: Manifest = serde_yaml::from_str(bad).unwrap();
+        let err = m.specs(dir.path(), Path::new("m.yaml"), LOCAL).unwrap_err();
+        assert!(err.to_string().contains("maxConcurrentRequests"), "{err}");
     }
 
     #[test]
@@ -197,7 +254,7 @@ components:
         let yaml = "components:\n  - name: x\n    wasm: x.wasm\n    capabilities:\n      filesystem: [{ path: /data/../etc, access: [read] }]\n";
         let m: Manifest = serde_yaml::from_str(yaml).unwrap();
         assert!(matches!(
-            m.specs(dir.path(), Path::new("m.yaml")),
+            m.specs(dir.path(), Path::new("m.yaml"), LOCAL),
             Err(Error::Capability { .. })
         ));
     }

@@ -15,9 +15,10 @@ use crate::actor::{ActorStatus, ComponentActor, Control};
 use crate::audit::{AuditSink, ComponentIdentity, ObjectRefs};
 use crate::broker::{Broker, BrokerError, Mailbox};
 use crate::context::ComponentContext;
-use crate::engine::{AgentEngine, CompileSource};
+use crate::engine::{AgentEngine, CompileSource, Prepared, Runnable};
 use crate::error::Error;
 use crate::grant::GrantTable;
+use crate::http_server::{HttpRevision, HttpServer, HttpSettings};
 use crate::id::ComponentId;
 use crate::instance::{LiveInstance, Revision, stop_instance};
 use crate::limits::{Quotas, RateLimiter};
@@ -38,14 +39,25 @@ pub struct ComponentSpec {
     pub env: Vec<(String, String)>,
     /// The Kubernetes objects its audit Events name (node mode); `None`: no Events.
     pub k8s: Option<ObjectRefs>,
+    /// Serve it over HTTP (it must export `wasi:http/incoming-handler`); `None`: an actor
+    /// (it must export the airssys lifecycle).
+    pub http: Option<HttpSettings>,
 }
 
 struct ActorEntry {
-    control: watch::Sender<Control>,
     status: Arc<ActorStatus>,
-    task: tokio::task::JoinHandle<()>,
     digest: Digest,
-    mailbox: Mailbox,
+    running: Running,
+}
+
+/// How a component runs: an actor draining its mailbox, or an HTTP server.
+enum Running {
+    Actor {
+        control: watch::Sender<Control>,
+        task: tokio::task::JoinHandle<()>,
+        mailbox: Mailbox,
+    },
+    Http(HttpServer),
 }
 
 /// The node's running components.
@@ -158,74 +170,156 @@ impl Supervisor {
         Ok((Revision::new(ctx, pre), rx))
     }
 
-    /// Starts a component that is not running yet.
+    /// Starts a component that is not running yet: as an actor, or (with `spec.http`) as an
+    /// HTTP server, as its exports allow.
     pub async fn add(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
         let mut actors = self.actors.lock().await;
         if actors.contains_key(&spec.id) {
             return Err(Error::AlreadyRunning(spec.id.to_string()));
         }
-        let (pre, source) = self.engine.prepare(&spec.digest, &spec.wasm).await?;
-        let grants = Arc::new(GrantTable::compile(&spec.grant));
-        let capacity = usize::try_from(spec.quotas.mailbox_capacity.max(1)).unwrap_or(1);
-        let (tx, rx) = mpsc::channel(capacity);
-        let mailbox = Mailbox { tx, grants };
-        let ctx = self.context(&spec, mailbox.clone());
-        self.storage
-            .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
-        let revision = Revision::new(ctx, pre);
-        let (control_tx, control_rx) = watch::channel(Control::Run(revision.clone()));
-        let status = Arc::new(ActorStatus::default());
-        let actor = ComponentActor::new(
-            revision,
-            self.engine.clone(),
-            rx,
-            control_rx,
-            status.clone(),
-            self.policy,
-        );
-        self.broker.register(&spec.id, mailbox.clone());
-        let task = tokio::spawn(actor.run());
+        let (runnable, source) = self
+            .engine
+            .prepare_world(&spec.digest, &spec.wasm, spec.http.is_some())
+            .await?;
+        let entry = self.start(&spec, runnable).await?;
         tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component added");
-        actors.insert(
-            spec.id.clone(),
-            ActorEntry {
-                control: control_tx,
-                status,
-                task,
-                digest: spec.digest.clone(),
-                mailbox,
-            },
-        );
+        actors.insert(spec.id.clone(), entry);
         Ok(source)
     }
 
-    /// Moves a running component to a new revision (digest, grant, quotas), start before
-    /// stop: one instance of the new revision is started first (its `init` must pass) while
-    /// the old revision keeps serving; only then does the component move to it. If that start
-    /// fails, nothing changes (the old revision, its grant and its subscriptions stay) and the
-    /// error says why. Queued messages are kept and handled by the new revision. The mailbox
-    /// capacity stays as it was.
-    pub async fn update(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
-        let (pre, source) = self.engine.prepare(&spec.digest, &spec.wasm).await?;
-        let (old_mailbox, status) = {
-            let actors = self.actors.lock().await;
-            let entry = actors
-                .get(&spec.id)
-                .ok_or_else(|| Error::UnknownComponent(spec.id.to_string()))?;
-            (entry.mailbox.clone(), entry.status.clone())
-        };
+    /// Starts `spec` as what `runnable` is.
+    async fn start(&self, spec: &ComponentSpec, runnable: Runnable) -> Result<ActorEntry, Error> {
         let grants = Arc::new(GrantTable::compile(&spec.grant));
-        let mailbox = Mailbox {
+        let status = Arc::new(ActorStatus::default());
+        match (runnable, &spec.http) {
+            (Runnable::Http(pre), Some(settings)) => {
+                let ctx = self.context(spec, Self::no_mailbox(grants));
+                self.storage
+                    .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+                let revision = HttpRevision::new(ctx, pre, settings.clone());
+                let server =
+                    HttpServer::start(self.engine.clone(), revision, status.clone()).await?;
+                Ok(ActorEntry {
+                    status,
+                    digest: spec.digest.clone(),
+                    running: Running::Http(server),
+                })
+            }
+            (Runnable::Component(pre), _) => {
+                let capacity = usize::try_from(spec.quotas.mailbox_capacity.max(1)).unwrap_or(1);
+                let (tx, rx) = mpsc::channel(capacity);
+                let mailbox = Mailbox { tx, grants };
+                let ctx = self.context(spec, mailbox.clone());
+                self.storage
+                    .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+                let revision = Revision::new(ctx, pre);
+                let (control_tx, control_rx) = watch::channel(Control::Run(revision.clone()));
+                let actor = ComponentActor::new(
+                    revision,
+                    self.engine.clone(),
+                    rx,
+                    control_rx,
+                    status.clone(),
+                    self.policy,
+                );
+                self.broker.register(&spec.id, mailbox.clone());
+                let task = tokio::spawn(actor.run());
+                Ok(ActorEntry {
+                    status,
+                    digest: spec.digest.clone(),
+                    running: Running::Actor {
+                        control: control_tx,
+                        task,
+                        mailbox,
+                    },
+                })
+            }
+            (Runnable::Http(_), None) => Err(Error::Internal(
+                "an HTTP component selected without spec.http".into(),
+            )),
+        }
+    }
+
+    /// An HTTP component's context has no mailbox anyone can reach: it is not registered
+    /// with the broker, and what is sent to this one is dropped.
+    fn no_mailbox(grants: Arc<GrantTable>) -> Mailbox {
+        let (tx, _) = mpsc::channel(1);
+        Mailbox { tx, grants }
+    }
+
+    /// Moves a running component to a new revision (digest, grant, quotas).
+    ///
+    /// An actor moves start before stop: one instance of the new revision is started first
+    /// (its `init` must pass) while the old revision keeps serving; only then does the
+    /// component move to it. If that start fails, nothing changes (the old revision, its grant
+    /// and its subscriptions stay) and the error says why. Queued messages are kept and handled
+    /// by the new revision; the mailbox capacity stays as it was. An HTTP component's new
+    /// requests run the new revision while those in flight finish. A component that changes
+    /// between actor and HTTP is stopped and started again.
+    pub async fn update(&self, spec: ComponentSpec) -> Result<CompileSource, Error> {
+        let (runnable, source) = self
+            .engine
+            .prepare_world(&spec.digest, &spec.wasm, spec.http.is_some())
+            .await?;
+        let mut actors = self.actors.lock().await;
+        let entry = actors
+            .get_mut(&spec.id)
+            .ok_or_else(|| Error::UnknownComponent(spec.id.to_string()))?;
+        let grants = Arc::new(GrantTable::compile(&spec.grant));
+        match (&mut entry.running, runnable, &spec.http) {
+            (Running::Http(server), Runnable::Http(pre), Some(settings)) => {
+                let ctx = self.context(&spec, Self::no_mailbox(grants));
+                self.storage
+                    .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
+                server
+                    .update(HttpRevision::new(ctx, pre, settings.clone()))
+                    .await?;
+                entry.digest = spec.digest.clone();
+            }
+            (Running::Actor { mailbox, .. }, Runnable::Component(pre), _) => {
+                let old_mailbox = mailbox.clone();
+                let status = entry.status.clone();
+                drop(actors);
+                self.update_actor(&spec, pre, grants, old_mailbox, status)
+                    .await?;
+                tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component updated");
+                return Ok(source);
+            }
+            (_, runnable, _) => {
+                // Actor ↔ HTTP: stop the old one (in the background), start the new one.
+                let Some(old) = actors.remove(&spec.id) else {
+                    return Err(Error::UnknownComponent(spec.id.to_string()));
+                };
+                tokio::spawn(self.retire(&spec.id, old));
+                let entry = self.start(&spec, runnable).await?;
+                actors.insert(spec.id.clone(), entry);
+            }
+        }
+        self.engine.retain(&digests_in_use(&actors));
+        tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component updated");
+        Ok(source)
+    }
+
+    /// The actor half of [`Supervisor::update`]: start one instance of the new revision, then
+    /// hand it over. Runs without the supervisor's lock while `init` runs (it may take up to
+    /// the component's timeout, and other components must not wait on it).
+    async fn update_actor(
+        &self,
+        spec: &ComponentSpec,
+        pre: Prepared,
+        grants: Arc<GrantTable>,
+        old_mailbox: Mailbox,
+        status: Arc<ActorStatus>,
+    ) -> Result<(), Error> {
+        let new_mailbox = Mailbox {
             tx: old_mailbox.tx.clone(),
             grants,
         };
-        let revision = Revision::new(self.context(&spec, mailbox.clone()), pre);
+        let revision = Revision::new(self.context(spec, new_mailbox.clone()), pre);
         // Subscriptions belong to a revision: the new one's `init` subscribes afresh. (A
         // restart of the same revision keeps them; its `init` subscribes again, which is
         // idempotent, and no publish is missed meanwhile.)
         let saved = self.broker.take_subscriptions(&spec.id);
-        // The trial start runs without the supervisor's lock: `init` may take up to the
-        // component's timeout, and other components must not wait on it.
         let started = match LiveInstance::start(&revision, &self.engine).await {
             Ok(started) => started,
             Err(kill) => {
@@ -239,28 +333,32 @@ impl Supervisor {
             }
         };
         let mut actors = self.actors.lock().await;
-        let entry = match actors.get_mut(&spec.id) {
-            Some(entry) if Arc::ptr_eq(&entry.status, &status) => entry,
-            // Removed (or removed and added again) while the new revision started.
-            _ => {
-                drop(actors);
-                stop_instance(started).await;
-                return Err(Error::UnknownComponent(spec.id.to_string()));
-            }
+        let current = actors
+            .get_mut(&spec.id)
+            .filter(|entry| Arc::ptr_eq(&entry.status, &status));
+        let Some(ActorEntry {
+            running: Running::Actor {
+                control, mailbox, ..
+            },
+            digest,
+            ..
+        }) = current
+        else {
+            // Removed (or replaced) while the new revision started.
+            drop(actors);
+            stop_instance(started).await;
+            return Err(Error::UnknownComponent(spec.id.to_string()));
         };
         self.storage
             .set_quota(&spec.id.to_string(), spec.quotas.storage_bytes);
         // Every instance sees the new revision after its current message; the first to move
         // takes the instance started above.
-        entry
-            .control
-            .send_replace(Control::Run(revision.with_started(started)));
-        self.broker.register(&spec.id, mailbox.clone());
-        entry.mailbox = mailbox;
-        entry.digest = spec.digest.clone();
+        control.send_replace(Control::Run(revision.with_started(started)));
+        self.broker.register(&spec.id, new_mailbox.clone());
+        *mailbox = new_mailbox;
+        *digest = spec.digest.clone();
         self.engine.retain(&digests_in_use(&actors));
-        tracing::info!(component = %spec.id, digest = %spec.digest, ?source, "component updated");
-        Ok(source)
+        Ok(())
     }
 
     /// Adds the component, or updates it if it runs with another digest or grant.
@@ -296,15 +394,34 @@ impl Supervisor {
             self.engine.retain(&digests_in_use(&actors));
             entry
         };
-        self.broker.unregister(id);
-        entry.control.send_replace(Control::Stop);
+        Ok(self.retire(id, entry))
+    }
+
+    /// Tells a component's instances to stop (an HTTP component drains); the future waits
+    /// until they have.
+    fn retire(
+        &self,
+        id: &ComponentId,
+        entry: ActorEntry,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let id = id.clone();
-        Ok(async move {
-            if let Err(e) = entry.task.await {
-                tracing::warn!(component = %id, error = %e, "actor task ended abnormally");
+        let stopped: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match entry.running {
+            Running::Actor { control, task, .. } => {
+                self.broker.unregister(&id);
+                control.send_replace(Control::Stop);
+                let id = id.clone();
+                Box::pin(async move {
+                    if let Err(e) = task.await {
+                        tracing::warn!(component = %id, error = %e, "actor task ended abnormally");
+                    }
+                })
             }
+            Running::Http(server) => Box::pin(server.stop()),
+        };
+        async move {
+            stopped.await;
             tracing::info!(component = %id, "component removed");
-        })
+        }
     }
 
     /// Stops every component.
@@ -321,6 +438,23 @@ impl Supervisor {
 
     pub async fn digest(&self, id: &ComponentId) -> Option<Digest> {
         self.actors.lock().await.get(id).map(|e| e.digest.clone())
+    }
+
+    /// An HTTP component's request path without the network (`None`: not running, or not
+    /// HTTP).
+    pub async fn http_handle(&self, id: &ComponentId) -> Option<crate::http_server::HttpHandle> {
+        match &self.actors.lock().await.get(id)?.running {
+            Running::Http(server) => Some(server.handle()),
+            Running::Actor { .. } => None,
+        }
+    }
+
+    /// The address an HTTP component is served on (`None`: not running, or not HTTP).
+    pub async fn http_address(&self, id: &ComponentId) -> Option<std::net::SocketAddr> {
+        match &self.actors.lock().await.get(id)?.running {
+            Running::Http(server) => Some(server.address()),
+            Running::Actor { .. } => None,
+        }
     }
 
     pub async fn components(&self) -> Vec<ComponentId> {
@@ -364,7 +498,9 @@ impl Drop for Supervisor {
         // supervisor leaves nothing running.
         let actors = std::mem::take(self.actors.get_mut());
         for (_, entry) in actors {
-            entry.task.abort();
+            if let Running::Actor { task, .. } = entry.running {
+                task.abort();
+            }
         }
     }
 }

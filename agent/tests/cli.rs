@@ -149,3 +149,64 @@ fn run_refuses_a_manifest_whose_digest_does_not_match() {
     assert!(!ok);
     assert!(stderr.contains("digest mismatch"), "{stderr}");
 }
+
+/// `GET path` over a fresh connection with `Connection: close`: the raw response, or `None`
+/// while nothing listens.
+fn raw_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn a_local_manifest_serves_an_http_component_on_its_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (dir, manifest) = manifest_dir(
+        &["http_hello"],
+        &format!(
+            "components:\n  - name: hello\n    wasm: http_hello.wasm\n    http: {{ port: {port}, pathPrefix: /hello }}\n"
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airssys-agent"))
+        .arg("run")
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--advertise-address", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let response = loop {
+        if let Some(r) = raw_get(port, "/hello/cli") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never listened on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let outside = raw_get(port, "/elsewhere").unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("hello from /hello/cli\n"), "{response}");
+    assert!(outside.starts_with("HTTP/1.1 404"), "{outside}");
+}

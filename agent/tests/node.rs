@@ -606,3 +606,148 @@ async fn a_crash_looping_component_is_degraded_and_not_ready() {
     agent.check_running();
     agent.shutdown().await;
 }
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on `127.0.0.1:port`: the status and body, or `None` if nothing listens.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let request = http::Request::get(path)
+        .header("host", "app.example.com")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn with_http(mut p: Placement, target_port: u16, path_prefix: &str) -> Placement {
+    p.spec.http = Some(
+        serde_json::from_value(serde_json::json!({
+            "targetPort": target_port,
+            "spec": {"pathPrefix": path_prefix, "maxConcurrentRequests": 8},
+        }))
+        .unwrap(),
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_placement_is_served_on_the_advertised_address_at_its_target_port() {
+    let cp = ControlPlane::shared().await.unwrap();
+    let system = cp.create_namespace("agent-sys").await.unwrap();
+    let ns = cp.create_namespace("node-http").await.unwrap();
+    let node = unique("http-node");
+    let (hello, hello_wasm) = guest("http-hello");
+    let (echo, echo_wasm) = guest("echo");
+    let source = MapSource::new([(hello.clone(), hello_wasm), (echo.clone(), echo_wasm)]);
+    let mut agent = Agent::start(cp, &system, &node, source).await;
+    let client = cp.client().await.unwrap();
+    let api: Api<Placement> = Api::namespaced(client.clone(), &ns);
+
+    // The Lease says where HTTP components are served.
+    let leases: Api<Lease> = Api::namespaced(client, &system);
+    let lease = wait_for(&leases, &lease_name(&node), |_| true, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.metadata.annotations.unwrap_or_default()[airssys_crds::agent::ADDRESS_ANNOTATION],
+        "127.0.0.1"
+    );
+
+    // Ready means listening: once Ready, the component answers on its target port.
+    let port = free_port();
+    create(
+        &api,
+        &with_http(placement("web-node", &node, "web", &hello, 1), port, "/app"),
+    )
+    .await;
+    wait_for(&api, "web-node", |p| is_ready(p, &hello, 1), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(port, "/app/x").await,
+        Some((200, "hello from /app/x\n".into()))
+    );
+    assert_eq!(http_get(port, "/other").await.map(|a| a.0), Some(404));
+
+    // A new target port: served there; the old one drains and closes.
+    let moved = free_port();
+    let patch = serde_json::json!({"spec": {"http": {"targetPort": moved, "spec": {"pathPrefix": "/app"}}}});
+    api.patch("web-node", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while http_get(moved, "/app/y").await.is_none() {
+        assert!(Instant::now() < deadline, "never served on the new port");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        http_get(moved, "/app/y").await,
+        Some((200, "hello from /app/y\n".into()))
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while http_get(port, "/app/x").await.is_some() {
+        assert!(Instant::now() < deadline, "the old port stays open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // spec.http on a component that is no HTTP handler: not Ready, and the status says
+    // which world is missing.
+    create(
+        &api,
+        &with_http(
+            placement("echo-node", &node, "echo", &echo, 1),
+            free_port(),
+            "/",
+        ),
+    )
+    .await;
+    let failed = wait_for(
+        &api,
+        "echo-node",
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.last_error.as_deref())
+                .is_some_and(|e| e.contains("wasi:http/incoming-handler"))
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_ne!(condition_status(&failed, "Ready").as_deref(), Some("True"));
+    assert_eq!(ready_reason(&failed).as_deref(), Some("InvalidSpec"));
+
+    // Deleting the Placement stops serving.
+    api.delete("web-node", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while http_get(moved, "/app/z").await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "still served after the Placement went"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.shutdown().await;
+}

@@ -28,6 +28,11 @@ pub const CAPACITY_INSTANCES_ANNOTATION: &str = "wasm.airssys.dev/capacity-insta
 /// Annotation on the agent Lease: bytes of linear memory the agent offers (decimal).
 pub const CAPACITY_MEMORY_ANNOTATION: &str = "wasm.airssys.dev/capacity-memory";
 
+/// Annotation on the agent Lease: the IP address the agent serves HTTP components on (its
+/// `--advertise-address`, by default the pod IP). The operator points the components'
+/// EndpointSlices at it.
+pub const ADDRESS_ANNOTATION: &str = "wasm.airssys.dev/address";
+
 /// `reportingController` of the agents' Events.
 pub const AGENT_REPORTING_CONTROLLER: &str = "wasm.airssys.dev/agent";
 

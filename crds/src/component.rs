@@ -90,6 +90,10 @@ pub struct WasmComponentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub config: Vec<ConfigEntry>,
+    /// Serve the component over HTTP: it must export `wasi:http/incoming-handler` (the
+    /// `wasi:http/proxy` world). Absent: the component speaks the airssys world only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::http::HttpSpec>,
 }
 
 fn default_replicas() -> i32 {
@@ -244,6 +248,8 @@ pub enum SpecError {
     Capability(#[from] crate::capability::CapabilityError),
     #[error(transparent)]
     Limits(#[from] crate::limits::LimitsError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpSpecError),
     #[error("replicas must be at least 0, got {0}")]
     Replicas(i32),
     #[error("artifact: {0}")]
@@ -255,6 +261,8 @@ pub enum SpecError {
 pub struct ValidSpec {
     pub capabilities: crate::capability::CapabilitySet,
     pub limits: crate::limits::ResolvedLimits,
+    /// `spec.http`'s limits, when the component is served over HTTP.
+    pub http: Option<crate::http::HttpLimits>,
 }
 
 impl WasmComponentSpec {
@@ -279,6 +287,7 @@ impl WasmComponentSpec {
         Ok(ValidSpec {
             capabilities: crate::capability::CapabilitySet::parse(&self.capabilities)?,
             limits: self.limits.resolve()?,
+            http: self.http.as_ref().map(|h| h.limits()).transpose()?,
         })
     }
 }

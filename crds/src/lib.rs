@@ -4,6 +4,7 @@
 //! - [`trust_source`]: `TrustSource`, what platform teams trust, deny or approve.
 //! - [`placement`]: `Placement`, one component on one node (internal).
 //! - [`capability`]: the capability grammar, matching and set comparison.
+//! - [`http`]: `spec.http` of HTTP components and its copy on Placements.
 //! - [`agent`]: the agent Lease, its capacity, the artifact server's protocol.
 //! - [`artifact`], [`limits`], [`condition`], [`reason`]: shared pieces.
 //! - [`generate`]: the CRD YAML the cluster is given.
@@ -13,6 +14,7 @@ pub mod capability;
 pub mod component;
 pub mod condition;
 pub mod generate;
+pub mod http;
 pub mod limits;
 pub mod placement;
 pub mod reason;
@@ -22,6 +24,7 @@ pub use artifact::{Artifact, Digest};
 pub use capability::{Capabilities, CapabilitySet};
 pub use component::{WasmComponent, WasmComponentSpec, WasmComponentStatus};
 pub use condition::{Condition, ConditionStatus, ConditionType};
+pub use http::{HttpLimits, HttpSpec, PlacementHttp};
 pub use limits::{Limits, ResolvedLimits};
 pub use placement::{Placement, PlacementSpec, PlacementStatus};
 pub use reason::Reason;

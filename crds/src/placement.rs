@@ -95,6 +95,11 @@ pub struct PlacementSpec {
     /// Runs under dev mode: the agent emits a Warning on every start.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dev_mode: bool,
+    /// Serve the component over HTTP on this node: the agent listens on its advertised
+    /// address at `targetPort` (the component's `spec.http`, plus the port the operator
+    /// allocated). The Ready condition then means "listening and able to serve".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::http::PlacementHttp>,
 }
 
 /// The `WasmComponent` a Placement belongs to (same namespace).

@@ -318,6 +318,8 @@ impl PlacementRequest {
                 .min(MAX_INSTANCES),
             config: c.config.clone(),
             dev_mode: c.dev_mode,
+            // Filled by the operator's HTTP wiring (issue #13, lead's part).
+            http: None,
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use airssys_crds::agent::{AGENT_FIELD_MANAGER, AGENT_LEASE_LABEL, AgentCapacity, lease_name};
+use airssys_crds::agent::{
+    ADDRESS_ANNOTATION, AGENT_FIELD_MANAGER, AGENT_LEASE_LABEL, AgentCapacity, lease_name,
+};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
@@ -20,6 +22,8 @@ pub struct LeaseConfig {
     /// The product's namespace.
     pub namespace: String,
     pub capacity: AgentCapacity,
+    /// The address HTTP components are served on ([`ADDRESS_ANNOTATION`]).
+    pub address: std::net::IpAddr,
     /// Seconds the Lease stays live after a renewal.
     pub duration_seconds: i32,
     /// Time between renewals.
@@ -37,7 +41,11 @@ pub fn lease(config: &LeaseConfig, acquired: jiff::Timestamp, renewed: jiff::Tim
                 AGENT_LEASE_LABEL.to_owned(),
                 "true".to_owned(),
             )])),
-            annotations: Some(config.capacity.to_annotations()),
+            annotations: Some({
+                let mut annotations = config.capacity.to_annotations();
+                annotations.insert(ADDRESS_ANNOTATION.to_owned(), config.address.to_string());
+                annotations
+            }),
             ..ObjectMeta::default()
         },
         spec: Some(LeaseSpec {
@@ -134,6 +142,7 @@ mod tests {
                 instances: 1000,
                 memory_bytes: 4 << 30,
             },
+            address: "10.1.2.3".parse().unwrap(),
             duration_seconds: 40,
             renew_every: Duration::from_secs(10),
         };
@@ -156,6 +165,7 @@ mod tests {
             annotations[CAPACITY_MEMORY_ANNOTATION],
             (4u64 << 30).to_string()
         );
+        assert_eq!(annotations[ADDRESS_ANNOTATION], "10.1.2.3");
         let spec = l.spec.unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some("node-a"));
         assert_eq!(spec.lease_duration_seconds, Some(40));

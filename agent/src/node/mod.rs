@@ -80,6 +80,9 @@ pub struct NodeConfig {
     pub fast_sample_for: Duration,
     /// Status writes in flight at once.
     pub max_writes_in_flight: usize,
+    /// The address HTTP components are served on (announced on the Lease; each listens on
+    /// it at its Placement's `targetPort`).
+    pub advertise_address: std::net::IpAddr,
 }
 
 impl NodeConfig {
@@ -102,6 +105,7 @@ impl NodeConfig {
             fast_sample_every: Duration::from_millis(10),
             fast_sample_for: Duration::from_secs(2),
             max_writes_in_flight: 16,
+            advertise_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -127,6 +131,7 @@ pub async fn run<S: ArtifactSource>(
             node: config.node.clone(),
             namespace: config.namespace.clone(),
             capacity: config.capacity,
+            address: config.advertise_address,
             duration_seconds: config.lease_duration_seconds,
             renew_every: config.lease_renew,
         },
@@ -495,7 +500,12 @@ impl<S: ArtifactSource> Node<S> {
             let same =
                 slot.prepared.is_some() && slot.wanted.as_ref().is_some_and(|w| w.spec == new.spec);
             if !same {
-                slot.prepared = Some(placements::prepare(&id, &new.spec, pool));
+                slot.prepared = Some(placements::prepare(
+                    &id,
+                    &new.spec,
+                    pool,
+                    self.config.advertise_address,
+                ));
             }
             slot.wanted = Some(new);
             slot.revoked = false;
@@ -681,6 +691,7 @@ impl<S: ArtifactSource> Node<S> {
             quotas: prepared.quotas.clone(),
             env: prepared.env.clone(),
             k8s: Some(refs),
+            http: prepared.http.clone(),
         };
         let running = slot.applied.as_ref().map(|a| a.status.clone());
         let result = match &running {
@@ -722,6 +733,7 @@ impl<S: ArtifactSource> Node<S> {
                 let reason = match e {
                     Error::DigestMismatch { .. } | Error::Fetch { .. } => Reason::FetchFailed,
                     Error::StartFailed { .. } => Reason::StartFailed,
+                    Error::World(_) => Reason::InvalidSpec,
                     _ => Reason::CompileFailed,
                 };
                 let digest = run.digest.clone();
@@ -931,11 +943,19 @@ async fn fetch_and_compile<S: ArtifactSource>(
             f
         }
     };
-    match engine.prepare(&fetched.wasm_digest, &fetched.wasm).await {
+    match engine
+        .prepare_world(&fetched.wasm_digest, &fetched.wasm, spec.http.is_some())
+        .await
+    {
         Ok(_) => Ok(fetched),
         Err(e @ Error::DigestMismatch { .. }) => Err(Failure {
             reason: Reason::FetchFailed,
             message: format!("cannot fetch {}: {e}", spec.digest),
+        }),
+        // The bytes are fine; the spec asks for a world they do not export.
+        Err(e @ Error::World(_)) => Err(Failure {
+            reason: Reason::InvalidSpec,
+            message: format!("cannot run {}: {e}", spec.digest),
         }),
         Err(e) => Err(Failure {
             reason: Reason::CompileFailed,

@@ -4,14 +4,17 @@
 //! report, and carries the steps out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use airssys_crds::artifact::Digest;
 use airssys_crds::capability::{Capabilities, CapabilitySet};
 use airssys_crds::component::ConfigEntry;
+use airssys_crds::http::PlacementHttp;
 use airssys_crds::limits::Limits;
 use airssys_crds::placement::{Placement, PlacementSpec, REVOKED_ANNOTATION};
 
+use crate::http_server::HttpSettings;
 use crate::id::ComponentId;
 use crate::limits::Quotas;
 
@@ -140,6 +143,7 @@ pub struct RunSpec {
     pub instances: i32,
     pub config: Vec<ConfigEntry>,
     pub dev_mode: bool,
+    pub http: Option<PlacementHttp>,
 }
 
 impl RunSpec {
@@ -151,6 +155,7 @@ impl RunSpec {
             && self.instances == spec.instances
             && self.config == spec.config
             && self.dev_mode == spec.dev_mode
+            && self.http == spec.http
     }
 
     pub fn of(spec: &PlacementSpec) -> Self {
@@ -161,6 +166,7 @@ impl RunSpec {
             instances: spec.instances,
             config: spec.config.clone(),
             dev_mode: spec.dev_mode,
+            http: spec.http.clone(),
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct Prepared {
     pub env: Vec<(String, String)>,
     /// Config the component asked for but does not get, one sentence each (for `lastError`).
     pub notes: Vec<String>,
+    /// Where and how it is served over HTTP (`spec.http`).
+    pub http: Option<HttpSettings>,
 }
 
 /// Turns a Placement's spec into what its actor runs with, or says why it cannot run
@@ -186,10 +194,12 @@ pub struct Prepared {
 /// - Env: only literal config values the grant's env capabilities name. A Secret reference
 ///   is not passed (the agent holds no Secret read) and is reported, as is config the grant
 ///   does not expose.
+/// - HTTP (`spec.http`): served on `advertise` at `targetPort`, with its limits resolved.
 pub fn prepare(
     id: &ComponentId,
     spec: &PlacementSpec,
     pool_instances: u32,
+    advertise: IpAddr,
 ) -> Result<Prepared, String> {
     crate::storage::check_component_id(&id.namespace, &id.name)
         .map_err(|e| format!("component {id}: {e}"))?;
@@ -222,11 +232,23 @@ pub fn prepare(
             )),
         }
     }
+    let http = match &spec.http {
+        None => None,
+        Some(http) if http.target_port == 0 => {
+            return Err("http.targetPort: 0 is not a port".to_owned());
+        }
+        Some(http) => Some(HttpSettings {
+            listen: SocketAddr::new(advertise, http.target_port),
+            limits: http.spec.limits().map_err(|e| e.to_string())?,
+            spec: http.spec.clone(),
+        }),
+    };
     Ok(Prepared {
         grant,
         quotas,
         env,
         notes,
+        http,
     })
 }
 
@@ -442,6 +464,8 @@ mod tests {
         }
     }
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn spec_with(f: impl FnOnce(&mut PlacementSpec)) -> PlacementSpec {
         let mut spec = placement("ns", "p", "node-a", "echo", 0).spec;
         f(&mut spec);
@@ -472,7 +496,7 @@ mod tests {
             s.instances = 3;
             s.limits.max_concurrent_messages = Some(4);
         });
-        let p = prepare(&id, &spec, 1000).unwrap();
+        let p = prepare(&id, &spec, 1000, LOCAL).unwrap();
         assert_eq!(p.quotas.replicas, 3);
         assert_eq!(
             p.quotas.instances(),
@@ -482,7 +506,7 @@ mod tests {
         assert!(p.env.is_empty() && p.notes.is_empty());
 
         // Replicas are capped at the pool.
-        let p = prepare(&id, &spec_with(|s| s.instances = 50), 8).unwrap();
+        let p = prepare(&id, &spec_with(|s| s.instances = 50), 8, LOCAL).unwrap();
         assert_eq!(p.quotas.replicas, 8);
 
         // Env: granted literals pass; a Secret reference and ungranted config are reported.
@@ -494,7 +518,7 @@ mod tests {
                 config("OTHER", Some("x"), false),
             ];
         });
-        let p = prepare(&id, &spec, 1000).unwrap();
+        let p = prepare(&id, &spec, 1000, LOCAL).unwrap();
         assert_eq!(p.env, vec![("MODE".to_owned(), "fast".to_owned())]);
         assert_eq!(p.notes.len(), 2, "{:?}", p.notes);
         assert!(p.notes[0].contains("Secret") && p.notes[0].contains("not supported"));
@@ -516,13 +540,61 @@ mod tests {
                 spec_with(|s| s.limits.memory = Some("lots".to_owned())),
             ),
             ("instances", spec_with(|s| s.instances = 0)),
+            (
+                "http.requestTimeout",
+                spec_with(|s| {
+                    s.http = Some(PlacementHttp::new(
+                        &airssys_crds::http::HttpSpec {
+                            request_timeout: Some("forever".to_owned()),
+                            ..Default::default()
+                        },
+                        31000,
+                    ));
+                }),
+            ),
+            (
+                "http.targetPort",
+                spec_with(|s| {
+                    s.http = Some(PlacementHttp::new(&Default::default(), 0));
+                }),
+            ),
         ];
         for (field, spec) in cases {
-            let err = prepare(&id, &spec, 1000).unwrap_err();
+            let err = prepare(&id, &spec, 1000, LOCAL).unwrap_err();
             assert!(err.starts_with(field), "{field}: {err}");
         }
         let bad_id = ComponentId::new("ns", "Not_A_Name");
-        assert!(prepare(&bad_id, &spec_with(|_| {}), 1000).is_err());
+        assert!(prepare(&bad_id, &spec_with(|_| {}), 1000, LOCAL).is_err());
+    }
+
+    #[test]
+    fn an_http_placement_is_served_on_the_advertised_address_at_its_target_port() {
+        let id = ComponentId::new("ns", "web");
+        let http = airssys_crds::http::HttpSpec {
+            path_prefix: Some("/api".to_owned()),
+            max_concurrent_requests: Some(8),
+            ..Default::default()
+        };
+        let spec = spec_with(|s| s.http = Some(PlacementHttp::new(&http, 31000)));
+        let advertised: IpAddr = "10.0.0.7".parse().unwrap();
+        let p = prepare(&id, &spec, 1000, advertised).unwrap();
+        let served = p.http.expect("served over HTTP");
+        assert_eq!(served.listen, SocketAddr::new(advertised, 31000));
+        assert_eq!(served.limits.max_concurrent_requests, 8);
+        assert_eq!(served.spec, http);
+        assert!(
+            prepare(&id, &spec_with(|_| {}), 1000, advertised)
+                .unwrap()
+                .http
+                .is_none()
+        );
+        // A new target port or route is a change to what runs.
+        let a = RunSpec::of(&spec);
+        assert!(a.matches(&spec));
+        assert!(!a.matches(&spec_with(
+            |s| s.http = Some(PlacementHttp::new(&http, 31001))
+        )));
+        assert!(!a.matches(&spec_with(|s| s.http = None)));
     }
 
     #[test]

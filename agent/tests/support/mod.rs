@@ -76,6 +76,7 @@ pub fn spec(name: &str, guest_name: &str, grant: CapabilitySet, quotas: Quotas) 
         quotas,
         env: Vec::new(),
         k8s: None,
+        http: None,
     }
 }
 
