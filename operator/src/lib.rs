@@ -19,6 +19,7 @@ pub mod approval;
 pub mod artifact;
 pub mod controller;
 pub mod events;
+pub mod http;
 pub mod index;
 pub mod leader;
 pub mod metrics;
@@ -127,6 +128,8 @@ pub struct Config {
     /// The product's namespace (`--namespace`): where agents hold their Leases and the
     /// operators their leader election Lease.
     pub namespace: String,
+    /// The ports HTTP components' agents listen on (`--http-port-range`), one per component.
+    pub http_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl Default for Config {
@@ -137,6 +140,7 @@ impl Default for Config {
             recheck: std::time::Duration::from_secs(300),
             require_listed_registry: false,
             namespace: airssys_crds::agent::DEFAULT_NAMESPACE.to_owned(),
+            http_ports: http::DEFAULT_PORTS,
         }
     }
 }

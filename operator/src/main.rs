@@ -66,6 +66,10 @@ struct RunArgs {
     /// there, and the artifact server keeps its CA there.
     #[arg(long, env = "AIRSSYS_NAMESPACE", default_value = airssys_crds::agent::DEFAULT_NAMESPACE)]
     namespace: String,
+    /// The ports (`FIRST-LAST`) the agents serve HTTP components on, one per component in
+    /// the cluster; the components' Services forward to them.
+    #[arg(long, env = "AIRSSYS_HTTP_PORT_RANGE", default_value = "20000-29999", value_parser = airssys_operator::http::parse_port_range)]
+    http_port_range: std::ops::RangeInclusive<u16>,
     /// Elect a leader among the operator replicas (Lease `airssys-operator-leader`): only the
     /// leader runs the controllers; the others stand by (and serve artifacts). A leader that
     /// loses its Lease exits.
@@ -127,6 +131,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         recheck: Duration::from_secs(args.recheck_seconds.max(1)),
         require_listed_registry: args.require_listed_registry,
         namespace: args.namespace,
+        http_ports: args.http_port_range,
     };
     tracing::info!(?config, "starting the operator");
     let metrics = Arc::new(Metrics::default());

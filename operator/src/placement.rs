@@ -269,6 +269,8 @@ pub struct PlacementContent {
     pub limits: Limits,
     pub config: Vec<ConfigEntry>,
     pub dev_mode: bool,
+    /// `spec.http` with the component's port, for an HTTP component.
+    pub http: Option<airssys_crds::http::PlacementHttp>,
 }
 
 /// The artifact as a Placement carries it: pinned to the approved `digest`, so nothing reading
@@ -318,8 +320,7 @@ impl PlacementRequest {
                 .min(MAX_INSTANCES),
             config: c.config.clone(),
             dev_mode: c.dev_mode,
-            // Filled by the operator's HTTP wiring (issue #13, lead's part).
-            http: None,
+            http: c.http.clone(),
         }
     }
 }
@@ -983,6 +984,7 @@ mod tests {
                 limits: Limits::default(),
                 config: Vec::new(),
                 dev_mode: false,
+                http: None,
             },
         }
     }

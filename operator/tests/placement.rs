@@ -20,7 +20,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airssys_crds::agent::{AGENT_FIELD_MANAGER, AGENT_LEASE_LABEL, AgentCapacity, lease_name};
+use airssys_crds::agent::{
+    ADDRESS_ANNOTATION, AGENT_FIELD_MANAGER, AGENT_LEASE_LABEL, AgentCapacity, lease_name,
+};
 use airssys_crds::{Placement, TrustSource, WasmComponent};
 use airssys_test_support::{
     ControlPlane, ControlPlaneOptions, Registry, Supervised, push_wasm, wait_for,
@@ -101,6 +103,7 @@ impl FakeAgent {
         let leases: Api<Lease> = Api::namespaced(client.clone(), PRODUCT_NS);
         let name = lease_name(node);
         let holder = node.to_owned();
+        let address = fake_address(node);
         let renew = move || {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -109,13 +112,15 @@ impl FakeAgent {
                         AGENT_LEASE_LABEL.to_owned(),
                         "true".to_owned(),
                     )])),
-                    annotations: Some(
-                        AgentCapacity {
+                    annotations: Some({
+                        let mut a = AgentCapacity {
                             instances,
                             memory_bytes: 4 << 30,
                         }
-                        .to_annotations(),
-                    ),
+                        .to_annotations();
+                        a.insert(ADDRESS_ANNOTATION.to_owned(), address.clone());
+                        a
+                    }),
                     ..ObjectMeta::default()
                 },
                 spec: Some(LeaseSpec {
@@ -162,6 +167,11 @@ impl Drop for FakeAgent {
     fn drop(&mut self) {
         self.renewing.abort();
     }
+}
+
+/// The address a fake agent announces: 10.66.0.<last byte of its node's name>.
+fn fake_address(node: &str) -> String {
+    format!("10.66.0.{}", node.bytes().last().unwrap_or(1))
 }
 
 /// Starts agents `{ns}-{name}` for `names`, each labelled with the test's namespace and
@@ -974,4 +984,140 @@ async fn of_two_operators_one_acts_and_the_other_takes_over_without_duplicates_o
         "Degraded did not flap"
     );
     assert_running(&standby);
+}
+
+/// The addresses in an HTTP component's EndpointSlice, sorted (`None`: no slice).
+async fn slice_addresses(client: &Client, ns: &str, component: &str) -> Option<Vec<String>> {
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), ns);
+    let slice = slices
+        .get_opt(&format!("{component}-airssys"))
+        .await
+        .unwrap()?;
+    let mut addresses: Vec<String> = slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .flat_map(|e| e.addresses.clone())
+        .collect();
+    addresses.sort();
+    Some(addresses)
+}
+
+async fn wait_slice(client: &Client, ns: &str, component: &str, want: Option<Vec<String>>) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let seen = slice_addresses(client, ns, component).await;
+        if seen == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{component}: slice {seen:?}, never {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_http_component_gets_a_service_whose_endpoints_follow_readiness() {
+    let (cp, op) = setup().await;
+    let client = cp.client().await.unwrap();
+    let f = fixture(cp, "pl-http").await;
+    let ns = &f.ns;
+    let _agents = agents(&client, ns, &[("a", "wasm"), ("b", "wasm")], 40).await;
+    let http = |yaml: String, port: u16| yaml + &format!("  http:\n    port: {port}\n");
+    apply(
+        cp,
+        f.dir.path(),
+        &http(component_yaml(ns, "web", &f.reference, 2), 8080),
+    )
+    .await;
+    let api: Api<Placement> = Api::namespaced(client.clone(), ns);
+    let placed = wait_placements(&api, ns, "web", "one per node", |m| m.len() == 2).await;
+    let ports: Vec<u16> = placed
+        .values()
+        .map(|p| p.spec.http.as_ref().expect("an HTTP Placement").target_port)
+        .collect();
+    assert_eq!(ports[0], ports[1], "one port per component: {ports:?}");
+    let port = ports[0];
+    assert!((20000..=29999).contains(&port), "{port}");
+
+    // The Service: the component's name, no selector, its port forwarded to the agents'.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + TIMEOUT;
+    let service = loop {
+        if let Some(s) = services.get_opt("web").await.unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no Service");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let spec = service.spec.unwrap();
+    assert!(spec.selector.is_none());
+    let service_port = &spec.ports.unwrap()[0];
+    assert_eq!(service_port.port, 8080);
+    assert_eq!(
+        service_port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(port)))
+    );
+    let components: Api<WasmComponent> = Api::namespaced(client.clone(), ns);
+    let c = components.get("web").await.unwrap();
+    assert_eq!(
+        service.metadata.owner_references.unwrap()[0].uid,
+        c.uid().unwrap()
+    );
+
+    // Endpoints follow the agents' reports: none until ready, then each ready node.
+    wait_slice(&client, ns, "web", Some(vec![])).await;
+    let (a, b) = (&placed[&format!("{ns}-a")], &placed[&format!("{ns}-b")]);
+    let (addr_a, addr_b) = (
+        fake_address(&a.spec.node_name),
+        fake_address(&b.spec.node_name),
+    );
+    report(&api, a, 1, None).await;
+    wait_slice(&client, ns, "web", Some(vec![addr_a.clone()])).await;
+    report(&api, b, 1, None).await;
+    let mut both = vec![addr_a.clone(), addr_b.clone()];
+    both.sort();
+    wait_slice(&client, ns, "web", Some(both)).await;
+    report(&api, a, 0, None).await;
+    wait_slice(&client, ns, "web", Some(vec![addr_b.clone()])).await;
+
+    // A second HTTP component gets a port of its own.
+    apply(
+        cp,
+        f.dir.path(),
+        &http(component_yaml(ns, "api", &f.reference, 1), 80),
+    )
+    .await;
+    let other = wait_placements(&api, ns, "api", "one", |m| m.len() == 1).await;
+    let other_port = other
+        .values()
+        .next()
+        .unwrap()
+        .spec
+        .http
+        .as_ref()
+        .unwrap()
+        .target_port;
+    assert_ne!(other_port, port);
+
+    // Revoked: the Service and its endpoints go with the Placements.
+    let sources: Api<TrustSource> = Api::all(client.clone());
+    sources
+        .delete(&f.source, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_placements(&api, ns, "web", "none", BTreeMap::is_empty).await;
+    wait_slice(&client, ns, "web", None).await;
+    let deadline = Instant::now() + TIMEOUT;
+    while services.get_opt("web").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the Service stayed after revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_running(op);
 }

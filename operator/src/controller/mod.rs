@@ -23,6 +23,7 @@
 
 pub mod component;
 pub mod placement;
+pub mod service;
 pub mod trust_source;
 
 use std::collections::{BTreeSet, HashMap};
@@ -35,7 +36,8 @@ use airssys_crds::condition::ConditionType;
 use airssys_crds::{Placement, TrustSource, WasmComponent};
 use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::ResourceExt as _;
@@ -72,6 +74,10 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// The agents' Leases (label [`AGENT_LEASE_LABEL`]) in the product's namespace.
     pub leases: Store<Lease>,
+    /// The Services and EndpointSlices of HTTP components (label
+    /// [`crate::http::COMPONENT_LABEL`]).
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
 }
 
 impl Default for Stores {
@@ -83,6 +89,8 @@ impl Default for Stores {
             placements: reflector::store().0,
             nodes: reflector::store().0,
             leases: reflector::store().0,
+            services: reflector::store().0,
+            slices: reflector::store().0,
         }
     }
 }
@@ -95,6 +103,8 @@ impl std::fmt::Debug for Stores {
             .field("placements", &self.placements.len())
             .field("nodes", &self.nodes.len())
             .field("leases", &self.leases.len())
+            .field("services", &self.services.len())
+            .field("slices", &self.slices.len())
             .finish()
     }
 }
@@ -380,6 +390,8 @@ pub async fn run(
     let (placements, placement_writer) = reflector::store();
     let (nodes, node_writer) = reflector::store();
     let (leases, lease_writer) = reflector::store();
+    let (services, service_writer) = reflector::store();
+    let (slices, slice_writer) = reflector::store();
     let lease_namespace = config.namespace.clone();
     let stores = Stores {
         components: components.clone(),
@@ -387,6 +399,8 @@ pub async fn run(
         placements,
         nodes,
         leases,
+        services,
+        slices,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -522,7 +536,7 @@ pub async fn run(
     let lease_events = reflector::reflector(
         lease_writer,
         watcher(
-            Api::<Lease>::namespaced(client, &lease_namespace),
+            Api::<Lease>::namespaced(client.clone(), &lease_namespace),
             agent_leases,
         )
         .default_backoff()
@@ -560,7 +574,29 @@ pub async fn run(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     // These only feed stores and triggers; they end only with the process.
-    let background = futures::future::join3(node_events, lease_events, view);
+    // The operator is the only writer of its HTTP Services and slices: nothing to trigger.
+    let ours = watcher::Config::default().labels(crate::http::COMPONENT_LABEL);
+    let service_events = reflector::reflector(
+        service_writer,
+        watcher(Api::<Service>::all(client.clone()), ours.clone())
+            .default_backoff()
+            .modify(|s| s.managed_fields_mut().clear()),
+    )
+    .for_each(|_| std::future::ready(()));
+    let slice_events = reflector::reflector(
+        slice_writer,
+        watcher(Api::<EndpointSlice>::all(client), ours)
+            .default_backoff()
+            .modify(|s| s.managed_fields_mut().clear()),
+    )
+    .for_each(|_| std::future::ready(()));
+    let background = futures::future::join5(
+        node_events,
+        lease_events,
+        view,
+        service_events,
+        slice_events,
+    );
     tokio::select! {
         _ = futures::future::join3(sources, components_controller, placement_controller) => info!("controllers stopped"),
         _ = background => warn!("the Node and Lease watches ended"),

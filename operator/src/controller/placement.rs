@@ -24,14 +24,16 @@
 //! of the watch), so two components never both take a node's last room; the API writes run
 //! concurrently.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use airssys_crds::agent::AgentCapacity;
+use airssys_crds::agent::{ADDRESS_ANNOTATION, AgentCapacity};
 use airssys_crds::component::{NodeSummary, WasmComponent};
 use airssys_crds::condition::{self, Condition, ConditionType};
+use airssys_crds::http::PlacementHttp;
 use airssys_crds::placement::{ComponentRef, REVOKED_ANNOTATION};
 use airssys_crds::{Capabilities, Digest, Placement, PlacementSpec};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -43,9 +45,10 @@ use kube::{Resource as _, ResourceExt as _};
 use serde::Serialize;
 use tracing::{debug, info, instrument, warn};
 
-use super::StatusApply;
+use super::{StatusApply, service};
 use crate::approval::{Evidence, Verdict, verdict};
 use crate::events::{EventReason, Reason};
+use crate::http::{self, Serving};
 use crate::placement::{
     ExistingPlacement, Footprint, NodeShare, NodeView, PlacementChange, PlacementContent,
     PlacementPlan, PlacementRequest, is_lease_live, pin, place,
@@ -73,6 +76,8 @@ const REVOKED_NOTE_LIMIT: usize = 512;
 #[derive(Debug, Default)]
 pub struct Ledger {
     planned: HashMap<String, BTreeMap<String, Footprint>>,
+    /// The HTTP port of each HTTP component (by uid), ahead of the Placements that carry it.
+    ports: HashMap<String, u16>,
 }
 
 impl Ledger {
@@ -119,6 +124,50 @@ impl Ledger {
     /// Forgets components that no longer exist.
     pub(crate) fn retain(&mut self, live: impl Fn(&str) -> bool) {
         self.planned.retain(|uid, _| live(uid));
+        self.ports.retain(|uid, _| live(uid));
+    }
+
+    /// The HTTP port of component `uid`: the one it has (in this ledger, else on its
+    /// Placements), else the lowest free one in `range`; `None` when the range is full.
+    fn port(
+        &mut self,
+        uid: &str,
+        range: &std::ops::RangeInclusive<u16>,
+        placements: &[Arc<Placement>],
+    ) -> Option<u16> {
+        let mut own = self.ports.get(uid).copied();
+        let mut taken = BTreeSet::new();
+        for p in placements {
+            let Some(h) = &p.spec.http else { continue };
+            if p.spec.component.uid == uid {
+                own = own.or(Some(h.target_port));
+            } else {
+                taken.insert(h.target_port);
+            }
+        }
+        taken.extend(
+            self.ports
+                .iter()
+                .filter(|(owner, _)| owner.as_str() != uid)
+                .map(|(_, port)| *port),
+        );
+        let port = http::choose_port(range, own, &taken)?;
+        self.ports.insert(uid.to_owned(), port);
+        Some(port)
+    }
+
+    /// The port component `uid` holds, if any (in this ledger, else on its Placements).
+    fn held_port(&self, uid: &str, placements: &[Arc<Placement>]) -> Option<u16> {
+        self.ports.get(uid).copied().or_else(|| {
+            placements
+                .iter()
+                .filter(|p| p.spec.component.uid == uid)
+                .find_map(|p| p.spec.http.as_ref().map(|h| h.target_port))
+        })
+    }
+
+    fn release_port(&mut self, uid: &str) {
+        self.ports.remove(uid);
     }
 }
 
@@ -202,6 +251,10 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                 ledger.plan(&uid, BTreeMap::new());
                 planned
             };
+            ctx.ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .release_port(&uid);
             if !existing.is_empty() || planned {
                 // A component being deleted is not revoked: its instances just stop.
                 if c.metadata.deletion_timestamp.is_none() {
@@ -230,6 +283,22 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                 // The verdict checked it; a spec cannot change under us.
                 return Ok(Action::requeue(HOLD_RETRY));
             };
+            let http = {
+                let mut ledger = ctx.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+                match &c.spec.http {
+                    Some(spec) => {
+                        let Some(port) = ledger.port(&uid, &ctx.config.http_ports, &all) else {
+                            warn!(range = ?ctx.config.http_ports, "no free port for an HTTP component in --http-port-range; not placed");
+                            return Ok(Action::requeue(SHORTFALL_RETRY));
+                        };
+                        Some(PlacementHttp::new(spec, port))
+                    }
+                    None => {
+                        ledger.release_port(&uid);
+                        None
+                    }
+                }
+            };
             let request = PlacementRequest {
                 namespace: ns.clone(),
                 component: ComponentRef {
@@ -247,6 +316,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                     limits: c.spec.limits.clone(),
                     config: c.spec.config.clone(),
                     dev_mode: *dev_mode,
+                    http,
                 },
             };
             let plan = {
@@ -316,6 +386,33 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
         write_status(c, ctx, &summary).await?;
         report_transition(c, ctx, &status.conditions, &summary).await;
     }
+    let wanted = match (&verdict, &c.spec.http, approved_digest.as_ref()) {
+        (Verdict::Place { .. } | Verdict::Hold(_), Some(spec), Some(approved)) => {
+            let port = ctx
+                .ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .held_port(&uid, &all);
+            port.map(|target_port| {
+                let serving: Vec<Serving<'_>> = ours
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .map(|p| Serving {
+                        spec: &p.spec,
+                        status: p.status.as_ref(),
+                    })
+                    .collect();
+                let addresses = agent_addresses(&ctx.stores.leases.state(), jiff::Timestamp::now());
+                service::Wanted {
+                    port: spec.port,
+                    target_port,
+                    endpoints: http::ready_endpoints(&serving, target_port, approved, &addresses),
+                }
+            })
+        }
+        _ => None,
+    };
+    service::sync(ctx, c, wanted).await?;
     Ok(Action::requeue(action))
 }
 
@@ -378,6 +475,31 @@ fn agents(leases: &[Arc<Lease>], now: jiff::Timestamp) -> HashMap<String, (bool,
         }
     }
     agents
+}
+
+/// Per node: the address its live agent serves HTTP components on (the Lease's
+/// [`ADDRESS_ANNOTATION`]); nodes whose agent is not live, or announced no valid address, are
+/// absent.
+fn agent_addresses(leases: &[Arc<Lease>], now: jiff::Timestamp) -> BTreeMap<String, IpAddr> {
+    let mut addresses = BTreeMap::new();
+    for lease in leases {
+        let Some(spec) = lease.spec.as_ref().filter(|s| is_lease_live(s, now)) else {
+            continue;
+        };
+        let Some(node) = spec.holder_identity.as_deref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let address = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ADDRESS_ANNOTATION))
+            .and_then(|a| a.parse::<IpAddr>().ok());
+        if let Some(address) = address {
+            addresses.insert(node.to_owned(), address);
+        }
+    }
+    addresses
 }
 
 /// A Placement as applied: only metadata that is ours and the spec, so the agent's status and
