@@ -820,7 +820,7 @@ async fn operator_account(cp: &ControlPlane) -> std::path::PathBuf {
             "--kube-version",
             "1.34.0",
             "--set",
-            "rbac.userRoles=false",
+            "rbac.userRoles=false,operator.enabled=false,agent.enabled=false",
         ])
         .await
         .unwrap();
