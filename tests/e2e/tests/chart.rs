@@ -629,4 +629,27 @@ async fn a_release_installed_from_an_oci_registry_upgrades_and_uninstalls_safely
     }
     kubectl_ok(&cp, &["get", "wasmcomponent", "echo", "-n", "team-a"]).await;
     kubectl_ok(&cp, &["get", "trustsource", "approvals-team-a"]).await;
+
+    // Installing again adopts the kept CRDs.
+    let out = cp
+        .helm([
+            "install",
+            RELEASE,
+            reference.as_str(),
+            "--version",
+            "0.1.0",
+            "--plain-http",
+            "--namespace",
+            NS,
+            "--set",
+            images.as_str(),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install after uninstall: {}",
+        text(&out)
+    );
+    kubectl_ok(&cp, &["get", "wasmcomponent", "echo", "-n", "team-a"]).await;
 }

@@ -486,7 +486,12 @@ mod tests {
     #[test]
     fn ldd_output_becomes_library_paths() {
         // One row per kind of ldd line.
-        let cases: &[(&str, &str, Result<Vec<&str>, &str>)] = &[
+        type Row = (
+            &'static str,
+            &'static str,
+            Result<Vec<&'static str>, &'static str>,
+        );
+        let cases: &[Row] = &[
             (
                 "the vDSO has no file and is skipped",
                 "\tlinux-vdso.so.1 (0x00007ffd)\n",
