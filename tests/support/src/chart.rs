@@ -1,8 +1,9 @@
 //! The chart as a user meets it: images of the workspace's binaries built and pushed to a
 //! local registry, the chart packaged and pushed there, and `helm install` from it.
 //!
-//! A test that runs the product on a real node chains these: [`push_images`] →
-//! [`push_chart`] → [`ControlPlane::helm`] `install` with [`PushedImages::values`].
+//! A test that runs the product on a real node chains these: [`ImageBinaries::in_dir`] →
+//! [`push_images`] → [`push_chart`] → [`ControlPlane::helm`] `install` with
+//! [`PushedImages::values`].
 //!
 //! [`ControlPlane::helm`]: crate::ControlPlane::helm
 
@@ -56,17 +57,49 @@ impl PushedImages {
     }
 }
 
-/// Builds the images of `airssys-operator` and `airssys-agent` from `bin_dir` (where cargo
-/// built them) and pushes them to `registry` as `<registry>/<binary>:<tag>`.
+/// The binaries to pack.
+#[derive(Debug, Clone)]
+pub struct ImageBinaries {
+    pub operator: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl ImageBinaries {
+    /// `airssys-operator` and `airssys-agent` in `bin_dir` (e.g. [`workspace_bin_dir`]), which
+    /// must exist: a test package other than theirs cannot make cargo build them.
+    pub fn in_dir(bin_dir: &Path) -> Result<ImageBinaries, Error> {
+        let find = |name: &str| {
+            let path = bin_dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::Invalid(format!(
+                    "{} is not built; run `cargo build --bins -p airssys-operator -p airssys-agent` first",
+                    path.display()
+                )))
+            }
+        };
+        Ok(ImageBinaries {
+            operator: find("airssys-operator")?,
+            agent: find("airssys-agent")?,
+        })
+    }
+}
+
+/// Builds the images of the operator and agent binaries and pushes them to `registry` as
+/// `<registry>/airssys-operator:<tag>` and `<registry>/airssys-agent:<tag>`.
 pub async fn push_images(
     registry: &Registry,
-    bin_dir: &Path,
+    binaries: &ImageBinaries,
     tag: &str,
 ) -> Result<PushedImages, Error> {
     let mut pushed = Vec::new();
-    for binary in ["airssys-operator", "airssys-agent"] {
+    for (binary, path) in [
+        ("airssys-operator", &binaries.operator),
+        ("airssys-agent", &binaries.agent),
+    ] {
         let spec = ImageSpec {
-            binary: bin_dir.join(binary),
+            binary: path.clone(),
             name: binary.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             revision: "test".to_owned(),

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use airssys_test_support::chart::{ImageBinaries, chart_dir, push_images};
 use airssys_test_support::image::shared_libraries;
 use airssys_test_support::{Registry, run_tool};
 use serde_json::Value;
@@ -173,5 +174,50 @@ async fn an_image_is_reproducible_minimal_and_runs_as_non_root() {
         assert!(String::from_utf8_lossy(&run.stdout).contains("Build the OCI image"));
     } else {
         eprintln!("not root: skipped running the layer in a chroot");
+    }
+}
+
+/// The helper a node test uses to run its own build: both images pushed, and the chart's
+/// values from it make the Deployment and DaemonSet pull exactly those digests. (Any real
+/// binary shows the plumbing; this package can only name its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_images_become_the_charts_image_values() {
+    let registry = Registry::start().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let binaries = ImageBinaries {
+        operator: IMAGE_CLI.into(),
+        agent: IMAGE_CLI.into(),
+    };
+    let pushed = push_images(&registry, &binaries, "e2e").await.unwrap();
+    for image in [&pushed.operator, &pushed.agent] {
+        let resolved = oras(
+            work.path(),
+            &[
+                "resolve",
+                "--plain-http",
+                &format!("{}:{}", image.repository, image.tag),
+            ],
+        );
+        assert_eq!(resolved, image.digest);
+    }
+    let mut args = vec![
+        "template".to_owned(),
+        "r".to_owned(),
+        chart_dir().display().to_string(),
+        "--kube-version".to_owned(),
+        "1.34.0".to_owned(),
+        "--show-only".to_owned(),
+        "templates/operator.yaml".to_owned(),
+        "--show-only".to_owned(),
+        "templates/agent.yaml".to_owned(),
+    ];
+    for value in pushed.values() {
+        args.extend(["--set".to_owned(), value]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rendered = run_tool(work.path(), "helm", &args).unwrap();
+    for image in [&pushed.operator, &pushed.agent] {
+        let want = format!("image: \"{}@{}\"", image.repository, image.digest);
+        assert!(rendered.contains(&want), "{want} not in:\n{rendered}");
     }
 }
