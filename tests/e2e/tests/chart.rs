@@ -10,7 +10,8 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use airssys_test_support::chart::{chart_dir, push_chart};
+use airssys_test_support::chart::{ImageBinaries, chart_dir, push_chart, push_images};
+use airssys_test_support::dev;
 use airssys_test_support::{ControlPlane, ControlPlaneOptions, Registry};
 use serde_json::Value;
 
@@ -222,6 +223,14 @@ async fn a_release_installed_from_an_oci_registry_upgrades_and_uninstalls_safely
     .unwrap();
     let registry = Registry::start().await.unwrap();
     let work = tempfile::tempdir().unwrap();
+    // The images of this build (the binaries as this test run built them: a no-op inside
+    // `cargo test --workspace`, a build when this test runs alone) and the chart, pushed.
+    let bin_dir = tokio::task::spawn_blocking(dev::build_workspace_bins_for_tests)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let binaries = ImageBinaries::in_dir(&bin_dir).unwrap();
+    let pushed = push_images(&registry, &binaries, "test").await.unwrap();
     let reference = push_chart(&registry, &chart_dir(), work.path()).unwrap();
 
     // The product namespace enforces Pod Security `restricted`.
@@ -238,12 +247,7 @@ async fn a_release_installed_from_an_oci_registry_upgrades_and_uninstalls_safely
     .await;
     cp.create_node("chart-node-1", &[]).await.unwrap();
 
-    let operator_repo = format!("{}/airssys-operator", registry.address());
-    let agent_repo = format!("{}/airssys-agent", registry.address());
-    let images = format!(
-        "operator.image.repository={operator_repo},operator.image.tag=test,\
-         agent.image.repository={agent_repo},agent.image.tag=test"
-    );
+    let images = pushed.values().join(",");
     let out = cp
         .helm([
             "install",
@@ -297,7 +301,11 @@ async fn a_release_installed_from_an_oci_registry_upgrades_and_uninstalls_safely
     let pod_spec = &deployment["spec"]["template"]["spec"];
     assert_restricted("operator", pod_spec);
     let container = &pod_spec["containers"][0];
-    assert_eq!(container["image"], format!("{operator_repo}:test"));
+    // The image this build pushed, pinned by digest.
+    assert_eq!(
+        container["image"],
+        format!("{}@{}", pushed.operator.repository, pushed.operator.digest)
+    );
     let args = strings(&container["args"]);
     for want in [
         "run",
@@ -340,6 +348,10 @@ async fn a_release_installed_from_an_oci_registry_upgrades_and_uninstalls_safely
     assert_restricted("agent", pod_spec);
     assert_eq!(pod_spec["serviceAccountName"], "airssys-wasm-agent");
     let container = &pod_spec["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("{}@{}", pushed.agent.repository, pushed.agent.digest)
+    );
     let env = container["env"].as_array().unwrap();
     let node_name = env
         .iter()

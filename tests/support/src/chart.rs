@@ -1,7 +1,8 @@
 //! The chart as a user meets it: images of the workspace's binaries built and pushed to a
 //! local registry, the chart packaged and pushed there, and `helm install` from it.
 //!
-//! A test that runs the product on a real node chains these: [`ImageBinaries::in_dir`] →
+//! A test that runs the product on a real node chains these:
+//! [`crate::dev::build_workspace_bins_for_tests`] → [`ImageBinaries::in_dir`] →
 //! [`push_images`] → [`push_chart`] → [`ControlPlane::helm`] `install` with
 //! [`PushedImages::values`].
 //!
@@ -15,16 +16,6 @@ use crate::{Error, Registry};
 /// The chart's directory in the workspace.
 pub fn chart_dir() -> PathBuf {
     crate::repo_root().join("charts/airssys-wasm")
-}
-
-/// The directory cargo put this test's workspace binaries in (`<target>/<profile>`), found from
-/// the running test executable (`<target>/<profile>/deps/<test>`).
-pub fn workspace_bin_dir() -> Result<PathBuf, Error> {
-    let exe = std::env::current_exe().map_err(Error::io("locating the test executable"))?;
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| Error::Invalid(format!("{} has no profile directory", exe.display())))
 }
 
 /// One pushed image.
@@ -65,8 +56,8 @@ pub struct ImageBinaries {
 }
 
 impl ImageBinaries {
-    /// `airssys-operator` and `airssys-agent` in `bin_dir` (e.g. [`workspace_bin_dir`]), which
-    /// must exist: a test package other than theirs cannot make cargo build them.
+    /// `airssys-operator` and `airssys-agent` in `bin_dir`, which must exist (a test gets them
+    /// from [`crate::dev::build_workspace_bins_for_tests`]).
     pub fn in_dir(bin_dir: &Path) -> Result<ImageBinaries, Error> {
         let find = |name: &str| {
             let path = bin_dir.join(name);
