@@ -6,7 +6,10 @@ use std::path::Path;
 #[test]
 fn committed_crds_match_the_types() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dirs = [root.join("yaml"), root.join("../charts/airssys-wasm/crds")];
+    let dirs = [
+        root.join("yaml"),
+        root.join("../charts/airssys-wasm/files/crds"),
+    ];
     let files = airssys_crds::generate::crd_files().expect("CRDs render");
     for dir in &dirs {
         for (name, generated) in &files {
@@ -15,7 +18,7 @@ fn committed_crds_match_the_types() {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(
                 committed == *generated,
-                "{} is stale: run `cargo run -p airssys-crds --features crdgen --bin crdgen -- --write crds/yaml charts/airssys-wasm/crds`",
+                "{} is stale: run `cargo run -p airssys-crds --features crdgen --bin crdgen -- --write crds/yaml charts/airssys-wasm/files/crds`",
                 path.display()
             );
         }

@@ -167,8 +167,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Timing::default(),
         )
     });
-    // Ready while the controllers run. (Not yet "their first list is done": that is known
-    // inside controller::run only.)
+    // A standby serves artifacts and stands ready to take over, so it is ready too: the
+    // artifact Service must reach it, and a rolling update must not wait forever on new
+    // replicas that stand by behind the old leader. Without election: ready while the
+    // controllers run. (Not yet "their first list is done": that is known inside
+    // controller::run only.)
+    if elector.is_some() {
+        readiness.set(true);
+    }
+    let standby_readiness = readiness.clone();
     let work = move || async move {
         readiness.set(true);
         let result = controller::run(client, resolver, config, metrics).await;
@@ -179,6 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(elector) => leader::run_elected(elector, controller::shutdown_signal(), work).await,
         None => work().await,
     };
+    standby_readiness.set(false);
     for task in [server, artifact_server].into_iter().flatten() {
         task.abort();
     }

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the controllers, and the operator's HTTP endpoint: `/metrics` for the
-//! scraper, `/healthz` (the process answers) and `/readyz` (the controllers run) for the
-//! kubelet's probes. Served by hyper, which the operator already links through kube.
+//! scraper, `/healthz` (the process answers) and `/readyz` (the controllers run, or with
+//! leader election this replica serves and stands by) for the kubelet's probes. Served by hyper, which the operator already links through kube.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -159,8 +159,9 @@ impl Metrics {
     }
 }
 
-/// Whether the operator is ready: set while its controllers run, cleared when they stop (so a
-/// shutting-down operator leaves the Service's endpoints before it exits).
+/// Whether the operator is ready: set while its controllers run (with leader election, also
+/// while a standby waits), cleared when they stop (so a shutting-down operator leaves the
+/// Service's endpoints before it exits).
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 

@@ -810,6 +810,31 @@ fn placement_reconciles(operator: &Mutex<Supervised>) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
+/// The HTTP status of `/readyz` on an operator's metrics endpoint (its address from its log).
+fn readyz(operator: &Mutex<Supervised>) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let log = std::fs::read_to_string(operator.lock().unwrap().log_path()).unwrap();
+    let bound = log
+        .lines()
+        .filter(|l| l.contains("serving /metrics"))
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["fields"]["bound"].as_str().map(str::to_owned)
+        })
+        .expect("the operator logs its metrics address");
+    let mut stream = std::net::TcpStream::connect(&bound).unwrap();
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
 fn leads(operator: &Mutex<Supervised>) -> bool {
     std::fs::read_to_string(operator.lock().unwrap().log_path())
         .unwrap()
@@ -830,7 +855,7 @@ async fn operator_account(cp: &ControlPlane) -> std::path::PathBuf {
             "--kube-version",
             "1.34.0",
             "--set",
-            "rbac.userRoles=false",
+            "rbac.userRoles=false,operator.enabled=false,agent.enabled=false",
         ])
         .await
         .unwrap();
@@ -920,6 +945,10 @@ async fn of_two_operators_one_acts_and_the_other_takes_over_without_duplicates_o
         0,
         "the standby does not act"
     );
+    // Both are ready: the standby serves artifacts and waits to take over, so the artifact
+    // Service must reach it and a Deployment's rolling update must not wait on it forever.
+    assert_eq!(readyz(&leader), 200, "the leader is ready");
+    assert_eq!(readyz(&standby), 200, "the standby is ready");
     let times: Vec<Option<String>> = ["Scheduled", "Ready", "Degraded"]
         .iter()
         .map(|t| transition_time(&c, t))

@@ -1,4 +1,6 @@
-//! Developer tasks. `cargo run -p xtask -- dev` runs the whole system locally.
+//! Developer tasks. `cargo run -p xtask -- dev` runs the whole system locally;
+//! `cargo run -p xtask -- image --binary airssys-operator --push REGISTRY/REPO:TAG` builds and
+//! pushes a binary's OCI image without a container engine.
 //!
 //! This crate is std-only so that `cargo run -p xtask` compiles in seconds. `dev` then runs one
 //! `cargo build --locked --workspace --bins` (operator, agent, `kubectl-wasm` and the
@@ -6,6 +8,8 @@
 //! compiled once, with one set of features) and hands over to `airssys-dev`, which starts the
 //! control plane, the local OCI registry and the operator and applies the examples. While cargo
 //! compiles, the Go tools of the control plane are built in the background, as `.ci/run` does.
+//! `image` runs the same build and hands over to `airssys-image` (also airssys-test-support),
+//! which packs the binary with the shared libraries `ldd` lists, reproducibly.
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -13,17 +17,28 @@ use std::process::{Command, ExitCode, Stdio};
 
 const USAGE: &str = "\
 usage: cargo run -p xtask -- dev [--no-build] [AIRSSYS-DEV OPTIONS]
+       cargo run -p xtask -- image --binary airssys-operator|airssys-agent
+                                   [--push REGISTRY/REPO:TAG] [--plain-http] [--oci-layout DIR]
+                                   [--no-build] [AIRSSYS-IMAGE OPTIONS]
 
   dev          build every binary of the workspace once, then run the local cluster
                (airssys-dev: control plane, OCI registry, operator, the examples applied)
+  image        build every binary once, then the OCI image of one of them (airssys-image:
+               the binary and the shared libraries ldd lists, user 65532, reproducible
+               digests) and push it and/or write it as an OCI layout
   --no-build   use the binaries already built (no cargo build)
 
-Options after `dev` go to airssys-dev; `cargo run -p xtask -- dev --help` lists them.";
+Options after `dev` go to airssys-dev, after `image` to airssys-image; `--help` after either
+lists them. `cargo run --release -p xtask -- image ...` packs the release build.";
+
+/// The binaries `image` packs.
+const IMAGE_BINARIES: &[&str] = &["airssys-operator", "airssys-agent"];
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    match args.next().as_deref().and_then(|a| a.to_str()) {
-        Some("dev") => {}
+    let task = match args.next().as_deref().and_then(|a| a.to_str()) {
+        Some("dev") => Task::Dev,
+        Some("image") => Task::Image,
         Some("-h" | "--help" | "help") => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -32,7 +47,7 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             return ExitCode::FAILURE;
         }
-    }
+    };
     let mut build = true;
     let mut forward: Vec<OsString> = Vec::new();
     for arg in args {
@@ -42,12 +57,71 @@ fn main() -> ExitCode {
             forward.push(arg);
         }
     }
-    // `dev` only returns when something failed: on success it became airssys-dev (exec).
-    let message = match dev(build, &forward) {
+    // Each task only returns when something failed: on success it became its driver (exec).
+    let (name, result) = match task {
+        Task::Dev => ("dev", dev(build, &forward)),
+        Task::Image => ("image", image(build, &forward)),
+    };
+    let message = match result {
         Ok(message) | Err(message) => message,
     };
-    eprintln!("xtask dev: {message}");
+    eprintln!("xtask {name}: {message}");
     ExitCode::FAILURE
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    Dev,
+    Image,
+}
+
+/// Builds the workspace's binaries, then replaces this process with airssys-image, given the
+/// path of the binary `--binary NAME` names; returns only with what went wrong.
+fn image(build: bool, forward: &[OsString]) -> Result<String, String> {
+    let bin_dir = bin_dir()?;
+    let root = workspace_root()?;
+    let mut args: Vec<OsString> = Vec::with_capacity(forward.len());
+    let mut binary = None;
+    let mut rest = forward.iter();
+    while let Some(arg) = rest.next() {
+        let value = if arg == "--binary" {
+            rest.next().cloned()
+        } else if let Some(v) = arg.to_str().and_then(|a| a.strip_prefix("--binary=")) {
+            Some(v.into())
+        } else {
+            args.push(arg.clone());
+            continue;
+        };
+        let name = value
+            .as_deref()
+            .and_then(|v| v.to_str())
+            .filter(|v| IMAGE_BINARIES.contains(v))
+            .ok_or_else(|| format!("--binary takes one of {IMAGE_BINARIES:?}"))?;
+        binary = Some(name.to_owned());
+    }
+    let asks_help = args.iter().any(|a| a == "-h" || a == "--help");
+    let Some(binary) = binary.or_else(|| asks_help.then(String::new)) else {
+        return Err(format!(
+            "give --binary, one of {IMAGE_BINARIES:?}\n\n{USAGE}"
+        ));
+    };
+    if build && !asks_help {
+        cargo_build(&root, &bin_dir)?;
+    }
+    let driver = bin_dir.join("airssys-image");
+    if !driver.is_file() {
+        return Err(format!(
+            "{} is not built; run without --no-build",
+            driver.display()
+        ));
+    }
+    let mut cmd = Command::new(&driver);
+    if !binary.is_empty() {
+        cmd.arg("--binary").arg(bin_dir.join(&binary));
+    }
+    // The revision and commit time come from git in the workspace.
+    let error = cmd.args(&args).current_dir(&root).exec();
+    Ok(format!("starting {}: {error}", driver.display()))
 }
 
 /// Builds, then replaces this process with airssys-dev; returns only with what went wrong.

@@ -30,7 +30,7 @@ async fn install_user_roles(cp: &ControlPlane) {
             "--kube-version",
             "1.34.0",
             "--set",
-            "rbac.create=false",
+            "rbac.create=false,operator.enabled=false,agent.enabled=false",
         ])
         .await
         .unwrap();

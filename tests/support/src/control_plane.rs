@@ -477,8 +477,9 @@ impl ControlPlane {
 
     /// Renders the chart (`charts/airssys-wasm`) with the real helm into `namespace` (created
     /// if missing) as release `airssys-wasm`, with `values` (`key=value` for `--set`), and
-    /// applies it server-side as cluster admin: its ServiceAccounts, RBAC and admission
-    /// policies.
+    /// applies it server-side as cluster admin: its CRDs, ServiceAccounts, RBAC and admission
+    /// policies. The operator Deployment and agent DaemonSet are left out (the tests run the
+    /// binaries as processes); a value in `values` can turn them back on.
     pub async fn install_chart(&self, namespace: &str, values: &[&str]) -> Result<(), Error> {
         let _ = self.kubectl(["create", "namespace", namespace]).await?;
         let chart = repo_root().join("charts/airssys-wasm");
@@ -490,6 +491,8 @@ impl ControlPlane {
             namespace.into(),
             "--kube-version".into(),
             "1.34.0".into(),
+            "--set".into(),
+            "operator.enabled=false,agent.enabled=false".into(),
         ];
         for v in values {
             args.push("--set".into());

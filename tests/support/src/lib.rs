@@ -15,9 +15,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chart;
 mod control_plane;
 pub mod dev;
 mod error;
+pub mod image;
 mod pki;
 mod ports;
 mod process;
