@@ -27,8 +27,8 @@ use kube::{Resource as _, ResourceExt as _};
 /// Label on the Services and EndpointSlices the operator manages: the component's name.
 pub const COMPONENT_LABEL: &str = "wasm.airssys.dev/component";
 /// `endpointslice.kubernetes.io/managed-by` of the operator's slices (the EndpointSlice
-/// controller leaves slices with another manager alone).
-pub const SLICE_MANAGER: &str = "wasm.airssys.dev/operator";
+/// controller leaves slices with another manager alone; a label value holds no `/`).
+pub const SLICE_MANAGER: &str = "operator.wasm.airssys.dev";
 /// The name of the Service port and of the slice port that match.
 pub const PORT_NAME: &str = "http";
 /// The default of `--http-port-range`.
@@ -267,8 +267,9 @@ mod tests {
     fn choose_port_keeps_a_port_and_finds_the_lowest_free_one() {
         let range = 100..=103;
         let taken = |v: &[u16]| v.iter().copied().collect::<BTreeSet<u16>>();
-        // (rule, own, taken, chosen)
-        let rows: [(&str, Option<u16>, &[u16], Option<u16>); 6] = [
+        /// (rule, own, taken, chosen)
+        type Row<'a> = (&'a str, Option<u16>, &'a [u16], Option<u16>);
+        let rows: [Row<'_>; 6] = [
             ("nothing taken: the first", None, &[], Some(100)),
             ("the lowest free one", None, &[100, 101], Some(102)),
             ("its own port is kept", Some(103), &[100], Some(103)),

@@ -177,6 +177,33 @@ async fn approved_components_run_on_the_node_agents() {
         "{placed:?}"
     );
 
+    // The HTTP example is served by both agents, behind its Service's EndpointSlice.
+    wait_ready(&mut cluster, "wasm-demo", "hello-http", 2).await;
+    let endpoints = wait_until(&mut cluster, "hello-http's 2 endpoints", TIMEOUT, |c| {
+        Box::pin(async move {
+            let found = http_endpoints(c, "wasm-demo", "hello-http").await;
+            if found.len() == 2 {
+                Ok(found)
+            } else {
+                Err(format!("{found:?}"))
+            }
+        })
+    })
+    .await;
+    for endpoint in &endpoints {
+        let answer = http_get(endpoint, "hello.example.com", "/hello/world").await;
+        assert_eq!(
+            answer.as_deref(),
+            Ok("200 hello from /hello/world\n"),
+            "{endpoint}"
+        );
+        let other_host = http_get(endpoint, "elsewhere.example.com", "/hello").await;
+        assert!(
+            other_host.as_deref().is_ok_and(|a| a.starts_with("404")),
+            "{other_host:?}"
+        );
+    }
+
     // kubectl scale works through /scale: up, to zero, and back.
     kubectl(
         &cluster,
@@ -431,6 +458,98 @@ async fn approved_components_run_on_the_node_agents() {
     )
     .await;
     assert!(!nodes.contains(&victim), "{nodes:?}");
+
+    // The HTTP component was trusted by the same source: its endpoints go, and no agent
+    // answers for it any more.
+    wait_until(
+        &mut cluster,
+        "hello-http's EndpointSlice gone",
+        TIMEOUT,
+        |c| {
+            Box::pin(async move {
+                let found = http_endpoints(c, "wasm-demo", "hello-http").await;
+                if found.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{found:?}"))
+                }
+            })
+        },
+    )
+    .await;
+    for endpoint in &endpoints {
+        let answer = http_get(endpoint, "hello.example.com", "/hello/world").await;
+        assert!(answer.is_err(), "{endpoint} still answers: {answer:?}");
+    }
+}
+
+/// `address:port` of each ready endpoint of the EndpointSlices of Service `ns/name`.
+async fn http_endpoints(cluster: &DevCluster, ns: &str, name: &str) -> Vec<String> {
+    let slices = get_json(
+        cluster,
+        &[
+            "endpointslices",
+            "-n",
+            ns,
+            "-l",
+            &format!("kubernetes.io/service-name={name}"),
+        ],
+    )
+    .await;
+    let mut out = Vec::new();
+    for slice in slices["items"].as_array().into_iter().flatten() {
+        let Some(port) = slice["ports"][0]["port"].as_i64() else {
+            continue;
+        };
+        for e in slice["endpoints"].as_array().into_iter().flatten() {
+            if e["conditions"]["ready"] == true {
+                for a in e["addresses"].as_array().into_iter().flatten() {
+                    out.push(format!("{}:{port}", a.as_str().unwrap_or_default()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One HTTP/1.1 GET: `"<status> <body>"`, or why it failed.
+async fn http_get(endpoint: &str, host: &str, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(endpoint)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.split(' ').nth(1).unwrap_or_default().to_owned();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        // A chunked body: the single chunk's text.
+        let body = if text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body.split("\r\n").nth(1).unwrap_or_default().to_owned() + "\n"
+        } else {
+            body.to_owned()
+        };
+        Ok::<_, String>(format!(
+            "{status} {}",
+            body.trim_end_matches('\n').to_owned() + "\n"
+        ))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
 }
 
 /// The agents' Events of `reason` about component `ns/name`.

@@ -113,6 +113,14 @@ pub const EXAMPLE_COMPONENTS: &[ExampleComponent] = &[
     },
     ExampleComponent {
         namespace: "wasm-demo",
+        name: "hello-http",
+        repository: "platform/hello-http:1.0.0",
+        guest: "http_hello",
+        signed: true,
+        expected: Expected::Trusted,
+    },
+    ExampleComponent {
+        namespace: "wasm-demo",
         name: "kv-counter",
         repository: "team-a/kv-counter:1.4.0",
         guest: "kv_counter",
@@ -916,6 +924,18 @@ fn kubernetes_arch() -> &'static str {
     }
 }
 
+/// The address stand-in node `node`'s agent serves HTTP components on: its own loopback
+/// address (127.77.x.y from its name), as each real node has its own pod IP, so agents on
+/// one machine can listen on the same port.
+pub fn loopback_address(node: &str) -> std::net::Ipv4Addr {
+    // FNV-1a: stable across runs and platforms.
+    let hash = node.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let [_, _, x, y] = hash.to_be_bytes();
+    std::net::Ipv4Addr::new(127, 77, x, y.max(1))
+}
+
 /// Starts the agent of stand-in node `node` in node mode: its `Node` object (no kubelet here),
 /// a token of the chart's agent ServiceAccount bound to that Node (so the admission policy
 /// lets it write only this node's objects), and the operator's artifact server.
@@ -959,6 +979,7 @@ pub async fn start_agent(
         .arg(data_dir)
         .args(extra_args)
         .env_remove("KUBECONFIG")
+        .env("POD_IP", loopback_address(node).to_string())
         .env("RUST_LOG", rust_log());
     start_watched(cp, &format!("agent-{node}"), cmd).await
 }
