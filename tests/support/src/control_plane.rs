@@ -211,6 +211,12 @@ impl ControlPlane {
     fn apiserver_command(&self, etcd_port: u16, port: u16) -> Result<Command, Error> {
         let serving = self.pki.serving();
         let sa_key = self.pki.sa_key();
+        // How the API server authenticates to kubelets (`kubectl logs`, `exec`): as admin.
+        let kubelet_client = self.pki.client(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        )?;
         let mut cmd = Command::new(crate::tool_path("kube-apiserver")?);
         cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .arg("--bind-address=127.0.0.1")
@@ -231,6 +237,16 @@ impl ControlPlane {
             ))
             .arg("--service-cluster-ip-range=10.96.0.0/12")
             .arg("--authorization-mode=Node,RBAC")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                kubelet_client.cert.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                kubelet_client.key.display()
+            ))
+            // A test Node's hostname resolves nowhere; its InternalIP is the machine's.
+            .arg("--kubelet-preferred-address-types=InternalIP")
             .arg(format!("--enable-admission-plugins={ADMISSION_PLUGINS}"))
             .arg("--allow-privileged=true")
             // The "kubernetes" Service endpoints would point at loopback, which the reconciler
@@ -356,6 +372,11 @@ impl ControlPlane {
 
     pub fn ca_cert_path(&self) -> PathBuf {
         self.pki.ca_cert()
+    }
+
+    /// The CA that signs client certificates (a Node's kubelet and kube-proxy identities).
+    pub(crate) fn pki(&self) -> &Pki {
+        &self.pki
     }
 
     /// The temp directory holding logs, etcd data, certificates and kubeconfigs.
@@ -697,12 +718,12 @@ fn read_crds(path: &Path) -> Result<Vec<CustomResourceDefinition>, Error> {
     Ok(crds)
 }
 
-enum UserAuth<'a> {
+pub(crate) enum UserAuth<'a> {
     Cert(&'a CertFiles),
     Token(&'a str),
 }
 
-fn write_kubeconfig(
+pub(crate) fn write_kubeconfig(
     path: &Path,
     server: &str,
     ca: &Path,

@@ -18,6 +18,8 @@
 mod control_plane;
 pub mod dev;
 mod error;
+mod node;
+mod node_config;
 mod pki;
 mod ports;
 mod process;
@@ -27,7 +29,8 @@ mod wait;
 
 pub use control_plane::{ControlPlane, ControlPlaneOptions, client_from, repo_root};
 pub use error::Error;
+pub use node::{Node, NodeOptions};
 pub use process::Supervised;
 pub use registry::{Registry, RegistryAuth, RegistryOptions, docker_config};
-pub use tools::{push_wasm, run_tool, tool_path};
+pub use tools::{node_image, push_wasm, run_tool, tool_path};
 pub use wait::{condition_status, wait_for};
