@@ -1,8 +1,8 @@
 //! A real Kubernetes node beside the test control plane (tests/support's `Node`): kubelet
 //! registers and becomes Ready on containerd + runc; a Pod whose image was pushed to the test
 //! registry is pulled, started on the CNI bridge and passes an HTTP readiness probe; a
-//! ClusterIP Service answers through kube-proxy's iptables rules; `kubectl logs` reads the
-//! Pod's output through the kubelet; stopping the node leaves no bridge, mount, rule or Node
+//! ClusterIP Service answers through kube-proxy's iptables rules; `kubectl logs` and
+//! `kubectl exec` reach the Pod through the kubelet; stopping the node leaves no bridge, mount, rule or Node
 //! object behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -207,6 +207,19 @@ async fn a_node_runs_a_pod_from_the_test_registry_behind_a_service() {
         "{logs}"
     );
     assert!(logs.contains("echo: request"), "{logs}");
+
+    // kubectl exec: API server -> kubelet -> containerd's streaming server. A second echo in
+    // the same network namespace cannot take the port the first one holds.
+    let out = cp
+        .kubectl(["exec", "-n", ns.as_str(), "echo", "--", "/echo"])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "kubectl exec: {stderr}");
+    assert!(
+        stderr.contains("echo: listen: Address already in use"),
+        "kubectl exec: {stderr}"
+    );
 
     // Stopping leaves nothing behind on the machine or in the API.
     let (name, bridge, dir) = (
