@@ -31,7 +31,7 @@ mod wait;
 
 pub use control_plane::{ControlPlane, ControlPlaneOptions, client_from, repo_root};
 pub use error::Error;
-pub use node::{Node, NodeOptions};
+pub use node::{Node, NodeOptions, SHARED_NODE_NAME};
 pub use process::Supervised;
 pub use registry::{Registry, RegistryAuth, RegistryOptions, docker_config};
 pub use tools::{node_image, push_wasm, run_tool, tool_path};

@@ -7,11 +7,15 @@
 //! directories), but kube-proxy's iptables chains are machine-wide, so at most one Node per
 //! machine runs kube-proxy at a time: the others wait for a lock file.
 //!
+//! [`Node::shared`] is a process-wide Node on the shared control plane. A Node that is never
+//! dropped (that one) or whose process is killed is cleaned up by an exit script instead.
+//!
 //! [`Node::stop`] (also run on drop) undoes everything: kube-proxy's rules, the processes
 //! (including the containers and the shims containerd leaves behind), the mounts under the
 //! temp directory (overlay root filesystems, network namespaces, volumes), the bridge, the
 //! cgroups and the Node object.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -28,7 +32,7 @@ use tempfile::TempDir;
 use crate::control_plane::{UserAuth, write_kubeconfig};
 use crate::node_config::{self, ContainerdPaths, KubeletSettings};
 use crate::ports::free_ports;
-use crate::process::Supervised;
+use crate::process::{ExitScript, Supervised};
 use crate::tools::{self, find_program};
 use crate::wait::condition_status;
 use crate::{ControlPlane, Error};
@@ -40,6 +44,48 @@ const KUBE_PROXY_TIMEOUT: Duration = Duration::from_secs(60);
 const PROXY_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(250);
 const CGROUP_FS: &str = "/sys/fs/cgroup";
+/// The name of the process-wide [`Node::shared`].
+pub const SHARED_NODE_NAME: &str = "airssys-node";
+
+/// [`Node::stop`] in bash, for a process that ends without dropping its Node (a static, a
+/// panic with `panic = abort`, SIGKILL). Runs once stdin reaches end of file, after the daemons'
+/// own watchdogs stopped them. Arguments: the node's directory, containerd's socket, the
+/// bridge, the kube-proxy binary, the kube-proxy lock file, `1` to keep the directory, then the
+/// node's cgroup roots.
+const EXIT_SCRIPT: &str = r#"read -r _ || true
+sleep 6
+dir=$1 socket=$2 bridge=$3 kube_proxy=$4 lock=$5 keep=$6
+shift 6
+if [ -f "$dir/kube-proxy.yaml" ]; then
+    # Under the lock, so another Node's kube-proxy never loses its rules to this clean-up.
+    flock -w 600 "$lock" bash -c '
+        "$1" --config="$2" --cleanup
+        for t in iptables ip6tables; do
+            $t -w -D INPUT -j KUBE-FIREWALL; $t -w -D OUTPUT -j KUBE-FIREWALL
+            $t -w -F KUBE-FIREWALL && $t -w -X KUBE-FIREWALL
+        done' _ "$kube_proxy" "$dir/kube-proxy.yaml" >/dev/null 2>&1
+fi
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    pids=$(for cg in "$@"; do find "$cg" -name cgroup.procs -exec cat {} +; done 2>/dev/null)
+    [ -z "$pids" ] && break
+    kill -KILL $pids 2>/dev/null
+    sleep 0.5
+done
+# Shims: the program must be a containerd shim (this script's own command line names one too).
+for p in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    prog=${cmd%% *}
+    case "${prog##*/}" in containerd-shim*) ;; *) continue ;; esac
+    case "$cmd " in *" $socket "*) kill -KILL "${p#/proc/}" 2>/dev/null ;; esac
+done
+sleep 1
+awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m"; done
+ip link delete "$bridge" 2>/dev/null
+for cg in "$@"; do find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null; done
+[ "$keep" = 1 ] || rm -rf -- "$dir""#;
+
+static SHARED: tokio::sync::OnceCell<Node> = tokio::sync::OnceCell::const_new();
 
 /// What [`Node::start`] brings up.
 #[derive(Debug, Clone)]
@@ -76,6 +122,7 @@ pub struct Node {
     cgroup_dirs: Vec<PathBuf>,
     admin_kubeconfig: PathBuf,
     kube_proxy: Option<KubeProxy>,
+    exit_script: Option<ExitScript>,
     keep_dir: bool,
     stopped: bool,
 }
@@ -96,6 +143,19 @@ impl ControlPlane {
 }
 
 impl Node {
+    /// The process-wide node [`SHARED_NODE_NAME`] on [`ControlPlane::shared`], with kube-proxy,
+    /// started on first use. It lives in a static, so it is never dropped: its exit script
+    /// cleans up when the test process ends. It holds the machine's kube-proxy lock until then,
+    /// so a test binary that uses it should start no other Node with kube-proxy.
+    pub async fn shared() -> Result<&'static Node, Error> {
+        SHARED
+            .get_or_try_init(|| async {
+                let cp = ControlPlane::shared().await?;
+                Node::start(cp, SHARED_NODE_NAME, NodeOptions::default()).await
+            })
+            .await
+    }
+
     /// Starts containerd, kubelet and (if asked) kube-proxy for a node called `name` against
     /// `cp`, and waits until the Node is Ready (and kube-proxy serving).
     pub async fn start(cp: &ControlPlane, name: &str, options: NodeOptions) -> Result<Node, Error> {
@@ -130,12 +190,14 @@ impl Node {
             admin_kubeconfig: cp.kubeconfig_path().to_path_buf(),
             processes: Mutex::new(Vec::new()),
             kube_proxy: None,
+            exit_script: None,
             keep_dir: options.keep_dir,
             stopped: false,
             dir,
             tempdir: Some(tempdir),
         };
         node.cgroup_dirs = create_cgroup_root(&cgroup_root)?;
+        node.exit_script = Some(node.spawn_exit_script(&bin)?);
         node.start_containerd(&bin).await?;
         tracing::info!(node = name, elapsed = ?started.elapsed(), "containerd ready");
         node.start_kubelet(cp, &bin, &cgroup_root).await?;
@@ -154,6 +216,22 @@ impl Node {
             "node started"
         );
         Ok(node)
+    }
+
+    fn spawn_exit_script(&self, bin: &Path) -> Result<ExitScript, Error> {
+        let kube_proxy = bin.join("kube-proxy");
+        let lock = proxy_lock_path();
+        let keep = if self.keep_dir { "1" } else { "0" };
+        let mut args: Vec<&OsStr> = vec![
+            self.dir.as_os_str(),
+            self.socket.as_os_str(),
+            OsStr::new(&self.bridge),
+            kube_proxy.as_os_str(),
+            lock.as_os_str(),
+            OsStr::new(keep),
+        ];
+        args.extend(self.cgroup_dirs.iter().map(|d| d.as_os_str()));
+        ExitScript::spawn(EXIT_SCRIPT, &args, &tools::path_with_sbin())
     }
 
     async fn start_containerd(&mut self, bin: &Path) -> Result<(), Error> {
@@ -495,6 +573,9 @@ impl Node {
         self.unmount_all();
         self.delete_bridge();
         remove_cgroups(&self.cgroup_dirs);
+        if let Some(mut script) = self.exit_script.take() {
+            script.disarm();
+        }
         if self.keep_dir {
             tracing::info!(dir = %self.dir.display(), "kept node directory");
         }
@@ -770,8 +851,12 @@ fn walk_dirs(root: &Path) -> Vec<PathBuf> {
 }
 
 /// Waits for the machine-wide kube-proxy lock (another test process's Node may hold it).
+fn proxy_lock_path() -> PathBuf {
+    std::env::temp_dir().join("airssys-wasm-kube-proxy.lock")
+}
+
 async fn acquire_proxy_lock() -> Result<File, Error> {
-    let path = std::env::temp_dir().join("airssys-wasm-kube-proxy.lock");
+    let path = proxy_lock_path();
     let file = File::options()
         .create(true)
         .truncate(false)
