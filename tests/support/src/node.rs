@@ -267,7 +267,7 @@ impl Node {
         let deadline = Instant::now() + CONTAINERD_TIMEOUT;
         loop {
             self.check_processes()?;
-            if self.socket.exists() && self.ctr_blocking(&["version"])?.status.success() {
+            if self.socket.exists() && self.ctr(&["version"]).await?.status.success() {
                 break;
             }
             if Instant::now() >= deadline {
@@ -518,17 +518,6 @@ impl Node {
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd.output().await.map_err(Error::io("running ctr"))
-    }
-
-    fn ctr_blocking(&self, args: &[&str]) -> Result<Output, Error> {
-        Command::new(find_program("ctr")?)
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", "k8s.io"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(Error::io("running ctr"))
     }
 
     /// Whether kube-proxy has programmed a Service rule for `cluster_ip` into the machine's
