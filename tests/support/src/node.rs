@@ -50,12 +50,12 @@ pub const SHARED_NODE_NAME: &str = "airssys-node";
 /// [`Node::stop`] in bash, for a process that ends without dropping its Node (a static, a
 /// panic with `panic = abort`, SIGKILL). Runs once stdin reaches end of file, after the daemons'
 /// own watchdogs stopped them. Arguments: the node's directory, containerd's socket, the
-/// bridge, the kube-proxy binary, the kube-proxy lock file, `1` to keep the directory, then the
-/// node's cgroup roots.
+/// bridge, the kube-proxy binary, the kube-proxy lock file, the subnet lock file, `1` to keep
+/// the directory, then the node's cgroup roots.
 const EXIT_SCRIPT: &str = r#"read -r _ || true
 sleep 6
-dir=$1 socket=$2 bridge=$3 kube_proxy=$4 lock=$5 keep=$6
-shift 6
+dir=$1 socket=$2 bridge=$3 kube_proxy=$4 lock=$5 subnet_lock=$6 keep=$7
+shift 7
 if [ -f "$dir/kube-proxy.yaml" ]; then
     # Under the lock, so another Node's kube-proxy never loses its rules to this clean-up.
     flock -w 600 "$lock" bash -c '
@@ -81,7 +81,8 @@ done
 sleep 1
 awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
     while read -r m; do umount -l "$m"; done
-ip link delete "$bridge" 2>/dev/null
+# Unless another Node has claimed the subnet (and so the bridge name) since this one died.
+flock -n "$subnet_lock" ip link delete "$bridge" 2>/dev/null
 for cg in "$@"; do find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null; done
 [ "$keep" = 1 ] || rm -rf -- "$dir""#;
 
@@ -123,6 +124,10 @@ pub struct Node {
     admin_kubeconfig: PathBuf,
     kube_proxy: Option<KubeProxy>,
     exit_script: Option<ExitScript>,
+    /// `n` of the pod subnet `10.244.<n>.0/24` and the bridge `airssys-cni<n>`.
+    subnet: u8,
+    /// Held for the Node's life: no other Node on the machine takes its subnet (and bridge).
+    _subnet_lock: File,
     keep_dir: bool,
     stopped: bool,
 }
@@ -172,9 +177,7 @@ impl Node {
         }
         let dir = tempdir.path().to_path_buf();
         let routes = read("/proc/net/route")?;
-        let n =
-            node_config::pick_subnet(&node_config::route_destinations(&routes), start_hint(&dir))
-                .ok_or_else(|| Error::Invalid("no free pod subnet in 10.244.0.0/16".into()))?;
+        let (n, subnet_lock) = claim_subnet(&routes, start_hint(&dir))?;
         let [a, b] = node_config::POD_NETWORK_PREFIX;
         let pod_cidr = format!("{a}.{b}.{n}.0/24");
         let address = node_address(&routes)?;
@@ -191,6 +194,8 @@ impl Node {
             processes: Mutex::new(Vec::new()),
             kube_proxy: None,
             exit_script: None,
+            subnet: n,
+            _subnet_lock: subnet_lock,
             keep_dir: options.keep_dir,
             stopped: false,
             dir,
@@ -221,6 +226,7 @@ impl Node {
     fn spawn_exit_script(&self, bin: &Path) -> Result<ExitScript, Error> {
         let kube_proxy = bin.join("kube-proxy");
         let lock = proxy_lock_path();
+        let subnet_lock = subnet_lock_path(self.subnet);
         let keep = if self.keep_dir { "1" } else { "0" };
         let mut args: Vec<&OsStr> = vec![
             self.dir.as_os_str(),
@@ -228,6 +234,7 @@ impl Node {
             OsStr::new(&self.bridge),
             kube_proxy.as_os_str(),
             lock.as_os_str(),
+            subnet_lock.as_os_str(),
             OsStr::new(keep),
         ];
         args.extend(self.cgroup_dirs.iter().map(|d| d.as_os_str()));
@@ -840,6 +847,34 @@ fn walk_dirs(root: &Path) -> Vec<PathBuf> {
 }
 
 /// Waits for the machine-wide kube-proxy lock (another test process's Node may hold it).
+/// The first subnet no route uses whose lock file this process can take, and that lock.
+fn claim_subnet(proc_net_route: &str, start: u8) -> Result<(u8, File), Error> {
+    let routes = node_config::route_destinations(proc_net_route);
+    for n in node_config::subnet_candidates(&routes, start) {
+        let path = subnet_lock_path(n);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io(format!("opening {}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => return Ok((n, file)),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", path.display()))(e));
+            }
+        }
+    }
+    Err(Error::Invalid(
+        "no free pod subnet in 10.244.0.0/16 (every /24 routed or claimed)".into(),
+    ))
+}
+
+fn subnet_lock_path(n: u8) -> PathBuf {
+    std::env::temp_dir().join(format!("airssys-wasm-subnet-{n}.lock"))
+}
+
 fn proxy_lock_path() -> PathBuf {
     std::env::temp_dir().join("airssys-wasm-kube-proxy.lock")
 }

@@ -224,9 +224,10 @@ pub fn route_destinations(proc_net_route: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// The first `n` from `start` (wrapping, 1..=254) whose pod subnet `10.244.<n>.0/24` no route
-/// uses yet.
-pub fn pick_subnet(routes: &[Ipv4Addr], start: u8) -> Option<u8> {
+/// The `n`s whose pod subnet `10.244.<n>.0/24` no route uses yet, in the order to try them:
+/// from `start`, wrapping within 1..=254. (A Node's route appears with its first pod, so the
+/// Node also claims its `n` with a lock file.)
+pub fn subnet_candidates(routes: &[Ipv4Addr], start: u8) -> Vec<u8> {
     let used = |n: u8| {
         routes.iter().any(|r| {
             let o = r.octets();
@@ -235,7 +236,8 @@ pub fn pick_subnet(routes: &[Ipv4Addr], start: u8) -> Option<u8> {
     };
     (0..254u16)
         .map(|i| ((u16::from(start.max(1)) - 1 + i) % 254 + 1) as u8)
-        .find(|&n| !used(n))
+        .filter(|&n| !used(n))
+        .collect()
 }
 
 /// Mount points at or below `dir` in `/proc/self/mountinfo`, deepest first (the order to
@@ -352,7 +354,15 @@ airssys-cni7\t0007F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
     }
 
     #[test]
-    fn a_subnet_no_route_uses_is_picked() {
+    fn subnets_no_route_uses_are_candidates() {
+        let routes = [Ipv4Addr::new(10, 244, 3, 0)];
+        assert_eq!(subnet_candidates(&routes, 253)[..4], [253, 254, 1, 2]);
+        assert_eq!(subnet_candidates(&routes, 2)[..3], [2, 4, 5]);
+        assert_eq!(subnet_candidates(&routes, 2).len(), 253);
+    }
+
+    #[test]
+    fn the_first_candidate_is_the_first_subnet_no_route_uses() {
         let taken = |ns: &[u8]| -> Vec<Ipv4Addr> {
             ns.iter().map(|n| Ipv4Addr::new(10, 244, *n, 0)).collect()
         };
@@ -366,7 +376,11 @@ airssys-cni7\t0007F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
             (vec![Ipv4Addr::new(10, 245, 7, 0)], 7, Some(7)),
             (taken(&all), 9, None),
         ] {
-            assert_eq!(pick_subnet(&routes, start), want, "{routes:?} from {start}");
+            assert_eq!(
+                subnet_candidates(&routes, start).first().copied(),
+                want,
+                "{routes:?} from {start}"
+            );
         }
     }
 
