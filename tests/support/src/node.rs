@@ -312,7 +312,14 @@ impl Node {
             UserAuth::Cert(&cert),
             None,
         )?;
-        let port = free_ports(1)?[0];
+        // kubelet listens on the node's address, so the port must be free there.
+        let port = std::net::TcpListener::bind((self.address, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(Error::io(format!(
+                "finding a free port on {}",
+                self.address
+            )))?
+            .port();
         let config = node_config::kubelet_config(&KubeletSettings {
             address: self.address,
             port,
