@@ -5,8 +5,9 @@
 #
 # - containerd, runc, the CNI plugins and iptables: Debian's packages (installed with apt-get
 #   when missing; containerd 1.6 speaks the CRI v1 API kubelet 1.34 needs);
-# - kubelet and kube-proxy: built from the SAME pinned Kubernetes module as the control plane
-#   (k8s/), so they reuse its Go build cache;
+# - kubelet, kube-proxy and kube-scheduler (which a cluster with real nodes needs to place
+#   DaemonSet and Deployment Pods; the harness starts it with the first Node): built from the
+#   SAME pinned Kubernetes module as the control plane (k8s/), so they reuse its Go build cache;
 # - pause and echo: tiny static C programs (node/*.c), each packaged as a one-layer OCI image
 #   (reproducible: fixed mtimes, owners and order, gzip without names or times), as an OCI
 #   layout directory (images/<name>/, for `oras cp --from-oci-layout`) and an OCI archive
@@ -81,7 +82,7 @@ key="$(
 root="${AIRSSYS_TOOLS_DIR:-$HOME/.cache/airssys-wasm/tools}"
 out="$root/node-$key"
 bin="$out/bin"
-outputs=(kubelet kube-proxy pause echo images/pause.tar images/echo.tar images/echo/index.json)
+outputs=(kubelet kube-proxy kube-scheduler pause echo images/pause.tar images/echo.tar images/echo/index.json)
 
 complete() {
     local f
@@ -125,7 +126,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-for name in kubelet kube-proxy; do
+for name in kubelet kube-proxy kube-scheduler; do
     log "go build $name"
     echo "=== $name" >>"$out/build-times.log"
     (cd "$here/k8s" && "${timer[@]}" go build -p "$jobs" -trimpath -ldflags="$ldflags" \

@@ -77,9 +77,16 @@ async fn a_node_runs_a_pod_from_the_test_registry_behind_a_service() {
         "{}",
         info.container_runtime_version
     );
-    assert_eq!(
-        object.spec.unwrap().pod_cidr.as_deref(),
-        Some(node.pod_cidr())
+    let spec = object.spec.unwrap();
+    assert_eq!(spec.pod_cidr.as_deref(), Some(node.pod_cidr()));
+    // Lifted as the node lifecycle controller would, so DaemonSets place Pods here.
+    assert!(
+        !spec
+            .taints
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/not-ready"),
+        "the not-ready taint is still on the Node"
     );
 
     // The echo image node.sh built, pushed to the test registry; the node pulls it from there.

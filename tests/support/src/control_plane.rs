@@ -77,6 +77,8 @@ impl Default for ControlPlaneOptions {
 #[derive(Debug)]
 pub struct ControlPlane {
     processes: Mutex<Vec<Supervised>>,
+    /// Whether kube-scheduler runs (started with the first real Node).
+    scheduler: Mutex<bool>,
     dir_watchdog: Option<DirWatchdog>,
     pki: Pki,
     server: String,
@@ -146,8 +148,9 @@ impl ControlPlane {
             None,
         )?;
 
-        let mut cp = ControlPlane {
+        let cp = ControlPlane {
             processes: Mutex::new(Vec::new()),
+            scheduler: Mutex::new(false),
             dir_watchdog,
             pki,
             server,
@@ -177,7 +180,7 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    fn spawn(&mut self, name: &str, cmd: Command) -> Result<(), Error> {
+    fn spawn(&self, name: &str, cmd: Command) -> Result<(), Error> {
         let log = self.dir.join("logs").join(format!("{name}.log"));
         let process = Supervised::spawn(name, cmd, &log)?;
         self.lock_processes().push(process);
@@ -290,6 +293,41 @@ impl ControlPlane {
                 self.pki.ca_key().display()
             ));
         Ok(cmd)
+    }
+
+    /// Starts kube-scheduler (the binary in `bin`, `tests/cluster/node.sh`'s directory) unless
+    /// it runs already. Only a cluster with real nodes needs one: DaemonSet and Deployment Pods
+    /// wait for it to bind them. Hand-made Nodes keep the `node.kubernetes.io/not-ready` taint
+    /// admission gives every new Node, so it places nothing on them.
+    pub(crate) fn ensure_scheduler(&self, bin: &Path) -> Result<(), Error> {
+        let mut running = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *running {
+            return Ok(());
+        }
+        let cert = self
+            .pki
+            .client("scheduler", "system:kube-scheduler", None)?;
+        let kubeconfig = self.dir.join("scheduler.kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            &self.server,
+            &self.pki.ca_cert(),
+            "system:kube-scheduler",
+            UserAuth::Cert(&cert),
+            None,
+        )?;
+        let mut cmd = Command::new(bin.join("kube-scheduler"));
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg("--leader-elect=false")
+            // No HTTPS endpoint, like the controller manager's.
+            .arg("--secure-port=0");
+        self.spawn("kube-scheduler", cmd)?;
+        *running = true;
+        tracing::info!("kube-scheduler started");
+        Ok(())
     }
 
     /// Polls `/readyz` until the API server says `ok`, failing fast if a process died.

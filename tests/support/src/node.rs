@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node as NodeObject;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use serde_json::json;
 use tempfile::TempDir;
 
 use crate::control_plane::{UserAuth, write_kubeconfig};
@@ -207,6 +206,7 @@ impl Node {
         tracing::info!(node = name, elapsed = ?started.elapsed(), "containerd ready");
         node.start_kubelet(cp, &bin, &cgroup_root).await?;
         node.wait_ready(cp).await?;
+        cp.ensure_scheduler(&bin)?;
         tracing::info!(node = name, elapsed = ?started.elapsed(), "kubelet registered, node Ready");
         if options.kube_proxy {
             node.start_kube_proxy(cp, &bin).await?;
@@ -346,8 +346,11 @@ impl Node {
         self.spawn("kubelet", cmd)
     }
 
-    /// Waits until the Node object is Ready, then records the node's pod subnet on it (the job
-    /// of kube-controller-manager's node IPAM, which the test control plane leaves off).
+    /// Waits until the Node object is Ready, then does what kube-controller-manager's node IPAM
+    /// and node lifecycle controllers would (the test control plane leaves them off, since
+    /// other tests make Nodes by hand): records the node's pod subnet and lifts the
+    /// `node.kubernetes.io/not-ready` taint that admission put on the new Node (with it, no
+    /// DaemonSet would place a Pod here).
     async fn wait_ready(&self, cp: &ControlPlane) -> Result<(), Error> {
         let api: Api<NodeObject> = Api::all(cp.client().await?);
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -374,19 +377,21 @@ impl Node {
             }
             tokio::time::sleep(POLL).await;
         }
-        let node = api.get(&self.name).await?;
-        if node
-            .spec
-            .as_ref()
-            .and_then(|s| s.pod_cidr.as_ref())
-            .is_none()
-        {
-            let patch =
-                json!({ "spec": { "podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr] } });
-            api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+        // Optimistic concurrency: kubelet writes the Node too; retry on a conflict.
+        let mut attempt = 0;
+        loop {
+            let node = api.get(&self.name).await?;
+            let Some(patch) = node_config::ready_node_patch(&node, &self.pod_cidr) else {
+                return Ok(());
+            };
+            match api
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => attempt += 1,
+                result => return result.map(drop).map_err(Error::from),
+            }
         }
-        Ok(())
     }
 
     async fn start_kube_proxy(&mut self, cp: &ControlPlane, bin: &Path) -> Result<(), Error> {

@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::{Node, Taint};
 use serde_json::{Value, json};
 
 /// The image containerd runs as every pod's sandbox; `tests/cluster/node.sh` builds it and the
@@ -196,6 +197,33 @@ pub fn kube_proxy_config(
     })
 }
 
+/// The taint the `TaintNodesByCondition` admission plugin puts on every new Node; the node
+/// lifecycle controller lifts it once the Node is Ready.
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+
+/// The merge patch that makes a Ready `node` what kube-controller-manager would make it: its
+/// pod subnet recorded (if unset) and the not-ready taint gone. `None` when nothing is left to
+/// do. Carries the resource version, so a concurrent write by kubelet makes it fail (409).
+pub fn ready_node_patch(node: &Node, pod_cidr: &str) -> Option<Value> {
+    let spec = node.spec.clone().unwrap_or_default();
+    let mut patch = serde_json::Map::new();
+    if spec.pod_cidr.is_none() {
+        patch.insert("podCIDR".into(), json!(pod_cidr));
+        patch.insert("podCIDRs".into(), json!([pod_cidr]));
+    }
+    let taints = spec.taints.unwrap_or_default();
+    if taints.iter().any(|t| t.key == NOT_READY_TAINT) {
+        let kept: Vec<&Taint> = taints.iter().filter(|t| t.key != NOT_READY_TAINT).collect();
+        patch.insert("taints".into(), json!(kept));
+    }
+    (!patch.is_empty()).then(|| {
+        json!({
+            "metadata": { "resourceVersion": node.metadata.resource_version },
+            "spec": patch,
+        })
+    })
+}
+
 /// The interface of the IPv4 default route in `/proc/net/route`.
 pub fn default_route_interface(proc_net_route: &str) -> Option<String> {
     proc_net_route.lines().skip(1).find_map(|line| {
@@ -308,6 +336,49 @@ mod tests {
 eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
 eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
 airssys-cni7\t0007F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+
+    fn node(pod_cidr: Option<&str>, taints: &[(&str, &str)]) -> Node {
+        serde_json::from_value(json!({
+            "metadata": { "name": "n", "resourceVersion": "42" },
+            "spec": {
+                "podCIDR": pod_cidr,
+                "taints": taints
+                    .iter()
+                    .map(|(key, effect)| json!({ "key": key, "effect": effect }))
+                    .collect::<Vec<_>>(),
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_ready_node_gets_its_subnet_and_loses_the_not_ready_taint() {
+        let cidr = "10.244.7.0/24";
+        let fresh = ready_node_patch(&node(None, &[(NOT_READY_TAINT, "NoSchedule")]), cidr);
+        assert_eq!(
+            fresh,
+            Some(json!({
+                "metadata": { "resourceVersion": "42" },
+                "spec": { "podCIDR": cidr, "podCIDRs": [cidr], "taints": [] },
+            }))
+        );
+        // Other taints stay; a recorded subnet is left alone.
+        let other = ready_node_patch(
+            &node(
+                Some(cidr),
+                &[("dedicated", "NoSchedule"), (NOT_READY_TAINT, "NoSchedule")],
+            ),
+            cidr,
+        );
+        assert_eq!(
+            other,
+            Some(json!({
+                "metadata": { "resourceVersion": "42" },
+                "spec": { "taints": [{ "key": "dedicated", "effect": "NoSchedule" }] },
+            }))
+        );
+        assert_eq!(ready_node_patch(&node(Some(cidr), &[]), cidr), None);
+    }
 
     #[test]
     fn the_default_route_names_its_interface() {
