@@ -1,6 +1,7 @@
 //! A real control plane: etcd, kube-apiserver (TLS, RBAC, service-account issuer, admission
 //! plugins incl. ValidatingAdmissionPolicy) and kube-controller-manager (garbage collection,
-//! namespace deletion, service accounts), on free loopback ports in a temp directory.
+//! namespace deletion, service accounts), on free loopback ports in a temp directory; and
+//! kube-scheduler once a real [`Node`](crate::Node) joins.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
