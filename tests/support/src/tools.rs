@@ -36,7 +36,7 @@ pub fn bin_dir() -> Result<&'static Path, Error> {
     cached_dir(&BIN_DIR, "AIRSSYS_TOOLS_BIN", build_script())
 }
 
-/// The directory holding kubelet, kube-proxy, pause, echo and `images/` (OCI archives and
+/// The directory holding kubelet, kube-proxy, kube-scheduler, pause, echo and `images/` (OCI archives and
 /// layouts of the pause and echo images). Blocks while the first build runs (minutes).
 pub fn node_bin_dir() -> Result<&'static Path, Error> {
     cached_dir(&NODE_BIN_DIR, "AIRSSYS_NODE_BIN", node_script())
