@@ -1,6 +1,7 @@
 //! A real control plane: etcd, kube-apiserver (TLS, RBAC, service-account issuer, admission
 //! plugins incl. ValidatingAdmissionPolicy) and kube-controller-manager (garbage collection,
-//! namespace deletion, service accounts), on free loopback ports in a temp directory.
+//! namespace deletion, service accounts), on free loopback ports in a temp directory; and
+//! kube-scheduler once a real [`Node`](crate::Node) joins.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,8 @@ impl Default for ControlPlaneOptions {
 #[derive(Debug)]
 pub struct ControlPlane {
     processes: Mutex<Vec<Supervised>>,
+    /// Whether kube-scheduler runs (started with the first real Node).
+    scheduler: Mutex<bool>,
     dir_watchdog: Option<DirWatchdog>,
     pki: Pki,
     server: String,
@@ -146,8 +149,9 @@ impl ControlPlane {
             None,
         )?;
 
-        let mut cp = ControlPlane {
+        let cp = ControlPlane {
             processes: Mutex::new(Vec::new()),
+            scheduler: Mutex::new(false),
             dir_watchdog,
             pki,
             server,
@@ -177,7 +181,7 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    fn spawn(&mut self, name: &str, cmd: Command) -> Result<(), Error> {
+    fn spawn(&self, name: &str, cmd: Command) -> Result<(), Error> {
         let log = self.dir.join("logs").join(format!("{name}.log"));
         let process = Supervised::spawn(name, cmd, &log)?;
         self.lock_processes().push(process);
@@ -211,6 +215,12 @@ impl ControlPlane {
     fn apiserver_command(&self, etcd_port: u16, port: u16) -> Result<Command, Error> {
         let serving = self.pki.serving();
         let sa_key = self.pki.sa_key();
+        // How the API server authenticates to kubelets (`kubectl logs`, `exec`): as admin.
+        let kubelet_client = self.pki.client(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        )?;
         let mut cmd = Command::new(crate::tool_path("kube-apiserver")?);
         cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .arg("--bind-address=127.0.0.1")
@@ -231,6 +241,16 @@ impl ControlPlane {
             ))
             .arg("--service-cluster-ip-range=10.96.0.0/12")
             .arg("--authorization-mode=Node,RBAC")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                kubelet_client.cert.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                kubelet_client.key.display()
+            ))
+            // A test Node's hostname resolves nowhere; its InternalIP is the machine's.
+            .arg("--kubelet-preferred-address-types=InternalIP")
             .arg(format!("--enable-admission-plugins={ADMISSION_PLUGINS}"))
             .arg("--allow-privileged=true")
             // The "kubernetes" Service endpoints would point at loopback, which the reconciler
@@ -274,6 +294,41 @@ impl ControlPlane {
                 self.pki.ca_key().display()
             ));
         Ok(cmd)
+    }
+
+    /// Starts kube-scheduler (the binary in `bin`, `tests/cluster/node.sh`'s directory) unless
+    /// it runs already. Only a cluster with real nodes needs one: DaemonSet and Deployment Pods
+    /// wait for it to bind them. Hand-made Nodes keep the `node.kubernetes.io/not-ready` taint
+    /// admission gives every new Node, so it places nothing on them.
+    pub(crate) fn ensure_scheduler(&self, bin: &Path) -> Result<(), Error> {
+        let mut running = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *running {
+            return Ok(());
+        }
+        let cert = self
+            .pki
+            .client("scheduler", "system:kube-scheduler", None)?;
+        let kubeconfig = self.dir.join("scheduler.kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            &self.server,
+            &self.pki.ca_cert(),
+            "system:kube-scheduler",
+            UserAuth::Cert(&cert),
+            None,
+        )?;
+        let mut cmd = Command::new(bin.join("kube-scheduler"));
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg("--leader-elect=false")
+            // No HTTPS endpoint, like the controller manager's.
+            .arg("--secure-port=0");
+        self.spawn("kube-scheduler", cmd)?;
+        *running = true;
+        tracing::info!("kube-scheduler started");
+        Ok(())
     }
 
     /// Polls `/readyz` until the API server says `ok`, failing fast if a process died.
@@ -356,6 +411,11 @@ impl ControlPlane {
 
     pub fn ca_cert_path(&self) -> PathBuf {
         self.pki.ca_cert()
+    }
+
+    /// The CA that signs client certificates (a Node's kubelet and kube-proxy identities).
+    pub(crate) fn pki(&self) -> &Pki {
+        &self.pki
     }
 
     /// The temp directory holding logs, etcd data, certificates and kubeconfigs.
@@ -700,12 +760,12 @@ fn read_crds(path: &Path) -> Result<Vec<CustomResourceDefinition>, Error> {
     Ok(crds)
 }
 
-enum UserAuth<'a> {
+pub(crate) enum UserAuth<'a> {
     Cert(&'a CertFiles),
     Token(&'a str),
 }
 
-fn write_kubeconfig(
+pub(crate) fn write_kubeconfig(
     path: &Path,
     server: &str,
     ca: &Path,

@@ -12,6 +12,7 @@
 //!   it kills the group. That covers the process-wide shared control plane, which lives in a
 //!   static and is therefore never dropped.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -189,15 +190,55 @@ impl Drop for DirWatchdog {
     }
 }
 
+/// Runs a bash script once this process exits without disarming it first: the clean-up of
+/// what outlives processes (a Node's mounts, bridge, cgroups, iptables rules) for owners that
+/// may never be dropped (statics) or may be killed.
+#[derive(Debug)]
+pub(crate) struct ExitScript(Option<Child>);
+
+impl ExitScript {
+    /// `script` runs with `args` as `$1...` and `PATH` set to `path`.
+    pub fn spawn(script: &str, args: &[&OsStr], path: &OsStr) -> Result<Self, Error> {
+        let mut cmd = watchdog_command(script, args);
+        cmd.env("PATH", path);
+        Ok(ExitScript(Some(
+            cmd.spawn()
+                .map_err(Error::io("starting an exit script (bash)"))?,
+        )))
+    }
+
+    /// Called once the owner has cleaned up itself.
+    pub fn disarm(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ExitScript {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
 fn spawn_watchdog(script: &str, arg: &str) -> Result<Child, Error> {
-    Command::new("bash")
-        .args(["-c", script, "airssys-watchdog", arg])
+    watchdog_command(script, &[OsStr::new(arg)])
+        .spawn()
+        .map_err(Error::io("starting a watchdog (bash)"))
+}
+
+/// `bash -c script` in its own process group with `args`, its stdin a pipe only this process
+/// holds (so it reads end of file when this process is gone).
+fn watchdog_command(script: &str, args: &[&OsStr]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script, "airssys-watchdog"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(Error::io("starting a watchdog (bash)"))
+        .process_group(0);
+    cmd
 }
 
 /// The last `lines` lines of a log file (reads at most the last 64 KiB).

@@ -5,6 +5,11 @@
 //! that directory; while the pinned modules are unchanged it only prints it. The harness runs
 //! the script once per process, so `cargo test --workspace` alone works on a fresh machine.
 //! `AIRSSYS_TOOLS_BIN` skips the script and points straight at a bin directory.
+//!
+//! A test Node's pieces (kubelet, kube-proxy, the pause and echo images) come the same way
+//! from `tests/cluster/node.sh` ([`node_bin_dir`], override `AIRSSYS_NODE_BIN`); containerd,
+//! runc, the CNI plugins and iptables are the machine's ([`find_program`], [`cni_bin_dir`]),
+//! which that script installs with apt-get when they are missing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,26 +22,108 @@ pub fn build_script() -> PathBuf {
     crate::repo_root().join("tests/cluster/build.sh")
 }
 
+/// The script that builds and installs a test Node's pieces.
+pub fn node_script() -> PathBuf {
+    crate::repo_root().join("tests/cluster/node.sh")
+}
+
 static BIN_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+static NODE_BIN_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// The directory holding kube-apiserver, kube-controller-manager, kubectl, etcd, helm,
 /// registry, oras and cosign. Blocks while the first build runs (tens of minutes).
 pub fn bin_dir() -> Result<&'static Path, Error> {
-    let found = BIN_DIR.get_or_init(|| match std::env::var_os("AIRSSYS_TOOLS_BIN") {
+    cached_dir(&BIN_DIR, "AIRSSYS_TOOLS_BIN", build_script())
+}
+
+/// The directory holding kubelet, kube-proxy, kube-scheduler, pause, echo and `images/` (OCI archives and
+/// layouts of the pause and echo images). Blocks while the first build runs (minutes).
+pub fn node_bin_dir() -> Result<&'static Path, Error> {
+    cached_dir(&NODE_BIN_DIR, "AIRSSYS_NODE_BIN", node_script())
+}
+
+/// The OCI archive (`images/<name>.tar`) of an image `node.sh` builds: `pause` or `echo`.
+pub fn node_image(name: &str) -> Result<PathBuf, Error> {
+    let path = node_bin_dir()?.join("images").join(format!("{name}.tar"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::ToolMissing {
+            name: format!("images/{name}.tar"),
+            dir: node_bin_dir()?.to_path_buf(),
+        })
+    }
+}
+
+fn cached_dir(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    env: &str,
+    script: PathBuf,
+) -> Result<&'static Path, Error> {
+    let found = cell.get_or_init(|| match std::env::var_os(env) {
         Some(dir) => Ok(PathBuf::from(dir)),
-        None => run_build_script().map_err(|e| e.to_string()),
+        None => run_build_script(script.clone()).map_err(|e| e.to_string()),
     });
     match found {
         Ok(dir) => Ok(dir.as_path()),
         Err(reason) => Err(Error::ToolsBuild {
-            script: build_script(),
+            script,
             reason: reason.clone(),
         }),
     }
 }
 
-fn run_build_script() -> Result<PathBuf, Error> {
-    let script = build_script();
+/// A program of the machine's (containerd, runc, iptables, ...): on `PATH` or in the sbin
+/// directories a non-login `PATH` may lack.
+pub fn find_program(name: &str) -> Result<PathBuf, Error> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::ToolMissing {
+            name: name.to_owned(),
+            dir: PathBuf::from(format!(
+                "PATH and {} (run tests/cluster/node.sh)",
+                SBIN_DIRS.join(", ")
+            )),
+        })
+}
+
+/// Where Debian's and upstream's CNI plugins live.
+const CNI_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
+const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// The directory holding the CNI plugins a Node uses (bridge, host-local, loopback, portmap).
+pub fn cni_bin_dir() -> Result<PathBuf, Error> {
+    CNI_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .find(|dir| {
+            ["bridge", "host-local", "loopback", "portmap"]
+                .iter()
+                .all(|p| dir.join(p).is_file())
+        })
+        .ok_or_else(|| Error::ToolMissing {
+            name: "CNI plugins bridge, host-local, loopback, portmap".into(),
+            dir: PathBuf::from(format!(
+                "{} (run tests/cluster/node.sh)",
+                CNI_DIRS.join(", ")
+            )),
+        })
+}
+
+/// `PATH` with the sbin directories appended, for the node's daemons (kubelet runs mount,
+/// kube-proxy runs iptables, containerd runs its shims).
+pub(crate) fn path_with_sbin() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(SBIN_DIRS.iter().map(PathBuf::from))
+        .collect();
+    std::env::join_paths(dirs).unwrap_or(path)
+}
+
+fn run_build_script(script: PathBuf) -> Result<PathBuf, Error> {
     tracing::info!(script = %script.display(), "locating test tools");
     // stderr is inherited so a first, long build shows its progress.
     let output = Command::new("bash")
