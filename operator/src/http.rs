@@ -66,6 +66,17 @@ pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(first..=last)
 }
 
+/// Whether an agent's advertised address can be an endpoint: the API server refuses loopback,
+/// link-local, unspecified and multicast addresses in EndpointSlices (and kube-proxy could
+/// not forward to them from another host).
+pub fn can_be_endpoint(address: IpAddr) -> bool {
+    let link_local = match address {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    !(address.is_loopback() || address.is_unspecified() || address.is_multicast() || link_local)
+}
+
 /// One agent that serves the component: its advertised address and its node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
@@ -106,10 +117,13 @@ pub fn ready_endpoints(
             })
         })
         .filter_map(|p| {
-            addresses.get(&p.spec.node_name).map(|address| Endpoint {
-                address: *address,
-                node: p.spec.node_name.clone(),
-            })
+            addresses
+                .get(&p.spec.node_name)
+                .filter(|a| can_be_endpoint(**a))
+                .map(|address| Endpoint {
+                    address: *address,
+                    node: p.spec.node_name.clone(),
+                })
         })
         .collect();
     endpoints.sort();
@@ -425,6 +439,40 @@ mod tests {
         let found = ready_endpoints(&serving, 7, &digest(1), &addresses);
         let nodes: Vec<&str> = found.iter().map(|e| e.node.as_str()).collect();
         assert_eq!(nodes, ["a", "b"], "sorted, one per node");
+    }
+
+    #[test]
+    fn addresses_the_api_server_refuses_are_no_endpoints() {
+        for (address, ok) in [
+            ("10.0.0.1", true),
+            ("192.0.2.2", true),
+            ("2001:db8::1", true),
+            ("127.0.0.1", false),
+            ("127.77.1.2", false),
+            ("::1", false),
+            ("169.254.1.1", false),
+            ("fe80::1", false),
+            ("0.0.0.0", false),
+            ("224.0.0.1", false),
+        ] {
+            assert_eq!(can_be_endpoint(address.parse().unwrap()), ok, "{address}");
+        }
+        let addresses = BTreeMap::from([("a".to_owned(), "127.0.0.2".parse().unwrap())]);
+        let spec = spec("a", Some(7));
+        let ready = status(ConditionStatus::True, 1, 1);
+        let found = ready_endpoints(
+            &[Serving {
+                spec: &spec,
+                status: Some(&ready),
+            }],
+            7,
+            &digest(1),
+            &addresses,
+        );
+        assert!(
+            found.is_empty(),
+            "a loopback agent is no endpoint: {found:?}"
+        );
     }
 
     #[test]

@@ -924,16 +924,51 @@ fn kubernetes_arch() -> &'static str {
     }
 }
 
-/// The address stand-in node `node`'s agent serves HTTP components on: its own loopback
-/// address (127.77.x.y from its name), as each real node has its own pod IP, so agents on
-/// one machine can listen on the same port.
-pub fn loopback_address(node: &str) -> std::net::Ipv4Addr {
+/// The address stand-in node `node`'s agent serves HTTP components on, one per node (as each
+/// real node has its own pod IP), so agents on one machine can listen on the same port. As
+/// root: `10.77.x.y` (from the node's name) on the dummy interface `airssys-dev`, added once
+/// and left for later runs; the API server takes it as an EndpointSlice address. Otherwise a
+/// loopback address of its own (`127.77.x.y`), which serves but which the API server refuses
+/// as an endpoint, so the operator leaves it out of the component's EndpointSlice.
+pub fn advertise_address(node: &str) -> std::net::Ipv4Addr {
     // FNV-1a: stable across runs and platforms.
     let hash = node.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
     let [_, _, x, y] = hash.to_be_bytes();
-    std::net::Ipv4Addr::new(127, 77, x, y.max(1))
+    let routable = std::net::Ipv4Addr::new(10, 77, x, y.max(1));
+    if add_dev_address(routable) {
+        routable
+    } else {
+        std::net::Ipv4Addr::new(127, 77, x, y.max(1))
+    }
+}
+
+/// Puts `address` on the dummy interface `airssys-dev` (created when missing); false when
+/// that is not allowed (not root) or `ip` is missing.
+fn add_dev_address(address: std::net::Ipv4Addr) -> bool {
+    let Ok(ip) = tools::find_program("ip") else {
+        return false;
+    };
+    let run = |args: &[&str]| {
+        Command::new(&ip)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // "Exists" is fine; any real failure shows in the next two.
+    run(&["link", "add", "airssys-dev", "type", "dummy"]);
+    run(&["link", "set", "airssys-dev", "up"])
+        && run(&[
+            "addr",
+            "replace",
+            &format!("{address}/32"),
+            "dev",
+            "airssys-dev",
+        ])
 }
 
 /// Starts the agent of stand-in node `node` in node mode: its `Node` object (no kubelet here),
@@ -979,7 +1014,7 @@ pub async fn start_agent(
         .arg(data_dir)
         .args(extra_args)
         .env_remove("KUBECONFIG")
-        .env("POD_IP", loopback_address(node).to_string())
+        .env("POD_IP", advertise_address(node).to_string())
         .env("RUST_LOG", rust_log());
     start_watched(cp, &format!("agent-{node}"), cmd).await
 }
