@@ -926,8 +926,8 @@ fn kubernetes_arch() -> &'static str {
 
 /// The address stand-in node `node`'s agent serves HTTP components on, one per node (as each
 /// real node has its own pod IP), so agents on one machine can listen on the same port. As
-/// root: `10.77.x.y` (from the node's name) on the dummy interface `airssys-dev`, added once
-/// and left for later runs; the API server takes it as an EndpointSlice address. Otherwise a
+/// root: `10.77.x.y` (from the node's name) added to the loopback interface once and left for
+/// later runs; the API server takes it as an EndpointSlice address. Otherwise a
 /// loopback address of its own (`127.77.x.y`), which serves but which the API server refuses
 /// as an endpoint, so the operator leaves it out of the component's EndpointSlice.
 pub fn advertise_address(node: &str) -> std::net::Ipv4Addr {
@@ -944,31 +944,20 @@ pub fn advertise_address(node: &str) -> std::net::Ipv4Addr {
     }
 }
 
-/// Puts `address` on the dummy interface `airssys-dev` (created when missing); false when
-/// that is not allowed (not root) or `ip` is missing.
+/// Puts `address` on the loopback interface (a /32 outside 127.0.0.0/8: local to the
+/// machine, but an address the API server takes); false when that is not allowed (not root)
+/// or `ip` is missing.
 fn add_dev_address(address: std::net::Ipv4Addr) -> bool {
     let Ok(ip) = tools::find_program("ip") else {
         return false;
     };
-    let run = |args: &[&str]| {
-        Command::new(&ip)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    // "Exists" is fine; any real failure shows in the next two.
-    run(&["link", "add", "airssys-dev", "type", "dummy"]);
-    run(&["link", "set", "airssys-dev", "up"])
-        && run(&[
-            "addr",
-            "replace",
-            &format!("{address}/32"),
-            "dev",
-            "airssys-dev",
-        ])
+    Command::new(&ip)
+        .args(["addr", "replace", &format!("{address}/32"), "dev", "lo"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Starts the agent of stand-in node `node` in node mode: its `Node` object (no kubelet here),
