@@ -389,15 +389,7 @@ where
     let Ok(permit) = revision.permits.clone().try_acquire_owned() else {
         revision.whole.quota_exceeded(Quota::Concurrency);
         shared.status.failed.fetch_add(1, Ordering::Relaxed);
-        let mut response = plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in flight; retry later\n",
-        );
-        response.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            HeaderValue::from(RETRY_AFTER_SECONDS),
-        );
-        return response;
+        return busy("too many requests in flight; retry later\n");
     };
     let max_request = settings.limits.max_request_body_bytes;
     // A declared length (`Content-Length`) over the limit is refused before any instance.
@@ -424,6 +416,7 @@ where
             incoming,
             left: max_request,
             tripped: request_too_large.clone(),
+            scope: scope.clone(),
         }
         .boxed_unsync()
     });
@@ -545,9 +538,6 @@ where
             return plain(StatusCode::GATEWAY_TIMEOUT, "request timed out\n");
         }
     };
-    if request_too_large.load(Ordering::Relaxed) {
-        revision.whole.quota_exceeded(Quota::RequestBody);
-    }
     let max_response = settings.limits.max_response_body_bytes;
     response.map(|body| {
         GuardedResponseBody {
@@ -607,6 +597,8 @@ struct LimitedRequestBody<B> {
     incoming: B,
     left: u64,
     tripped: Arc<AtomicBool>,
+    /// The instance reading it (what the breach is audited against).
+    scope: InstanceScope,
 }
 
 impl<B> Body for LimitedRequestBody<B>
@@ -630,7 +622,9 @@ where
                         Poll::Ready(Some(Ok(frame)))
                     }
                     None => {
-                        self.tripped.store(true, Ordering::Relaxed);
+                        if !self.tripped.swap(true, Ordering::Relaxed) {
+                            self.scope.quota_exceeded(Quota::RequestBody);
+                        }
                         Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(None))))
                     }
                 }

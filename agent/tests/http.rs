@@ -121,6 +121,29 @@ async fn hello_answers_on_its_route_and_refuses_large_bodies() {
     assert_eq!(a.status, 413, "a declared body over the limit");
     support::wait_kind(&h, "hello", Expect::Quota("request-body")).await;
 
+    // An undeclared (chunked) body is cut where it passes the limit: the handler's read
+    // fails, and the breach is audited against the instance reading it.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let chunk = "a".repeat(1000);
+    let mut raw = String::from(
+        "POST /hello HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    );
+    for _ in 0..4 {
+        raw.push_str(&format!("3e8\r\n{chunk}\r\n"));
+    }
+    raw.push_str("0\r\n\r\n");
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 400") && response.contains("cannot read the body"),
+        "the handler saw its read fail: {response}"
+    );
+    h.wait_audit("a streamed request-body breach", |e| {
+        Expect::Quota("request-body").matches("hello", e) && e["instance"] != 0
+    })
+    .await;
+
     // Many sequential requests: one fresh instance each, none left behind.
     for i in 0..50 {
         assert_eq!(get(addr, &format!("/hello/{i}")).await.status, 200);
