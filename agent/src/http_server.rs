@@ -256,9 +256,13 @@ impl Listener {
 /// Accepts connections until told to stop, then closes the listener and drains them.
 async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
+    let max_connections = max_connections(&shared.current().settings.limits);
     loop {
+        // At the cap, new connections wait in the kernel's backlog until one closes: idle
+        // keep-alive connections cannot use up the agent's descriptors.
+        let room = connections.len() < max_connections;
         let accepted = tokio::select! {
-            accepted = socket.accept() => accepted,
+            accepted = socket.accept(), if room => accepted,
             _ = stop.changed() => break,
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
@@ -281,6 +285,14 @@ async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::
     // New connections are refused from here on.
     drop(socket);
     while connections.join_next().await.is_some() {}
+}
+
+/// Connections one listener holds open at once: a few per request slot (clients keep idle
+/// connections), and never fewer than 64.
+fn max_connections(limits: &HttpLimits) -> usize {
+    (limits.max_concurrent_requests as usize)
+        .saturating_mul(4)
+        .max(64)
 }
 
 async fn serve_connection(

@@ -475,3 +475,29 @@ async fn a_full_instance_pool_gets_503_and_the_component_keeps_serving() {
     );
     assert_eq!(get(addr, "/").await.body.unwrap(), "hostile");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_capped_and_requests_still_get_through_once_one_closes() {
+    let h = Harness::new();
+    // One request slot: at most 64 connections.
+    let route = HttpSpec {
+        max_concurrent_requests: Some(1),
+        ..HttpSpec::default()
+    };
+    h.add(http_spec("capped", "http-hello", "", route)).await;
+    let addr = address(&h, "capped").await;
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The 65th connects (the kernel's backlog) but is not served while all 64 stay open.
+    let waiting = tokio::spawn(async move { get(addr, "/late").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served beyond the connection cap");
+    drop(idle.pop());
+    let a = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(a.body.unwrap(), "hello from /late\n");
+}
