@@ -501,3 +501,31 @@ async fn idle_connections_are_capped_and_requests_still_get_through_once_one_clo
         .unwrap();
     assert_eq!(a.body.unwrap(), "hello from /late\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_can_turn_an_actor_into_an_http_component_and_back() {
+    let h = Harness::new();
+    let id = ComponentId::new("test", "shape");
+    h.add(spec("shape", "echo", caps(""), quotas())).await;
+    assert_eq!(h.ask("shape", "hi").await.unwrap(), "hi");
+    assert!(h.supervisor.http_address(&id).await.is_none());
+
+    h.supervisor
+        .update(http_spec("shape", "http-hello", "", HttpSpec::default()))
+        .await
+        .unwrap();
+    let addr = address(&h, "shape").await;
+    assert_eq!(get(addr, "/now").await.body.unwrap(), "hello from /now\n");
+    assert!(h.ask("shape", "hi").await.is_err(), "no mailbox any more");
+
+    h.supervisor
+        .update(spec("shape", "echo", caps(""), quotas()))
+        .await
+        .unwrap();
+    assert_eq!(h.ask("shape", "back").await.unwrap(), "back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the HTTP listener stays open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
