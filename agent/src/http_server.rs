@@ -68,8 +68,7 @@ pub struct HttpRevision {
     pub ctx: Arc<ComponentContext>,
     pub pre: HttpPre,
     pub settings: HttpSettings,
-    /// Requests in flight of this revision; a request holds a permit until its instance is
-    /// gone. Draining waits until all are back.
+    /// `maxConcurrentRequests`: a request holds a permit until its instance is gone.
     permits: Arc<Semaphore>,
     /// The component as a whole (instance 0): what refusals before any instance name.
     whole: InstanceScope,
@@ -101,12 +100,6 @@ impl HttpRevision {
             whole,
         }
     }
-
-    /// Waits until no request of this revision is in flight (or `bound` passes).
-    async fn drained(&self, bound: Duration) {
-        let all = self.settings.limits.max_concurrent_requests;
-        let _ = tokio::time::timeout(bound, self.permits.acquire_many(all)).await;
-    }
 }
 
 /// What a component's listeners share: the current revision and the status node mode reads.
@@ -114,6 +107,9 @@ struct Shared {
     engine: AgentEngine,
     revision: RwLock<Arc<HttpRevision>>,
     status: Arc<ActorStatus>,
+    /// Held (cloned) by every request's instance task, of any revision: a stop waits until
+    /// only this one is left.
+    in_flight: Arc<()>,
 }
 
 impl Shared {
@@ -160,6 +156,7 @@ impl HttpServer {
             engine,
             revision: RwLock::new(Arc::new(revision)),
             status,
+            in_flight: Arc::new(()),
         });
         let listener = Listener::bind(listen, shared.clone()).await?;
         shared.status.set_state(ActorState::Running);
@@ -203,17 +200,17 @@ impl HttpServer {
     /// Stops serving: the listener closes, idle connections close, requests in flight
     /// finish (at most `requestTimeout` more). The returned future ends when they have.
     pub fn stop(self) -> impl Future<Output = ()> + Send + 'static {
-        let revision = self.shared.current();
-        let status = self.shared.status.clone();
-        let drain = self
-            .listener
-            .drain(revision.settings.limits.request_timeout);
+        let bound = self.shared.current().settings.limits.request_timeout;
+        let shared = self.shared;
+        let drain = self.listener.drain(bound);
         async move {
             drain.await;
-            revision
-                .drained(revision.settings.limits.request_timeout)
-                .await;
-            status.set_state(ActorState::Stopped);
+            // Requests whose client went away still run to their end or their deadline.
+            let deadline = Instant::now() + bound + Duration::from_secs(1);
+            while Arc::strong_count(&shared.in_flight) > 1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            shared.status.set_state(ActorState::Stopped);
         }
     }
 }
@@ -452,8 +449,10 @@ where
         let revision = revision.clone();
         let scope = scope.clone();
         let status = shared.status.clone();
+        let in_flight = shared.in_flight.clone();
         async move {
             let _permit = permit;
+            let _in_flight = in_flight;
             let run = async {
                 arm(&mut store).map_err(GuestEnd::Killed)?;
                 let proxy = revision

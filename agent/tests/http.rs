@@ -416,11 +416,12 @@ async fn update_and_stop_drain_requests_in_flight() {
     let old = in_flight.await.unwrap();
     assert_eq!((old.status, old.body.unwrap()), (200, "slept".into()));
 
-    // Stop while a request is in flight: new connections are refused, the request
-    // finishes, and the stop waits for it.
+    // Stop while a request of an older revision is in flight: new connections are refused,
+    // the request finishes, and the stop waits for it.
     h.supervisor.update(at("http-hostile")).await.unwrap();
     let in_flight = tokio::spawn(async move { get(addr, "/sleep/1000").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    h.supervisor.update(at("http-hello")).await.unwrap();
     let stopped = h.supervisor.begin_remove(&id).await.unwrap();
     let stopping = tokio::spawn(stopped);
     tokio::time::sleep(Duration::from_millis(100)).await;
