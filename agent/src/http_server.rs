@@ -68,8 +68,7 @@ pub struct HttpRevision {
     pub ctx: Arc<ComponentContext>,
     pub pre: HttpPre,
     pub settings: HttpSettings,
-    /// Requests in flight of this revision; a request holds a permit until its instance is
-    /// gone. Draining waits until all are back.
+    /// `maxConcurrentRequests`: a request holds a permit until its instance is gone.
     permits: Arc<Semaphore>,
     /// The component as a whole (instance 0): what refusals before any instance name.
     whole: InstanceScope,
@@ -101,12 +100,6 @@ impl HttpRevision {
             whole,
         }
     }
-
-    /// Waits until no request of this revision is in flight (or `bound` passes).
-    async fn drained(&self, bound: Duration) {
-        let all = self.settings.limits.max_concurrent_requests;
-        let _ = tokio::time::timeout(bound, self.permits.acquire_many(all)).await;
-    }
 }
 
 /// What a component's listeners share: the current revision and the status node mode reads.
@@ -114,6 +107,9 @@ struct Shared {
     engine: AgentEngine,
     revision: RwLock<Arc<HttpRevision>>,
     status: Arc<ActorStatus>,
+    /// Held (cloned) by every request's instance task, of any revision: a stop waits until
+    /// only this one is left.
+    in_flight: Arc<()>,
 }
 
 impl Shared {
@@ -160,6 +156,7 @@ impl HttpServer {
             engine,
             revision: RwLock::new(Arc::new(revision)),
             status,
+            in_flight: Arc::new(()),
         });
         let listener = Listener::bind(listen, shared.clone()).await?;
         shared.status.set_state(ActorState::Running);
@@ -203,17 +200,17 @@ impl HttpServer {
     /// Stops serving: the listener closes, idle connections close, requests in flight
     /// finish (at most `requestTimeout` more). The returned future ends when they have.
     pub fn stop(self) -> impl Future<Output = ()> + Send + 'static {
-        let revision = self.shared.current();
-        let status = self.shared.status.clone();
-        let drain = self
-            .listener
-            .drain(revision.settings.limits.request_timeout);
+        let bound = self.shared.current().settings.limits.request_timeout;
+        let shared = self.shared;
+        let drain = self.listener.drain(bound);
         async move {
             drain.await;
-            revision
-                .drained(revision.settings.limits.request_timeout)
-                .await;
-            status.set_state(ActorState::Stopped);
+            // Requests whose client went away still run to their end or their deadline.
+            let deadline = Instant::now() + bound + Duration::from_secs(1);
+            while Arc::strong_count(&shared.in_flight) > 1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            shared.status.set_state(ActorState::Stopped);
         }
     }
 }
@@ -256,9 +253,13 @@ impl Listener {
 /// Accepts connections until told to stop, then closes the listener and drains them.
 async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
+    let max_connections = max_connections(&shared.current().settings.limits);
     loop {
+        // At the cap, new connections wait in the kernel's backlog until one closes: idle
+        // keep-alive connections cannot use up the agent's descriptors.
+        let room = connections.len() < max_connections;
         let accepted = tokio::select! {
-            accepted = socket.accept() => accepted,
+            accepted = socket.accept(), if room => accepted,
             _ = stop.changed() => break,
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
@@ -281,6 +282,14 @@ async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::
     // New connections are refused from here on.
     drop(socket);
     while connections.join_next().await.is_some() {}
+}
+
+/// Connections one listener holds open at once: a few per request slot (clients keep idle
+/// connections), and never fewer than 64.
+fn max_connections(limits: &HttpLimits) -> usize {
+    (limits.max_concurrent_requests as usize)
+        .saturating_mul(4)
+        .max(64)
 }
 
 async fn serve_connection(
@@ -389,15 +398,7 @@ where
     let Ok(permit) = revision.permits.clone().try_acquire_owned() else {
         revision.whole.quota_exceeded(Quota::Concurrency);
         shared.status.failed.fetch_add(1, Ordering::Relaxed);
-        let mut response = plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in flight; retry later\n",
-        );
-        response.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            HeaderValue::from(RETRY_AFTER_SECONDS),
-        );
-        return response;
+        return busy("too many requests in flight; retry later\n");
     };
     let max_request = settings.limits.max_request_body_bytes;
     // A declared length (`Content-Length`) over the limit is refused before any instance.
@@ -424,6 +425,7 @@ where
             incoming,
             left: max_request,
             tripped: request_too_large.clone(),
+            scope: scope.clone(),
         }
         .boxed_unsync()
     });
@@ -447,8 +449,10 @@ where
         let revision = revision.clone();
         let scope = scope.clone();
         let status = shared.status.clone();
+        let in_flight = shared.in_flight.clone();
         async move {
             let _permit = permit;
+            let _in_flight = in_flight;
             let run = async {
                 arm(&mut store).map_err(GuestEnd::Killed)?;
                 let proxy = revision
@@ -545,9 +549,6 @@ where
             return plain(StatusCode::GATEWAY_TIMEOUT, "request timed out\n");
         }
     };
-    if request_too_large.load(Ordering::Relaxed) {
-        revision.whole.quota_exceeded(Quota::RequestBody);
-    }
     let max_response = settings.limits.max_response_body_bytes;
     response.map(|body| {
         GuardedResponseBody {
@@ -607,6 +608,8 @@ struct LimitedRequestBody<B> {
     incoming: B,
     left: u64,
     tripped: Arc<AtomicBool>,
+    /// The instance reading it (what the breach is audited against).
+    scope: InstanceScope,
 }
 
 impl<B> Body for LimitedRequestBody<B>
@@ -630,7 +633,9 @@ where
                         Poll::Ready(Some(Ok(frame)))
                     }
                     None => {
-                        self.tripped.store(true, Ordering::Relaxed);
+                        if !self.tripped.swap(true, Ordering::Relaxed) {
+                            self.scope.quota_exceeded(Quota::RequestBody);
+                        }
                         Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(None))))
                     }
                 }

@@ -121,6 +121,29 @@ async fn hello_answers_on_its_route_and_refuses_large_bodies() {
     assert_eq!(a.status, 413, "a declared body over the limit");
     support::wait_kind(&h, "hello", Expect::Quota("request-body")).await;
 
+    // An undeclared (chunked) body is cut where it passes the limit: the handler's read
+    // fails, and the breach is audited against the instance reading it.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let chunk = "a".repeat(1000);
+    let mut raw = String::from(
+        "POST /hello HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    );
+    for _ in 0..4 {
+        raw.push_str(&format!("3e8\r\n{chunk}\r\n"));
+    }
+    raw.push_str("0\r\n\r\n");
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 400") && response.contains("cannot read the body"),
+        "the handler saw its read fail: {response}"
+    );
+    h.wait_audit("a streamed request-body breach", |e| {
+        Expect::Quota("request-body").matches("hello", e) && e["instance"] != 0
+    })
+    .await;
+
     // Many sequential requests: one fresh instance each, none left behind.
     for i in 0..50 {
         assert_eq!(get(addr, &format!("/hello/{i}")).await.status, 200);
@@ -393,11 +416,12 @@ async fn update_and_stop_drain_requests_in_flight() {
     let old = in_flight.await.unwrap();
     assert_eq!((old.status, old.body.unwrap()), (200, "slept".into()));
 
-    // Stop while a request is in flight: new connections are refused, the request
-    // finishes, and the stop waits for it.
+    // Stop while a request of an older revision is in flight: new connections are refused,
+    // the request finishes, and the stop waits for it.
     h.supervisor.update(at("http-hostile")).await.unwrap();
     let in_flight = tokio::spawn(async move { get(addr, "/sleep/1000").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    h.supervisor.update(at("http-hello")).await.unwrap();
     let stopped = h.supervisor.begin_remove(&id).await.unwrap();
     let stopping = tokio::spawn(stopped);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -451,4 +475,58 @@ async fn a_full_instance_pool_gets_503_and_the_component_keeps_serving() {
         "a full pool kills nothing"
     );
     assert_eq!(get(addr, "/").await.body.unwrap(), "hostile");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_capped_and_requests_still_get_through_once_one_closes() {
+    let h = Harness::new();
+    // One request slot: at most 64 connections.
+    let route = HttpSpec {
+        max_concurrent_requests: Some(1),
+        ..HttpSpec::default()
+    };
+    h.add(http_spec("capped", "http-hello", "", route)).await;
+    let addr = address(&h, "capped").await;
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The 65th connects (the kernel's backlog) but is not served while all 64 stay open.
+    let waiting = tokio::spawn(async move { get(addr, "/late").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served beyond the connection cap");
+    drop(idle.pop());
+    let a = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(a.body.unwrap(), "hello from /late\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_can_turn_an_actor_into_an_http_component_and_back() {
+    let h = Harness::new();
+    let id = ComponentId::new("test", "shape");
+    h.add(spec("shape", "echo", caps(""), quotas())).await;
+    assert_eq!(h.ask("shape", "hi").await.unwrap(), "hi");
+    assert!(h.supervisor.http_address(&id).await.is_none());
+
+    h.supervisor
+        .update(http_spec("shape", "http-hello", "", HttpSpec::default()))
+        .await
+        .unwrap();
+    let addr = address(&h, "shape").await;
+    assert_eq!(get(addr, "/now").await.body.unwrap(), "hello from /now\n");
+    assert!(h.ask("shape", "hi").await.is_err(), "no mailbox any more");
+
+    h.supervisor
+        .update(spec("shape", "echo", caps(""), quotas()))
+        .await
+        .unwrap();
+    assert_eq!(h.ask("shape", "back").await.unwrap(), "back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the HTTP listener stays open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
