@@ -76,7 +76,8 @@ async fn the_chart_passes_helm_lint_strict_with_every_option() {
         "",
         "serviceMonitor.enabled=true,networkPolicy.enabled=true,devMode.enabled=true,\
          agent.persistence.hostPath=/var/lib/airssys-agent,operator.replicas=1,\
-         operator.image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+         operator.image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000,\
+         clusterDNS=false",
         "rbac.create=false,rbac.userRoles=false,admissionPolicies.enabled=false,crds.install=false",
     ] {
         let mut args = vec!["lint", "--strict", chart.as_str()];
