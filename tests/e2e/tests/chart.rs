@@ -362,6 +362,9 @@ async fn a_release_installed_from_an_oci_registry_upgrades_and_uninstalls_safely
         node_name["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
+    // HTTP components are served on the Pod IP, which the agent announces for EndpointSlices.
+    let pod_ip = env.iter().find(|e| e["name"] == "POD_IP").expect("POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
     let args = strings(&container["args"]);
     for want in [
         "run",

@@ -9,6 +9,8 @@
 //! - the example manifests (`examples/`, pushed and signed as the dev run does) reach their
 //!   decisions; the trusted `echo` is `Ready`, its Placement on the real node, run by the agent
 //!   Pod, which fetched the bytes from the operator Pods' artifact server through the Service;
+//! - the HTTP example `hello-http` is served by the agent Pod on its Pod IP, which its
+//!   EndpointSlice lists, and answers there and through its Service's ClusterIP;
 //! - the pending `kv-counter`: a tenant (namespace `edit`) cannot approve it, an approver does
 //!   with `kubectl wasm approve` (the plugin binary), and it runs;
 //! - the dev-mode `scratch` (the `trespasser` guest) tries what it was not granted: the agent
@@ -256,6 +258,42 @@ impl Scenario {
     }
 }
 
+/// One HTTP/1.1 GET with `Host: host`: `"<status> <body>"`, or why it failed.
+async fn http_get(endpoint: &str, host: &str, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(endpoint)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.split(' ').nth(1).unwrap_or_default().to_owned();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        // A chunked body: the single chunk's text.
+        let body = if text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body.split("\r\n").nth(1).unwrap_or_default()
+        } else {
+            body
+        };
+        Ok::<_, String>(format!("{status} {}", body.trim_end_matches('\n')))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
 /// A kubeconfig authenticating with `token` (nothing else: no client certificate).
 fn token_kubeconfig(cp: &ControlPlane, name: &str, token: &str) -> PathBuf {
     let config = json!({
@@ -424,6 +462,64 @@ async fn helm_install_runs_the_placement_scenario_on_a_real_node() {
         logs.contains("echo"),
         "the agent Pod's log does not mention echo:\n{logs}"
     );
+
+    // The HTTP example: served by the agent Pod on its own address (the EndpointSlice lists
+    // the Pod IP), reached directly and through the component's Service (kube-proxy).
+    s.wait_ready("wasm-demo", "hello-http", 2).await;
+    let agent_ip = agents[0]["status"]["podIP"].as_str().unwrap().to_owned();
+    let endpoints = s
+        .wait_until("hello-http's endpoint", TIMEOUT, || async {
+            let slices = s
+                .get_json(&[
+                    "endpointslices",
+                    "-n",
+                    "wasm-demo",
+                    "-l",
+                    "kubernetes.io/service-name=hello-http",
+                ])
+                .await;
+            let mut found = Vec::new();
+            for slice in slices["items"].as_array().into_iter().flatten() {
+                let port = slice["ports"][0]["port"].as_i64().unwrap_or_default();
+                for e in slice["endpoints"].as_array().into_iter().flatten() {
+                    if e["conditions"]["ready"] == true {
+                        for a in e["addresses"].as_array().into_iter().flatten() {
+                            found.push(format!("{}:{port}", a.as_str().unwrap_or_default()));
+                        }
+                    }
+                }
+            }
+            if found.is_empty() {
+                Err(slices.to_string())
+            } else {
+                Ok(found)
+            }
+        })
+        .await;
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert!(
+        endpoints[0].starts_with(&format!("{agent_ip}:")),
+        "{endpoints:?} is not the agent Pod ({agent_ip})"
+    );
+    let service = s
+        .get_json(&["service", "-n", "wasm-demo", "hello-http"])
+        .await;
+    let cluster_ip = format!(
+        "{}:{}",
+        service["spec"]["clusterIP"].as_str().unwrap(),
+        service["spec"]["ports"][0]["port"]
+    );
+    for endpoint in [&endpoints[0], &cluster_ip] {
+        let answer = s
+            .wait_until(&format!("an answer from {endpoint}"), TIMEOUT, || async {
+                http_get(endpoint, "hello.example.com", "/hello/world")
+                    .await
+                    .and_then(|a| if a.starts_with("200 ") { Ok(a) } else { Err(a) })
+            })
+            .await;
+        assert_eq!(answer, "200 hello from /hello/world", "{endpoint}");
+    }
+    mark("hello-http answers", &mut timings);
 
     // The pending component: a tenant cannot approve it, an approver can, and then it runs.
     let pending = decisions
