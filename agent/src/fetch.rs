@@ -43,6 +43,10 @@ pub const MANIFEST_LIMIT: usize = 4 << 20;
 pub struct ArtifactClientConfig {
     /// `https://host[:port]`, e.g. `https://airssys-operator.airssys-system.svc:8443`.
     pub server: String,
+    /// The name the server's certificate must carry. Default: the URL's host. Set it when the
+    /// URL names the server by address (a Service's ClusterIP from the environment kubelet
+    /// injects, in clusters without DNS) while the certificate names the Service.
+    pub server_name: Option<String>,
     /// The ServiceAccount token, re-read when the server answers 401.
     pub token_file: PathBuf,
     /// The agent's cache directory; blobs go to `blobs/sha256/` under it.
@@ -59,6 +63,7 @@ impl ArtifactClientConfig {
     pub fn new(server: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
         Self {
             server: server.into(),
+            server_name: None,
             token_file: PathBuf::from(DEFAULT_TOKEN_FILE),
             cache_dir: cache_dir.into(),
             max_component_bytes: 32 << 20,
@@ -103,9 +108,25 @@ impl Endpoint {
     }
 }
 
+/// The name to verify the server's certificate against: `name` when given, else the URL's
+/// `host`; an IP address is checked against the certificate's IP SANs.
+fn tls_server_name(host: &str, name: Option<&str>) -> Result<ServerName<'static>, String> {
+    let name = name
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(host);
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(ServerName::from(ip)),
+        Err(_) => ServerName::try_from(name.to_owned())
+            .map_err(|e| format!("TLS server name {name:?}: {e}")),
+    }
+}
+
 /// Fetches Placement artifacts from the operator's artifact server; see the module docs.
 pub struct ArtifactClient {
     endpoint: Endpoint,
+    /// What the server's certificate must name.
+    server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
     token_file: PathBuf,
     token: Mutex<Option<String>>,
@@ -137,6 +158,8 @@ impl ArtifactClient {
     /// else. Creates the blob cache directory (0700).
     pub fn from_pem(config: ArtifactClientConfig, ca_pem: &[u8]) -> Result<Self, Error> {
         let endpoint = Endpoint::parse(&config.server)
+            .map_err(|reason| fetch_error("the artifact server", reason))?;
+        let server_name = tls_server_name(&endpoint.host, config.server_name.as_deref())
             .map_err(|reason| fetch_error("the artifact server", reason))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem) {
@@ -170,6 +193,7 @@ impl ArtifactClient {
         create_private_dir(&blobs)?;
         Ok(Self {
             endpoint,
+            server_name,
             tls: Arc::new(tls),
             token_file: config.token_file,
             token: Mutex::new(None),
@@ -343,11 +367,7 @@ impl ArtifactClient {
         .await
         .map_err(|_| fail(format!("connecting to {authority} timed out")))?
         .map_err(|e| fail(format!("connecting to {authority}: {e}")))?;
-        let name = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => ServerName::from(ip),
-            Err(_) => ServerName::try_from(host.clone())
-                .map_err(|e| fail(format!("server name {host:?}: {e}")))?,
-        };
+        let name = self.server_name.clone();
         let tls = tokio::time::timeout(
             self.connect_timeout,
             tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp),
@@ -513,5 +533,27 @@ mod tests {
         );
         assert!(Endpoint::parse("http://x:8443").is_err(), "TLS only");
         assert!(Endpoint::parse("x:8443").is_err());
+    }
+
+    #[test]
+    fn tls_server_names() {
+        let dns = |n: &str| ServerName::try_from(n.to_owned()).unwrap();
+        let ip = |a: &str| ServerName::from(a.parse::<std::net::IpAddr>().unwrap());
+        // (URL host, --artifact-server-name, the name verified; None: refused)
+        let cases: &[(&str, Option<&str>, Option<ServerName<'static>>)] = &[
+            ("op.ns.svc", None, Some(dns("op.ns.svc"))),
+            ("10.96.0.12", None, Some(ip("10.96.0.12"))),
+            ("::1", None, Some(ip("::1"))),
+            // A ClusterIP from the environment, the certificate naming the Service.
+            ("10.96.0.12", Some("op.ns.svc"), Some(dns("op.ns.svc"))),
+            ("10.96.0.12", Some("10.96.0.13"), Some(ip("10.96.0.13"))),
+            // Empty means unset (an unset chart value renders as an empty flag).
+            ("op.ns.svc", Some(" "), Some(dns("op.ns.svc"))),
+            ("10.96.0.12", Some("not a name!"), None),
+        ];
+        for (host, name, want) in cases {
+            let got = tls_server_name(host, *name).ok();
+            assert_eq!(&got, want, "host {host}, name {name:?}");
+        }
     }
 }

@@ -103,6 +103,15 @@ struct NodeArgs {
     /// verified bytes of its Placements' digests.
     #[arg(long, env = "AIRSSYS_ARTIFACT_SERVER")]
     artifact_server: Option<String>,
+    /// The name the artifact server's certificate must carry. Default: the host of
+    /// --artifact-server. For a server reached by address (e.g. the Service's ClusterIP from
+    /// kubelet's `<SERVICE>_SERVICE_HOST`, where pods have no cluster DNS).
+    #[arg(
+        long,
+        env = "AIRSSYS_ARTIFACT_SERVER_NAME",
+        conflicts_with = "manifest"
+    )]
+    artifact_server_name: Option<String>,
     /// The artifact server's CA certificate (PEM). Default: read from the ConfigMap
     /// `airssys-artifact-ca` in --namespace, which the operator publishes.
     #[arg(long, env = "AIRSSYS_ARTIFACT_CA", conflicts_with = "manifest")]
@@ -283,9 +292,17 @@ async fn run_node(
     };
     let client = kube_client(args.kubeconfig.as_deref()).await?;
 
+    // Live (not ready) from here on: waiting below for the operator's CA is no reason for a
+    // liveness probe to restart the agent.
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::default();
+    if let Some(addr) = metrics_addr {
+        serve::spawn(addr, metrics.clone(), readiness.clone()).await?;
+    }
     create_data_dir(&data_dir)?;
     let cache_dir = cache_dir.unwrap_or_else(|| data_dir.join("cache"));
     let mut fetch_config = ArtifactClientConfig::new(&artifact_server, &cache_dir);
+    fetch_config.server_name = args.artifact_server_name;
     if let Some(token_file) = args.artifact_token_file {
         fetch_config.token_file = token_file;
     }
@@ -324,11 +341,6 @@ async fn run_node(
         memory_bytes: args.memory_capacity.unwrap_or_else(node_memory),
     };
     let storage = Arc::new(KvStore::open(data_dir.join("kv.redb"))?);
-    let metrics = Arc::new(Metrics::new());
-    let readiness = Readiness::default();
-    if let Some(addr) = metrics_addr {
-        serve::spawn(addr, metrics.clone(), readiness.clone()).await?;
-    }
     let mut audit_config = AuditConfig::new(node_name.clone(), &metrics.audit);
     audit_config.log_path = Some(data_dir.join("audit.jsonl"));
     audit_config.rotation = (audit_max_files > 0).then_some(Rotation {

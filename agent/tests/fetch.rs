@@ -283,13 +283,19 @@ async fn fetches_verifies_caches_and_refetches_a_corrupt_cache() {
 /// An artifact server that answers every request with `body`: a compromised or confused
 /// server. Returns its address and CA.
 async fn lying_server(body: Vec<u8>) -> (SocketAddr, String) {
+    server_named(&["127.0.0.1"], body).await
+}
+
+/// A server answering every request with `body`, its certificate naming `names` only.
+async fn server_named(names: &[&str], body: Vec<u8>) -> (SocketAddr, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = rcgen::CertificateParams::new(names)
         .unwrap()
         .signed_by(&leaf_key, &rcgen::Issuer::from_params(&ca_params, &ca_key))
         .unwrap();
@@ -310,7 +316,10 @@ async fn lying_server(body: Vec<u8>) -> (SocketAddr, String) {
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = acceptor.accept(tcp).await.unwrap();
+            // A client that refuses the certificate ends the handshake; serve the next one.
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") {
@@ -364,4 +373,47 @@ async fn bytes_that_do_not_hash_to_the_digest_are_refused_and_not_cached() {
     let client = ArtifactClient::from_pem(small, ca.as_bytes()).unwrap();
     let err = client.fetch(&placement).await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { limit: 8, .. }), "{err}");
+}
+
+/// A server reached by address whose certificate names only its Service (pods without
+/// cluster DNS reach the artifact server by ClusterIP): the agent verifies the name given by
+/// `--artifact-server-name`, and without it refuses the certificate.
+#[tokio::test]
+async fn a_server_reached_by_address_is_verified_against_the_given_name() {
+    let bytes = b"\0asm the approved component".to_vec();
+    let service = "airssys-wasm-operator.airssys-system.svc";
+    let (addr, ca) = server_named(&[service], bytes.clone()).await;
+    let node = tempfile::tempdir().unwrap();
+    let token_file = node.path().join("token");
+    std::fs::write(&token_file, "token").unwrap();
+    let digest = digest_of(&bytes);
+    let placement: PlacementSpec = serde_json::from_value(serde_json::json!({
+        "nodeName": "node-a",
+        "component": {"name": "echo", "uid": "u", "generation": 1},
+        "digest": digest.as_str(),
+        "artifact": {"https": {"url": "https://example.com/echo.wasm", "digest": digest.as_str()}},
+        "instances": 1,
+    }))
+    .unwrap();
+    let config = |name: Option<&str>, cache: &str| {
+        let mut c = ArtifactClientConfig::new(format!("https://{addr}"), node.path().join(cache));
+        c.token_file = token_file.clone();
+        c.server_name = name.map(str::to_owned);
+        c
+    };
+
+    let by_address = ArtifactClient::from_pem(config(None, "a"), ca.as_bytes()).unwrap();
+    let err = by_address.fetch(&placement).await.unwrap_err();
+    assert!(
+        err.to_string().contains("TLS handshake"),
+        "the certificate does not name {addr}: {err}"
+    );
+    let wrong =
+        ArtifactClient::from_pem(config(Some("elsewhere.svc"), "b"), ca.as_bytes()).unwrap();
+    let err = wrong.fetch(&placement).await.unwrap_err();
+    assert!(err.to_string().contains("TLS handshake"), "{err}");
+
+    let named = ArtifactClient::from_pem(config(Some(service), "c"), ca.as_bytes()).unwrap();
+    named.fetch(&placement).await.unwrap();
+    assert!(named.cache_path(&digest).exists(), "fetched and cached");
 }

@@ -9,7 +9,7 @@
 //! control plane, the local OCI registry and the operator and applies the examples. While cargo
 //! compiles, the Go tools of the control plane are built in the background, as `.ci/run` does.
 //! `image` runs the same build and hands over to `airssys-image` (also airssys-test-support),
-//! which packs the binary with the shared libraries `ldd` lists, reproducibly.
+//! which packs the binary with the shared libraries `ldd` lists and the CA bundle, reproducibly.
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ usage: cargo run -p xtask -- dev [--no-build] [AIRSSYS-DEV OPTIONS]
   dev          build every binary of the workspace once, then run the local cluster
                (airssys-dev: control plane, OCI registry, operator, the examples applied)
   image        build every binary once, then the OCI image of one of them (airssys-image:
-               the binary and the shared libraries ldd lists, user 65532, reproducible
+               the binary, the shared libraries ldd lists, the CA bundle, user 65532, reproducible
                digests) and push it and/or write it as an OCI layout
   --no-build   use the binaries already built (no cargo build)
 

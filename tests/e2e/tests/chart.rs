@@ -76,7 +76,8 @@ async fn the_chart_passes_helm_lint_strict_with_every_option() {
         "",
         "serviceMonitor.enabled=true,networkPolicy.enabled=true,devMode.enabled=true,\
          agent.persistence.hostPath=/var/lib/airssys-agent,operator.replicas=1,\
-         operator.image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+         operator.image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000,\
+         clusterDNS=false",
         "rbac.create=false,rbac.userRoles=false,admissionPolicies.enabled=false,crds.install=false",
     ] {
         let mut args = vec!["lint", "--strict", chart.as_str()];
@@ -361,6 +362,9 @@ async fn a_release_installed_from_an_oci_registry_upgrades_and_uninstalls_safely
         node_name["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
+    // HTTP components are served on the Pod IP, which the agent announces for EndpointSlices.
+    let pod_ip = env.iter().find(|e| e["name"] == "POD_IP").expect("POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
     let args = strings(&container["args"]);
     for want in [
         "run",

@@ -56,6 +56,11 @@ pub struct ControlPlaneOptions {
     /// Keep the temp directory (logs, etcd data, kubeconfigs) after stopping; also set by
     /// `AIRSSYS_KEEP_TMP=1`.
     pub keep_dir: bool,
+    /// Let Pods on real Nodes reach the API server in-cluster (`KUBERNETES_SERVICE_HOST`,
+    /// through kube-proxy): it listens on every address and advertises the machine's (a Node's
+    /// InternalIP), which its serving certificate names, so the `kubernetes` Service gets an
+    /// endpoint. Off by default: the API server stays on loopback.
+    pub reachable_from_pods: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -68,6 +73,7 @@ impl Default for ControlPlaneOptions {
                     .unwrap_or_else(|| repo_root().join("crds/yaml")),
             ),
             keep_dir: std::env::var_os("AIRSSYS_KEEP_TMP").is_some_and(|v| v != "0"),
+            reachable_from_pods: false,
         }
     }
 }
@@ -134,7 +140,13 @@ impl ControlPlane {
         } else {
             Some(DirWatchdog::spawn(&dir)?)
         };
-        let pki = Pki::create(&dir.join("pki"))?;
+        let advertise = if options.reachable_from_pods {
+            Some(crate::node::machine_address()?)
+        } else {
+            None
+        };
+        let extra_names: Vec<String> = advertise.iter().map(ToString::to_string).collect();
+        let pki = Pki::create(&dir.join("pki"), &extra_names)?;
         let admin = pki.client("admin", "airssys-admin", Some("system:masters"))?;
         let ports = free_ports(3)?;
         let (etcd_port, peer_port, api_port) = (ports[0], ports[1], ports[2]);
@@ -160,7 +172,10 @@ impl ControlPlane {
             tempdir: Some(tempdir),
         };
         cp.spawn("etcd", cp.etcd_command(etcd_port, peer_port)?)?;
-        cp.spawn("kube-apiserver", cp.apiserver_command(etcd_port, api_port)?)?;
+        cp.spawn(
+            "kube-apiserver",
+            cp.apiserver_command(etcd_port, api_port, advertise)?,
+        )?;
         cp.wait_ready().await?;
         tracing::info!(server = %cp.server, elapsed = ?started.elapsed(), "kube-apiserver ready");
 
@@ -212,7 +227,13 @@ impl ControlPlane {
         Ok(cmd)
     }
 
-    fn apiserver_command(&self, etcd_port: u16, port: u16) -> Result<Command, Error> {
+    /// `advertise`: the address Pods reach it at ([`ControlPlaneOptions::reachable_from_pods`]).
+    fn apiserver_command(
+        &self,
+        etcd_port: u16,
+        port: u16,
+        advertise: Option<std::net::Ipv4Addr>,
+    ) -> Result<Command, Error> {
         let serving = self.pki.serving();
         let sa_key = self.pki.sa_key();
         // How the API server authenticates to kubelets (`kubectl logs`, `exec`): as admin.
@@ -223,8 +244,6 @@ impl ControlPlane {
         )?;
         let mut cmd = Command::new(crate::tool_path("kube-apiserver")?);
         cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={port}"))
             .arg(format!("--cert-dir={}", self.dir.join("pki").display()))
             .arg(format!("--tls-cert-file={}", serving.cert.display()))
@@ -253,10 +272,20 @@ impl ControlPlane {
             .arg("--kubelet-preferred-address-types=InternalIP")
             .arg(format!("--enable-admission-plugins={ADMISSION_PLUGINS}"))
             .arg("--allow-privileged=true")
-            // The "kubernetes" Service endpoints would point at loopback, which the reconciler
-            // rejects; nothing in-cluster dials the API server here anyway.
-            .arg("--endpoint-reconciler-type=none")
             .arg("--profiling=false");
+        match advertise {
+            // The lease reconciler makes the machine's address the "kubernetes" Service's
+            // endpoint; kube-proxy sends Pods' in-cluster API calls there.
+            Some(address) => cmd
+                .arg("--bind-address=0.0.0.0")
+                .arg(format!("--advertise-address={address}")),
+            // The "kubernetes" Service endpoints would point at loopback, which the reconciler
+            // rejects; nothing in-cluster dials this API server.
+            None => cmd
+                .arg("--bind-address=127.0.0.1")
+                .arg("--advertise-address=127.0.0.1")
+                .arg("--endpoint-reconciler-type=none"),
+        };
         Ok(cmd)
     }
 

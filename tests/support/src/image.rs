@@ -3,8 +3,10 @@
 //!
 //! An image is one layer holding the binary (at `/usr/local/bin/<name>`) and exactly the
 //! shared libraries `ldd` lists for it, copied from the build host: there is no musl target on
-//! the build machines, so the glibc the binary was linked against travels with it. Nothing else
-//! is in the image (no shell, no package manager, no /etc).
+//! the build machines, so the glibc the binary was linked against travels with it. The build
+//! host's CA bundle goes to [`CA_BUNDLE`]: the operator's registry client (reqwest's platform
+//! verifier) will not start without system CAs. Nothing else is in the image (no shell, no
+//! package manager).
 //!
 //! Builds are reproducible: entries sorted, owned by uid/gid 0, every mtime the build's fixed
 //! `created` time, gzip without a timestamp or file name, JSON with a fixed key order. The same
@@ -22,6 +24,17 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use crate::Error;
+
+/// Where the image holds the CA bundle: the path Debian's (and distroless's) is at, which
+/// rustls-native-certs reads.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where build hosts keep theirs: Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine.
+const HOST_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
 
 /// The user the image runs as (distroless's `nonroot`): the chart's `runAsUser` is the same.
 pub const USER: &str = "65532:65532";
@@ -90,6 +103,19 @@ pub fn build(spec: &ImageSpec) -> Result<Image, Error> {
             std::fs::read(&library).map_err(Error::io(format!("reading {}", library.display())))?;
         files.push((library.display().to_string(), bytes));
     }
+    let bundle = HOST_CA_BUNDLES
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no CA bundle on this machine (looked at {}); install ca-certificates",
+                HOST_CA_BUNDLES.join(", ")
+            ))
+        })?;
+    let bytes =
+        std::fs::read(bundle).map_err(Error::io(format!("reading {}", bundle.display())))?;
+    files.push((CA_BUNDLE.to_owned(), bytes));
     let tar = layer_tar(&files, spec.created)?;
     let diff_id = sha256_digest(&tar);
     let layer = gzip(&tar)?;

@@ -722,6 +722,11 @@ fn stop_named(processes: &mut [Supervised], name: &str) {
     }
 }
 
+/// The address a Node on this machine gets (see [`node_address`]).
+pub(crate) fn machine_address() -> Result<Ipv4Addr, Error> {
+    node_address(&read("/proc/net/route")?)
+}
+
 /// The machine's IPv4 address on its default route (kubelet refuses loopback node IPs), or
 /// its first global address.
 fn node_address(proc_net_route: &str) -> Result<Ipv4Addr, Error> {

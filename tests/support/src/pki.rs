@@ -36,8 +36,9 @@ pub(crate) struct CertFiles {
 }
 
 impl Pki {
-    /// Creates the CA, the serving certificate and the service-account key in `dir`.
-    pub fn create(dir: &Path) -> Result<Self, Error> {
+    /// Creates the CA, the serving certificate (for [`SERVING_NAMES`] and `extra_names`) and
+    /// the service-account key in `dir`.
+    pub fn create(dir: &Path, extra_names: &[String]) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = name("airssys-test-ca", None);
@@ -56,7 +57,8 @@ impl Pki {
             ca: Issuer::new(params, key),
         };
 
-        let serving_names: Vec<String> = SERVING_NAMES.iter().map(|s| s.to_string()).collect();
+        let mut serving_names: Vec<String> = SERVING_NAMES.iter().map(|s| s.to_string()).collect();
+        serving_names.extend(extra_names.iter().cloned());
         pki.issue(
             "apiserver",
             name("kube-apiserver", None),

@@ -2,9 +2,11 @@
 //! handler with manifests in memory, blobs on disk (so a test can change them at rest) and,
 //! optionally, the Basic or token authentication real registries demand.
 
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -57,6 +59,8 @@ pub struct Registry {
     auth: Option<RegistryAuth>,
     blobs: PathBuf,
     watchdog: DirWatchdog,
+    /// Forwards an address Pods can reach to the loopback registry ([`Registry::expose`]).
+    forward: Option<Forward>,
     _dir: TempDir,
 }
 
@@ -118,8 +122,25 @@ impl Registry {
             auth: options.auth,
             blobs,
             watchdog,
+            forward: None,
             _dir: dir,
         })
+    }
+
+    /// Makes the registry answer on `ip` (a free port) too, and names it by that address from
+    /// now on ([`address`](Registry::address)): Pods cannot reach the host's loopback, where
+    /// the registry listens, but reach the machine's address. Everyone then uses the one
+    /// address, so references (and what cosign signs) are the same for the test and the Pods.
+    pub fn expose(&mut self, ip: IpAddr) -> Result<(), Error> {
+        let target: SocketAddr = self
+            .address
+            .parse()
+            .map_err(|e| Error::Invalid(format!("registry address {}: {e}", self.address)))?;
+        let forward = Forward::start(SocketAddr::new(ip, 0), target)?;
+        self.address = forward.address.to_string();
+        tracing::info!(address = %self.address, %target, "OCI registry exposed");
+        self.forward = Some(forward);
+        Ok(())
     }
 
     /// `host:port` to use in references, e.g. `{address}/components/hello:v1`.
@@ -227,9 +248,72 @@ fn base64(bytes: &[u8]) -> String {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        if let Some(forward) = &self.forward {
+            forward.stop();
+        }
         self.process.stop();
         self.watchdog.disarm();
     }
+}
+
+/// A TCP forwarder: each connection to `address` is piped to the target, on two threads.
+#[derive(Debug)]
+struct Forward {
+    address: SocketAddr,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Forward {
+    fn start(listen: SocketAddr, target: SocketAddr) -> Result<Forward, Error> {
+        let listener =
+            TcpListener::bind(listen).map_err(Error::io(format!("listening on {listen}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(Error::io("reading the forwarder's address"))?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stop = stopped.clone();
+        std::thread::Builder::new()
+            .name("registry-forward".into())
+            .spawn(move || {
+                for incoming in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(client) = incoming else { continue };
+                    match TcpStream::connect(target) {
+                        Ok(server) => pipe(client, server),
+                        Err(e) => tracing::warn!(%target, error = %e, "registry forward"),
+                    }
+                }
+            })
+            .map_err(Error::io("starting the registry forwarder"))?;
+        Ok(Forward { address, stopped })
+    }
+
+    /// Stops accepting (one connection wakes the accept loop); open connections end with
+    /// the registry.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
+    }
+}
+
+/// Copies both ways between `a` and `b` until either side closes.
+fn pipe(a: TcpStream, b: TcpStream) {
+    let halves = a.try_clone().and_then(|a2| Ok((a2, b.try_clone()?)));
+    let Ok((a2, b2)) = halves else { return };
+    let one_way = |mut from: TcpStream, mut to: TcpStream| {
+        move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        }
+    };
+    let _ = std::thread::Builder::new()
+        .name("registry-forward-up".into())
+        .spawn(one_way(a, b));
+    let _ = std::thread::Builder::new()
+        .name("registry-forward-down".into())
+        .spawn(one_way(b2, a2));
 }
 
 /// Parses the registry's start-up line: `serving on port 12345`.

@@ -348,6 +348,7 @@ async fn an_own_control_plane_stops_all_its_processes_on_drop() {
         controller_manager: false,
         crd_dir: None,
         keep_dir: false,
+        reachable_from_pods: false,
     })
     .await
     .unwrap();

@@ -109,7 +109,8 @@ async fn an_image_is_reproducible_minimal_and_runs_as_non_root() {
     );
     assert_eq!(config["created"], "2023-11-14T22:13:20Z");
 
-    // The layer: the binary and exactly ldd's libraries, owned by root, nothing else.
+    // The layer: the binary, exactly ldd's libraries and the CA bundle, owned by root, nothing
+    // else.
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(
@@ -135,6 +136,7 @@ async fn an_image_is_reproducible_minimal_and_runs_as_non_root() {
         .map(|p| p.display().to_string())
         .collect();
     expected.push("/usr/local/bin/airssys-image".to_owned());
+    expected.push(airssys_test_support::image::CA_BUNDLE.to_owned());
     expected.sort();
     assert!(
         expected.iter().any(|f| f.contains("libc.so")),

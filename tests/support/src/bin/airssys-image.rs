@@ -20,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(
     name = "airssys-image",
-    about = "Build the OCI image of a binary (the binary plus the shared libraries ldd lists), reproducibly"
+    about = "Build the OCI image of a binary (the binary plus the shared libraries ldd lists and the CA bundle), reproducibly"
 )]
 struct Cli {
     /// The binary to pack.
