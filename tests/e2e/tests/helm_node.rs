@@ -258,42 +258,6 @@ impl Scenario {
     }
 }
 
-/// One HTTP/1.1 GET with `Host: host`: `"<status> <body>"`, or why it failed.
-async fn http_get(endpoint: &str, host: &str, path: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(endpoint)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text.split(' ').nth(1).unwrap_or_default().to_owned();
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        // A chunked body: the single chunk's text.
-        let body = if text
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body.split("\r\n").nth(1).unwrap_or_default()
-        } else {
-            body
-        };
-        Ok::<_, String>(format!("{status} {}", body.trim_end_matches('\n')))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| "timed out".to_owned())?
-}
-
 /// A kubeconfig authenticating with `token` (nothing else: no client certificate).
 fn token_kubeconfig(cp: &ControlPlane, name: &str, token: &str) -> PathBuf {
     let config = json!({
@@ -512,7 +476,7 @@ async fn helm_install_runs_the_placement_scenario_on_a_real_node() {
     for endpoint in [&endpoints[0], &cluster_ip] {
         let answer = s
             .wait_until(&format!("an answer from {endpoint}"), TIMEOUT, || async {
-                http_get(endpoint, "hello.example.com", "/hello/world")
+                airssys_test_support::http_get(endpoint, "hello.example.com", "/hello/world")
                     .await
                     .and_then(|a| if a.starts_with("200 ") { Ok(a) } else { Err(a) })
             })

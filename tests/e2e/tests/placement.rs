@@ -191,13 +191,15 @@ async fn approved_components_run_on_the_node_agents() {
     })
     .await;
     for endpoint in &endpoints {
-        let answer = http_get(endpoint, "hello.example.com", "/hello/world").await;
+        let answer =
+            airssys_test_support::http_get(endpoint, "hello.example.com", "/hello/world").await;
         assert_eq!(
             answer.as_deref(),
-            Ok("200 hello from /hello/world\n"),
+            Ok("200 hello from /hello/world"),
             "{endpoint}"
         );
-        let other_host = http_get(endpoint, "elsewhere.example.com", "/hello").await;
+        let other_host =
+            airssys_test_support::http_get(endpoint, "elsewhere.example.com", "/hello").await;
         assert!(
             other_host.as_deref().is_ok_and(|a| a.starts_with("404")),
             "{other_host:?}"
@@ -478,7 +480,8 @@ async fn approved_components_run_on_the_node_agents() {
     )
     .await;
     for endpoint in &endpoints {
-        let answer = http_get(endpoint, "hello.example.com", "/hello/world").await;
+        let answer =
+            airssys_test_support::http_get(endpoint, "hello.example.com", "/hello/world").await;
         assert!(answer.is_err(), "{endpoint} still answers: {answer:?}");
     }
 }
@@ -511,45 +514,6 @@ async fn http_endpoints(cluster: &DevCluster, ns: &str, name: &str) -> Vec<Strin
     }
     out.sort();
     out
-}
-
-/// One HTTP/1.1 GET: `"<status> <body>"`, or why it failed.
-async fn http_get(endpoint: &str, host: &str, path: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(endpoint)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text.split(' ').nth(1).unwrap_or_default().to_owned();
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        // A chunked body: the single chunk's text.
-        let body = if text
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body.split("\r\n").nth(1).unwrap_or_default().to_owned() + "\n"
-        } else {
-            body.to_owned()
-        };
-        Ok::<_, String>(format!(
-            "{status} {}",
-            body.trim_end_matches('\n').to_owned() + "\n"
-        ))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| "timed out".to_owned())?
 }
 
 /// The agents' Events of `reason` about component `ns/name`.

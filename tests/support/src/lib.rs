@@ -21,6 +21,7 @@ pub mod chart;
 mod control_plane;
 pub mod dev;
 mod error;
+mod http;
 pub mod image;
 mod node;
 mod node_config;
@@ -33,6 +34,7 @@ mod wait;
 
 pub use control_plane::{ControlPlane, ControlPlaneOptions, client_from, repo_root};
 pub use error::Error;
+pub use http::http_get;
 pub use node::{Node, NodeOptions, SHARED_NODE_NAME};
 pub use process::Supervised;
 pub use registry::{Registry, RegistryAuth, RegistryOptions, docker_config};
