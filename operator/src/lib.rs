@@ -192,6 +192,8 @@ pub struct Context {
     pub stores: controller::Stores,
     /// What the placement controller last planned per component, ahead of the watch.
     pub(crate) ledger: Arc<Mutex<controller::placement::Ledger>>,
+    /// The last status each controller wrote per component, ahead of the watch.
+    pub(crate) written: Arc<controller::written::Written>,
     /// Whether the Placement, Node and Lease stores have had their first list.
     pub(crate) view_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Consecutive failures per object, for the backoff.

@@ -33,6 +33,8 @@ use crate::placement::NodeShare;
 const NODE_MESSAGE_LIMIT: usize = 256;
 /// How many nodes a condition message names before it counts the rest.
 const NODES_NAMED: usize = 3;
+/// A node's message while its agent has not reported on the Placement.
+const WAITING_FOR_AGENT: &str = "Waiting for the agent's report.";
 
 /// What placement decided for the component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,15 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Placed, and no agent has reported on any of its Placements yet.
+    pub fn awaits_first_report(&self) -> bool {
+        !self.nodes.is_empty()
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.message.as_deref() == Some(WAITING_FOR_AGENT))
+    }
+
     /// Whether writing `self` over a status holding `replicas`, `ready_replicas`, `nodes` and
     /// `conditions` would change anything but timestamps.
     pub fn differs_from(
@@ -150,11 +161,13 @@ pub fn summarize(input: &Input<'_>) -> Summary {
             .and_then(|r| reported_condition(r, ConditionType::Degraded))
             .filter(Condition::is_true);
         let message = match (report, degraded) {
-            (None, _) => Some("Placement not seen yet.".to_owned()),
+            // Just written and not in the watch yet: to the user, the same wait as below (and
+            // one status write fewer when the watch catches up).
+            (None, _) => Some(WAITING_FOR_AGENT.to_owned()),
             (Some(_), Some(d)) => Some(format!("{}: {}", d.reason, d.message)),
             (Some(r), None) => match r.status.and_then(|s| s.last_error.clone()) {
                 Some(e) if ready < share.instances => Some(e),
-                _ if r.status.is_none() => Some("Waiting for the agent's report.".to_owned()),
+                _ if r.status.is_none() => Some(WAITING_FOR_AGENT.to_owned()),
                 _ => None,
             },
         };
@@ -658,6 +671,67 @@ mod tests {
             let node_total: i32 = got.nodes.iter().map(|n| n.ready_replicas).sum();
             assert_eq!(node_total, got.ready_replicas, "{rule}: nodes sum up");
         }
+    }
+
+    #[test]
+    fn a_summary_awaits_the_first_report_until_any_agent_reports() {
+        let shares = [share("a", 1), share("b", 1)];
+        let reported = status(&Agent { ready: 1, ..OK });
+        let approved = digest(1);
+        let awaits = |reports: &[Report<'_>]| {
+            summarize(&Input {
+                generation: Some(1),
+                requested: 2,
+                scheduling: Scheduling::Planned { shortfall: None },
+                shares: &shares,
+                approved_digest: Some(&approved),
+                reports,
+                previous: &[],
+            })
+            .awaits_first_report()
+        };
+        let none = |node| Report { node, status: None };
+        // (rule, reports, awaits)
+        let cases: [(&str, Vec<Report<'_>>, bool); 4] = [
+            ("the Placements are not in the watch yet", vec![], true),
+            (
+                "in the watch, no status yet",
+                vec![none("a"), none("b")],
+                true,
+            ),
+            (
+                "one agent reported",
+                vec![
+                    none("a"),
+                    Report {
+                        node: "b",
+                        status: Some(&reported),
+                    },
+                ],
+                false,
+            ),
+            (
+                "a Placement only in the watch, the other not yet",
+                vec![none("a")],
+                true,
+            ),
+        ];
+        for (rule, reports, expected) in cases {
+            assert_eq!(awaits(&reports), expected, "{rule}");
+        }
+        let nothing_placed = summarize(&Input {
+            generation: Some(1),
+            requested: 0,
+            scheduling: Scheduling::Planned { shortfall: None },
+            shares: &[],
+            approved_digest: Some(&approved),
+            reports: &[],
+            previous: &[],
+        });
+        assert!(
+            !nothing_placed.awaits_first_report(),
+            "no replicas: nothing to wait for"
+        );
     }
 
     #[test]

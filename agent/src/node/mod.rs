@@ -461,7 +461,7 @@ impl<S: ArtifactSource> Node<S> {
                 name: name.clone(),
             };
             let book = self.books.entry(key).or_insert_with(|| {
-                let mut write = WriteBook::default();
+                let mut write = WriteBook::new(Instant::now());
                 if let Some(status) = &p.status {
                     write.wrote(status.clone(), Instant::now(), &self.config.writes);
                 }

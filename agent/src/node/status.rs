@@ -225,6 +225,11 @@ pub struct WritePolicy {
     pub burst: f64,
     pub per_second: f64,
     pub resync: Duration,
+    /// How long a new Placement's first status may wait while its instances are only
+    /// starting: a start that is quick writes once ("ready"), not "starting" then "ready",
+    /// which halves the writes (the agent's and the operator's summary) when many components
+    /// arrive at once.
+    pub first_report_after: Duration,
 }
 
 impl Default for WritePolicy {
@@ -235,6 +240,7 @@ impl Default for WritePolicy {
             burst: 3.0,
             per_second: 1.0,
             resync: Duration::from_secs(30),
+            first_report_after: Duration::from_secs(1),
         }
     }
 }
@@ -245,11 +251,21 @@ impl Default for WritePolicy {
 pub struct WriteBook {
     pub written: Option<PlacementStatus>,
     pub written_at: Option<Instant>,
+    /// When the agent first saw the Placement.
+    pub seen_at: Option<Instant>,
     tokens: f64,
     refilled: Option<Instant>,
 }
 
 impl WriteBook {
+    /// The book of a Placement first seen at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            seen_at: Some(now),
+            ..Self::default()
+        }
+    }
+
     fn tokens(&self, now: Instant, policy: &WritePolicy) -> f64 {
         match self.refilled {
             None => policy.burst,
@@ -279,6 +295,9 @@ pub fn when_to_write(
 ) -> Instant {
     let due = match (&book.written, book.written_at) {
         (Some(old), Some(at)) if old == new => at + policy.resync,
+        (None, _) if only_starting(new) => book
+            .seen_at
+            .map_or(now, |seen| seen + policy.first_report_after),
         _ => {
             let missing = 1.0 - book.tokens(now, policy);
             if missing <= 0.0 {
@@ -289,6 +308,14 @@ pub fn when_to_write(
         }
     };
     due.max(now)
+}
+
+/// Instances starting, nothing failed and nothing ready yet.
+fn only_starting(status: &PlacementStatus) -> bool {
+    let starting = condition::find(&status.conditions, ConditionType::Ready)
+        .is_some_and(|c| c.reason() == Some(Reason::InstancesStarting));
+    let degraded = condition::is_true(&status.conditions, ConditionType::Degraded);
+    starting && !degraded && status.last_error.is_none() && status.ready_instances == 0
 }
 
 #[cfg(test)]
@@ -606,5 +633,67 @@ mod tests {
             }
         }
         assert!((11..=14).contains(&writes), "{writes} writes in 10 s");
+    }
+
+    #[test]
+    fn a_new_placement_reports_once_when_it_starts_quickly() {
+        let policy = WritePolicy::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let wanted = digest('a');
+        let observed = |running: Option<&Running>, failure: Option<&Failure>| {
+            placement_status(
+                Observed {
+                    generation: Some(1),
+                    wanted: &wanted,
+                    running,
+                    failure,
+                    notes: &[],
+                },
+                None,
+            )
+        };
+        let starting = observed(None, None);
+        let book = WriteBook::new(ms(0));
+        // (rule, status, at, due)
+        let failed = Failure {
+            reason: Reason::FetchFailed,
+            message: "the artifact server refused".into(),
+        };
+        let ready = running('a', true, true, false);
+        let looping = running('a', false, true, true);
+        let cases = [
+            ("starting waits for the grace", starting.clone(), 100, 1000),
+            (
+                "still starting after it: written",
+                starting.clone(),
+                1500,
+                1500,
+            ),
+            ("ready: at once", observed(Some(&ready), None), 200, 200),
+            (
+                "a failure: at once",
+                observed(None, Some(&failed)),
+                200,
+                200,
+            ),
+            (
+                "crash-looping: at once",
+                observed(Some(&looping), None),
+                200,
+                200,
+            ),
+        ];
+        for (rule, status, at, due) in cases {
+            assert_eq!(
+                when_to_write(&book, &status, ms(at), &policy),
+                ms(due),
+                "{rule}"
+            );
+        }
+        // A Placement that already has a status (the agent restarted) is not held back.
+        let mut known = WriteBook::new(ms(0));
+        known.wrote(observed(Some(&ready), None), ms(0), &policy);
+        assert_eq!(when_to_write(&known, &starting, ms(10), &policy), ms(10));
     }
 }

@@ -28,6 +28,7 @@ use kube::{Resource as _, ResourceExt as _};
 use serde::Serialize;
 use tracing::{info, instrument, warn};
 
+use super::written::Writer;
 use super::{FIELD_MANAGER, FINALIZER, StatusApply};
 use crate::artifact::{
     ErrorClass, PullSecretError, SignatureLayer, config_map_bytes, config_map_digest, cosign,
@@ -65,6 +66,7 @@ fn key(c: &WasmComponent) -> String {
 
 fn cleanup(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     forget(ctx, &c.namespace().unwrap_or_default(), &c.name_any())?;
+    ctx.written.forget(&c.uid().unwrap_or_default());
     Ok(Action::await_change())
 }
 
@@ -118,6 +120,7 @@ struct Resolved {
 /// What this controller owns in `status`; everything else is left to other writers.
 #[derive(Debug, Clone, PartialEq)]
 struct Owned {
+    observed_generation: Option<i64>,
     resolved_digest: Option<String>,
     approved_digest: Option<String>,
     trust_level: Option<TrustLevel>,
@@ -146,6 +149,7 @@ struct OwnedStatus<'a> {
 impl Owned {
     fn from_status(status: &WasmComponentStatus) -> Self {
         Self {
+            observed_generation: status.observed_generation,
             resolved_digest: status.resolved_digest.clone(),
             approved_digest: status.approved_digest.clone(),
             trust_level: status.trust_level,
@@ -177,9 +181,9 @@ impl Owned {
         self.matched_sources.clear();
     }
 
-    fn patch(&self, generation: Option<i64>) -> StatusApply<WasmComponent, OwnedStatus<'_>> {
+    fn patch(&self) -> StatusApply<WasmComponent, OwnedStatus<'_>> {
         StatusApply::new(OwnedStatus {
-            observed_generation: generation,
+            observed_generation: self.observed_generation,
             resolved_digest: self.resolved_digest.as_deref(),
             approved_digest: self.approved_digest.as_deref(),
             trust_level: self.trust_level,
@@ -209,8 +213,17 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     let ns = c.namespace().unwrap_or_default();
     let name = c.name_any();
     let generation = c.metadata.generation;
-    let before = Owned::from_status(&c.status.clone().unwrap_or_default());
+    // Our own fields as the API server holds them: from our last write when the watch's copy
+    // predates it.
+    let status = ctx.written.overlay(
+        &c.uid().unwrap_or_default(),
+        Writer::Decision,
+        &c.status.clone().unwrap_or_default(),
+        c.resource_version().as_deref(),
+    );
+    let before = Owned::from_status(&status);
     let mut after = before.clone();
+    after.observed_generation = generation;
     let recheck = ctx.config.recheck;
 
     // 1. The spec.
@@ -236,7 +249,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                 generation,
             ));
             after.clear_decision();
-            finish(c, ctx, &before, &after, generation, &[]).await?;
+            finish(c, ctx, &before, &after, &[]).await?;
             return Ok(Action::await_change());
         }
     };
@@ -244,7 +257,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
 
     // 2. The artifact. Its bytes are streamed through a hash when this digest was not already
     // verified at this generation, so rechecks of an unchanged component only re-resolve.
-    let observed = c.status.as_ref().and_then(|s| s.observed_generation);
+    let observed = before.observed_generation;
     let verified_digest = before
         .resolved_digest
         .as_deref()
@@ -283,7 +296,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                 generation,
             ));
             apply_decision(&mut after, &decision, None, generation);
-            finish(c, ctx, &before, &after, generation, &[]).await?;
+            finish(c, ctx, &before, &after, &[]).await?;
             ctx.succeeded(&key(c));
             return Ok(Action::requeue(recheck));
         }
@@ -343,7 +356,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     ));
     after.resolved_digest = Some(resolved.digest.to_string());
     apply_decision(&mut after, &decision, Some(&resolved.digest), generation);
-    finish(c, ctx, &before, &after, generation, &verification.broken).await?;
+    finish(c, ctx, &before, &after, &verification.broken).await?;
     ctx.succeeded(&key(c));
     Ok(Action::requeue(recheck))
 }
@@ -423,7 +436,7 @@ async fn unreachable(
         msg,
         generation,
     ));
-    finish(c, ctx, &before, &after, generation, &[]).await?;
+    finish(c, ctx, &before, &after, &[]).await?;
     let delay = ctx.backoff(&key(c));
     warn!(error = %failure.message, ?delay, "artifact not available; retrying");
     Ok(Action::requeue(delay))
@@ -480,36 +493,43 @@ async fn finish(
     ctx: &Context,
     before: &Owned,
     after: &Owned,
-    generation: Option<i64>,
     broken: &[String],
 ) -> Result<(), Error> {
-    let observed = c.status.as_ref().and_then(|s| s.observed_generation);
-    if before != after || observed != generation {
+    let uid = c.uid().unwrap_or_default();
+    if before != after {
         let api: Api<WasmComponent> =
             Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-        let written = api
+        let body = after.patch();
+        let mut written = api
             .patch_status(
                 &c.name_any(),
                 &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&after.patch(generation)),
+                &Patch::Apply(&body),
             )
             .await?;
         // A field another manager also set survives our apply (it is shared, not ours alone);
         // take it back with a merge patch, which replaces whatever is there.
-        if !after.holds_in(&written.status.unwrap_or_default()) {
+        if !after.holds_in(&written.status.clone().unwrap_or_default()) {
             let merge = serde_json::json!({ "status": {
                 "resolvedDigest": after.resolved_digest,
                 "approvedDigest": after.approved_digest,
                 "trustLevel": after.trust_level,
                 "matchedSources": after.matched_sources,
             }});
-            api.patch_status(
-                &c.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&merge),
-            )
-            .await?;
+            written = api
+                .patch_status(
+                    &c.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&merge),
+                )
+                .await?;
         }
+        ctx.written.record(
+            &uid,
+            Writer::Decision,
+            body.status(),
+            written.resource_version(),
+        );
     }
     let regarding = c.object_ref(&());
     let transition = |c: &Option<Condition>| c.as_ref().map(|c| (c.status, c.reason.clone()));
@@ -696,6 +716,7 @@ mod tests {
     #[test]
     fn status_patch_sets_every_owned_field_and_nothing_else() {
         let owned = Owned {
+            observed_generation: Some(3),
             resolved_digest: Some(format!("sha256:{}", "a".repeat(64))),
             approved_digest: None,
             trust_level: Some(TrustLevel::Unknown),
@@ -711,7 +732,7 @@ mod tests {
                 Reason::PendingApproval,
             )),
         };
-        let patch = serde_json::to_value(owned.patch(Some(3))).unwrap();
+        let patch = serde_json::to_value(owned.patch()).unwrap();
         let status = patch["status"].as_object().unwrap();
         assert_eq!(patch["kind"], "WasmComponent");
         assert_eq!(patch["apiVersion"], "wasm.airssys.dev/v1alpha1");

@@ -25,6 +25,7 @@ pub mod component;
 pub mod placement;
 pub mod service;
 pub mod trust_source;
+pub mod written;
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash as _, Hasher as _};
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use airssys_crds::agent::AGENT_LEASE_LABEL;
+use airssys_crds::component::WasmComponentStatus;
 use airssys_crds::condition::ConditionType;
 use airssys_crds::{Placement, TrustSource, WasmComponent};
 use futures::StreamExt as _;
@@ -62,6 +64,8 @@ pub const FIELD_MANAGER: &str = "airssys-operator";
 pub const REPORTER: &str = "airssys-operator";
 /// The most bytes of an Event note (the API server allows 1 kB).
 const NOTE_LIMIT: usize = 1000;
+/// How long `TrustSource` recounts are gathered before they run.
+const RECOUNT_BATCH: Duration = Duration::from_millis(500);
 /// How soon a write refused for a stale copy is tried again (see [`Error::is_stale_write`]).
 const STALE_RETRY: Duration = Duration::from_millis(200);
 
@@ -229,6 +233,7 @@ impl Context {
             source_requeue: requeues.sources,
             stores,
             ledger: Arc::new(Mutex::default()),
+            written: Arc::default(),
             view_ready: Arc::default(),
             failures: Arc::new(Mutex::default()),
         }
@@ -341,6 +346,10 @@ impl<K: kube::Resource<DynamicType = ()>, S> StatusApply<K, S> {
             of: std::marker::PhantomData,
         }
     }
+
+    pub fn status(&self) -> &S {
+        &self.status
+    }
 }
 
 /// The sources that cover a component under one of two decisions but not the other: those
@@ -441,9 +450,18 @@ pub async fn run(
     .applied_objects();
     // A component whose decision changed which sources cover it re-queues those sources, so
     // their `status.components` follows within seconds.
+    // Batched: when many components are decided at once, each source is counted (and its
+    // status written) once per batch, not once per component.
     let recounts = futures::stream::unfold(source_rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
-    });
+        let first = rx.recv().await?;
+        tokio::time::sleep(RECOUNT_BATCH).await;
+        let mut batch = std::collections::HashSet::from([first]);
+        while let Ok(more) = rx.try_recv() {
+            batch.insert(more);
+        }
+        Some((futures::stream::iter(batch), rx))
+    })
+    .flatten();
     let sources = Controller::for_stream(source_events, reader)
         .reconcile_on(recounts)
         .shutdown_on_signal()
@@ -640,7 +658,12 @@ fn fingerprint(c: &WasmComponent) -> u64 {
     c.metadata.generation.hash(&mut h);
     c.metadata.deletion_timestamp.is_some().hash(&mut h);
     c.metadata.finalizers.hash(&mut h);
-    if let Some(s) = &c.status {
+    // No status and a status with only the placement controller's fields are the same here:
+    // the placement controller's first write must not look like news to the component
+    // controller.
+    let empty = WasmComponentStatus::default();
+    let s = c.status.as_ref().unwrap_or(&empty);
+    {
         s.observed_generation.hash(&mut h);
         s.resolved_digest.hash(&mut h);
         s.approved_digest.hash(&mut h);
@@ -717,6 +740,41 @@ mod tests {
 
     use super::*;
     use crate::events::Reason;
+
+    #[test]
+    fn only_changes_outside_the_placement_status_trigger_the_component_controller() {
+        use airssys_crds::condition::{Condition, ConditionStatus};
+        let mut c: WasmComponent = serde_json::from_value(json!({
+            "apiVersion": "wasm.airssys.dev/v1alpha1",
+            "kind": "WasmComponent",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u1", "generation": 1},
+            "spec": {"artifact": {"oci": {"reference": "r.example/a:1"}}}
+        }))
+        .unwrap();
+        let cond = |type_, reason: Reason| {
+            Condition::new(type_, ConditionStatus::False, reason, "m", Some(1))
+        };
+        let mut changes = Changes::default();
+        assert!(changes.relevant(&c), "first sight");
+        assert!(!changes.relevant(&c), "the same again");
+        // The placement controller's first write on a component without status.
+        c.status = Some(WasmComponentStatus {
+            replicas: 0,
+            conditions: vec![cond(ConditionType::Scheduled, Reason::NotApproved)],
+            ..WasmComponentStatus::default()
+        });
+        assert!(!changes.relevant(&c), "only placement fields appeared");
+        c.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+        assert!(changes.relevant(&c), "the finalizer");
+        c.status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .push(cond(ConditionType::Approved, Reason::PendingApproval));
+        assert!(changes.relevant(&c), "the decision");
+        c.metadata.generation = Some(2);
+        assert!(changes.relevant(&c), "a new generation");
+    }
 
     #[test]
     fn coverage_change_spec() {

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airssys_crds::agent::{ADDRESS_ANNOTATION, AgentCapacity};
 use airssys_crds::component::{NodeSummary, WasmComponent};
@@ -45,6 +45,7 @@ use kube::{Resource as _, ResourceExt as _};
 use serde::Serialize;
 use tracing::{debug, info, instrument, warn};
 
+use super::written::Writer;
 use super::{StatusApply, service};
 use crate::approval::{Evidence, Verdict, verdict};
 use crate::events::{EventReason, Reason};
@@ -65,6 +66,9 @@ pub const PLACEMENT_MANAGER: &str = "airssys-operator";
 const SHORTFALL_RETRY: Duration = Duration::from_secs(5);
 /// Look again this soon while holding (the decision on a new generation is due).
 const HOLD_RETRY: Duration = Duration::from_secs(2);
+/// How long after writing a component's Placements its summary may wait for the agents'
+/// first report, so a quick start is one status write (`Scheduled` with `Ready`), not two.
+const FIRST_REPORT_GRACE: Duration = Duration::from_secs(1);
 /// Resync of a settled component.
 const RESYNC: Duration = Duration::from_secs(300);
 /// The most bytes of the reason a revoked Placement carries.
@@ -78,6 +82,8 @@ pub struct Ledger {
     planned: HashMap<String, BTreeMap<String, Footprint>>,
     /// The HTTP port of each HTTP component (by uid), ahead of the Placements that carry it.
     ports: HashMap<String, u16>,
+    /// When each component's Placements were last created or changed.
+    placed_at: HashMap<String, Instant>,
 }
 
 impl Ledger {
@@ -125,6 +131,16 @@ impl Ledger {
     pub(crate) fn retain(&mut self, live: impl Fn(&str) -> bool) {
         self.planned.retain(|uid, _| live(uid));
         self.ports.retain(|uid, _| live(uid));
+        self.placed_at.retain(|uid, _| live(uid));
+    }
+
+    /// How much longer the summary of component `uid` may wait for its agents' first report:
+    /// what is left of [`FIRST_REPORT_GRACE`] since its Placements were written.
+    fn first_report_wait(&self, uid: &str, now: Instant) -> Option<Duration> {
+        let placed = self.placed_at.get(uid)?;
+        FIRST_REPORT_GRACE
+            .checked_sub(now.saturating_duration_since(*placed))
+            .filter(|left| !left.is_zero())
     }
 
     /// The HTTP port of component `uid`: the one it has (in this ledger, else on its
@@ -338,6 +354,13 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
                     .forget(&uid);
                 return Err(e);
             }
+            if !plan.changes.is_empty() {
+                ctx.ledger
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .placed_at
+                    .insert(uid.clone(), Instant::now());
+            }
             let retry = if plan.shortfall.is_some() {
                 SHORTFALL_RETRY
             } else {
@@ -367,7 +390,14 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
             status: p.status.as_ref(),
         })
         .collect();
-    let status = c.status.clone().unwrap_or_default();
+    // Our own fields as the API server holds them: from our last write when the watch's copy
+    // predates it (else the same status would be written, and its Event published, again).
+    let status = ctx.written.overlay(
+        &uid,
+        Writer::Placement,
+        &c.status.clone().unwrap_or_default(),
+        c.resource_version().as_deref(),
+    );
     let summary = summarize(&Input {
         generation: c.metadata.generation,
         requested: u32::try_from(c.spec.replicas).unwrap_or(0),
@@ -377,13 +407,38 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
         reports: &reports,
         previous: &status.conditions,
     });
-    if summary.differs_from(
-        status.replicas,
-        status.ready_replicas,
-        &status.nodes,
-        &status.conditions,
-    ) {
-        write_status(c, ctx, &summary).await?;
+    // A component not decided yet has nothing to report: the decision comes within moments
+    // and is what triggers this controller next (a write now would only be replaced then).
+    let undecided = matches!(verdict, Verdict::Remove(_))
+        && existing.is_empty()
+        && condition::find(&status.conditions, ConditionType::Scheduled).is_none()
+        && condition::find(&status.conditions, ConditionType::Approved).is_none();
+    // Just placed and no report yet: the agents' first report comes within moments and is
+    // written with the placement, in one write; a later reconcile writes it anyway.
+    let first_report_wait = if summary.awaits_first_report() {
+        ctx.ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first_report_wait(&uid, Instant::now())
+    } else {
+        None
+    };
+    if let Some(wait) = first_report_wait {
+        debug!(
+            ?wait,
+            "waiting for the agents' first report before writing the summary"
+        );
+    }
+    if !undecided
+        && first_report_wait.is_none()
+        && summary.differs_from(
+            status.replicas,
+            status.ready_replicas,
+            &status.nodes,
+            &status.conditions,
+        )
+    {
+        write_status(c, ctx, &placed_status(&summary)).await?;
         report_transition(c, ctx, &status.conditions, &summary).await;
     }
     let wanted = match (&verdict, &c.spec.http, approved_digest.as_ref()) {
@@ -413,7 +468,9 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
         _ => None,
     };
     service::sync(ctx, c, wanted).await?;
-    Ok(Action::requeue(action))
+    Ok(Action::requeue(
+        first_report_wait.map_or(action, |w| w.min(action)),
+    ))
 }
 
 /// Replicas per node of the Placements that exist (while holding).
@@ -634,20 +691,28 @@ struct PlacedStatus<'a> {
     conditions: &'a [Condition],
 }
 
-async fn write_status(c: &WasmComponent, ctx: &Context, summary: &Summary) -> Result<(), Error> {
-    let api: Api<WasmComponent> =
-        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-    let body = StatusApply::<WasmComponent, _>::new(PlacedStatus {
+fn placed_status(summary: &Summary) -> StatusApply<WasmComponent, PlacedStatus<'_>> {
+    StatusApply::new(PlacedStatus {
         replicas: summary.replicas,
         ready_replicas: summary.ready_replicas,
         nodes: &summary.nodes,
         conditions: &summary.conditions,
-    });
-    let written = match api
+    })
+}
+
+async fn write_status(
+    c: &WasmComponent,
+    ctx: &Context,
+    body: &StatusApply<WasmComponent, PlacedStatus<'_>>,
+) -> Result<(), Error> {
+    let api: Api<WasmComponent> =
+        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let uid = c.uid().unwrap_or_default();
+    let mut written = match api
         .patch_status(
             &c.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
+            &Patch::Apply(body),
         )
         .await
     {
@@ -658,15 +723,23 @@ async fn write_status(c: &WasmComponent, ctx: &Context, summary: &Summary) -> Re
     };
     // Entries another manager added to `nodes` survive an apply (they are theirs); the list
     // must say only what the Placements say, so it is replaced.
-    if written.status.map(|s| s.nodes).unwrap_or_default() != summary.nodes {
-        let merge = serde_json::json!({ "status": { "nodes": summary.nodes } });
-        api.patch_status(
-            &c.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&merge),
-        )
-        .await?;
+    let nodes = body.status().nodes;
+    if written.status.as_ref().map(|s| s.nodes.as_slice()) != Some(nodes) {
+        let merge = serde_json::json!({ "status": { "nodes": nodes } });
+        written = api
+            .patch_status(
+                &c.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&merge),
+            )
+            .await?;
     }
+    ctx.written.record(
+        &uid,
+        Writer::Placement,
+        body.status(),
+        written.resource_version(),
+    );
     Ok(())
 }
 
@@ -756,6 +829,7 @@ pub(crate) async fn watch_nodes(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|uid| uids.contains(uid));
+        ctx.written.retain(|uid| uids.contains(uid));
     }
 }
 
@@ -789,6 +863,24 @@ mod tests {
                 ..LeaseSpec::default()
             }),
         })
+    }
+
+    #[test]
+    fn the_first_report_is_awaited_only_for_the_grace_after_placing() {
+        let mut ledger = Ledger::default();
+        let t0 = Instant::now();
+        assert_eq!(ledger.first_report_wait("u", t0), None, "never placed");
+        ledger.placed_at.insert("u".into(), t0);
+        let ms = Duration::from_millis;
+        assert_eq!(ledger.first_report_wait("u", t0 + ms(300)), Some(ms(700)));
+        assert_eq!(ledger.first_report_wait("u", t0 + FIRST_REPORT_GRACE), None);
+        assert_eq!(ledger.first_report_wait("u", t0 + ms(5000)), None);
+        ledger.retain(|uid| uid != "u");
+        assert_eq!(
+            ledger.first_report_wait("u", t0),
+            None,
+            "forgotten with the component"
+        );
     }
 
     #[test]

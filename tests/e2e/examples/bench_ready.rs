@@ -19,8 +19,9 @@
 //! ```
 //!
 //! Other flags: `--in-flight N` (concurrent creates in (b), default 32), `--timeout SECS`
-//! (give-up time of (b), default 180). The operator and agent are the workspace binaries of
-//! this program's profile (built first, as the e2e tests do); the program prints which.
+//! (give-up time of (b), default 180). The operator and agent are built first in this
+//! program's profile and target directory; the program prints which. Measure the product as it
+//! ships with `cargo run --release -p airssys-e2e --example bench_ready`.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -275,7 +276,7 @@ fn profile(bin_dir: &Path) -> &'static str {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let bin_dir = tokio::task::spawn_blocking(dev::build_workspace_bins_for_tests).await??;
+    let bin_dir = tokio::task::spawn_blocking(dev::build_bins_for_benchmark).await??;
     println!("binaries: {} ({})", bin_dir.display(), profile(&bin_dir));
 
     let dir = tempfile::tempdir()?;
@@ -458,6 +459,11 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::copy(log, out.join(name))?;
             }
         }
+        // The API server's own counters: which requests (verb, resource) it served, and how
+        // long they took, to see where its time went.
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        let metrics = client.request_text(request).await?;
+        std::fs::write(out.join("kube-apiserver.metrics"), metrics)?;
         println!("logs copied to {}", out.display());
     }
     Ok(())

@@ -271,14 +271,26 @@ pub fn workspace_bin_dir() -> Result<PathBuf, Error> {
 /// (xtask builds the dev run's own graph, `--bins` only, itself.) Returns the binaries'
 /// directory.
 pub fn build_workspace_bins_for_tests() -> Result<PathBuf, Error> {
-    let targets = ["--bins", "--tests"];
+    cargo_build(&["--workspace", "--bins", "--tests"])
+}
+
+/// Only the binaries a benchmark program runs (`-p airssys-operator -p airssys-agent`), in
+/// its target directory and profile. A release benchmark would otherwise build every test
+/// target of the workspace in release too, which takes longer than the benchmark; outside a
+/// `cargo test` run there is no feature set to stay in step with. Returns the binaries'
+/// directory.
+pub fn build_bins_for_benchmark() -> Result<PathBuf, Error> {
+    cargo_build(&["-p", "airssys-operator", "-p", "airssys-agent", "--bins"])
+}
+
+fn cargo_build(targets: &[&str]) -> Result<PathBuf, Error> {
     let bin_dir = workspace_bin_dir()?;
     let target_dir = bin_dir
         .parent()
         .ok_or_else(|| Error::Invalid(format!("{} has no parent", bin_dir.display())))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--locked", "--workspace"])
+    cmd.args(["build", "--locked"])
         .args(targets)
         .arg("--target-dir")
         .arg(target_dir)
@@ -299,7 +311,7 @@ pub fn build_workspace_bins_for_tests() -> Result<PathBuf, Error> {
     let status = cmd.status().map_err(Error::io("running cargo build"))?;
     if !status.success() {
         return Err(Error::Invalid(format!(
-            "cargo build --workspace {} failed ({status})",
+            "cargo build {} failed ({status})",
             targets.join(" ")
         )));
     }
