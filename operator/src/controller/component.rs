@@ -21,7 +21,7 @@ use airssys_crds::component::{TrustLevel, WasmComponent, WasmComponentStatus};
 use airssys_crds::condition::{self, Condition, ConditionStatus, ConditionType};
 use airssys_crds::{Digest, artifact::OciArtifact};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
 use kube::{Resource as _, ResourceExt as _};
@@ -495,41 +495,26 @@ async fn finish(
     after: &Owned,
     broken: &[String],
 ) -> Result<(), Error> {
-    let uid = c.uid().unwrap_or_default();
     if before != after {
-        let api: Api<WasmComponent> =
-            Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-        let body = after.patch();
-        let mut written = api
-            .patch_status(
-                &c.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await?;
-        // A field another manager also set survives our apply (it is shared, not ours alone);
-        // take it back with a merge patch, which replaces whatever is there.
-        if !after.holds_in(&written.status.clone().unwrap_or_default()) {
-            let merge = serde_json::json!({ "status": {
-                "resolvedDigest": after.resolved_digest,
-                "approvedDigest": after.approved_digest,
-                "trustLevel": after.trust_level,
-                "matchedSources": after.matched_sources,
-            }});
-            written = api
-                .patch_status(
-                    &c.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&merge),
-                )
-                .await?;
-        }
-        ctx.written.record(
-            &uid,
+        // A field another manager also set survives our apply; take it back.
+        super::write_component_status(
+            ctx,
+            c,
             Writer::Decision,
-            body.status(),
-            written.resource_version(),
-        );
+            FIELD_MANAGER,
+            &after.patch(),
+            |held| {
+                (!after.holds_in(held)).then(|| {
+                    serde_json::json!({ "status": {
+                        "resolvedDigest": after.resolved_digest,
+                        "approvedDigest": after.approved_digest,
+                        "trustLevel": after.trust_level,
+                        "matchedSources": after.matched_sources,
+                    }})
+                })
+            },
+        )
+        .await?;
     }
     let regarding = c.object_ref(&());
     let transition = |c: &Option<Condition>| c.as_ref().map(|c| (c.status, c.reason.clone()));

@@ -352,6 +352,47 @@ impl<K: kube::Resource<DynamicType = ()>, S> StatusApply<K, S> {
     }
 }
 
+/// Applies `body` to component `c`'s status with field manager `manager` (server-side apply,
+/// forced); then, when `repair` finds fields another manager also set that survived the apply
+/// (shared, not ours alone), replaces them with the merge patch it returns. Records what was
+/// sent as `writer`'s last write. A component deleted meanwhile has no status left to write.
+pub(crate) async fn write_component_status<S: serde::Serialize + std::fmt::Debug>(
+    ctx: &Context,
+    c: &WasmComponent,
+    writer: written::Writer,
+    manager: &str,
+    body: &StatusApply<WasmComponent, S>,
+    repair: impl FnOnce(&WasmComponentStatus) -> Option<serde_json::Value>,
+) -> Result<(), Error> {
+    let api: Api<WasmComponent> =
+        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let name = c.name_any();
+    let mut written = match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(body),
+        )
+        .await
+    {
+        Ok(written) => written,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(merge) = repair(&written.status.clone().unwrap_or_default()) {
+        written = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&merge))
+            .await?;
+    }
+    ctx.written.record(
+        &c.uid().unwrap_or_default(),
+        writer,
+        body.status(),
+        written.resource_version(),
+    );
+    Ok(())
+}
+
 /// The sources that cover a component under one of two decisions but not the other: those
 /// whose count changes when the decision goes from `before` to `after`.
 fn coverage_change<'a>(before: &'a [String], after: &'a [String]) -> BTreeSet<&'a str> {

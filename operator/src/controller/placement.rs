@@ -705,42 +705,14 @@ async fn write_status(
     ctx: &Context,
     body: &StatusApply<WasmComponent, PlacedStatus<'_>>,
 ) -> Result<(), Error> {
-    let api: Api<WasmComponent> =
-        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-    let uid = c.uid().unwrap_or_default();
-    let mut written = match api
-        .patch_status(
-            &c.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-    {
-        Ok(written) => written,
-        // Deleted meanwhile: there is no status left to write.
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
     // Entries another manager added to `nodes` survive an apply (they are theirs); the list
     // must say only what the Placements say, so it is replaced.
     let nodes = body.status().nodes;
-    if written.status.as_ref().map(|s| s.nodes.as_slice()) != Some(nodes) {
-        let merge = serde_json::json!({ "status": { "nodes": nodes } });
-        written = api
-            .patch_status(
-                &c.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&merge),
-            )
-            .await?;
-    }
-    ctx.written.record(
-        &uid,
-        Writer::Placement,
-        body.status(),
-        written.resource_version(),
-    );
-    Ok(())
+    super::write_component_status(ctx, c, Writer::Placement, FIELD_MANAGER, body, |held| {
+        (held.nodes.as_slice() != nodes)
+            .then(|| serde_json::json!({ "status": { "nodes": nodes } }))
+    })
+    .await
 }
 
 /// Publishes an Event when `Scheduled` takes a new state (not for `NotApproved`: the component
