@@ -34,10 +34,14 @@ pub enum Writer {
 
 impl Writer {
     fn owns(self, condition: ConditionType) -> bool {
-        let decision = matches!(condition, ConditionType::Verified | ConditionType::Approved);
         match self {
-            Writer::Decision => decision,
-            Writer::Placement => !decision,
+            Writer::Decision => {
+                matches!(condition, ConditionType::Verified | ConditionType::Approved)
+            }
+            Writer::Placement => matches!(
+                condition,
+                ConditionType::Scheduled | ConditionType::Ready | ConditionType::Degraded
+            ),
         }
     }
 
@@ -202,7 +206,11 @@ mod tests {
         let copy = WasmComponentStatus {
             observed_generation: Some(1),
             approved_digest: Some("sha256:old".into()),
-            conditions: vec![cond(ConditionType::Approved, Reason::TrustSourceMatched)],
+            conditions: vec![
+                cond(ConditionType::Approved, Reason::TrustSourceMatched),
+                // No writer of a component's status owns it: it is nobody's to drop.
+                cond(ConditionType::Accepted, Reason::TrustSourceMatched),
+            ],
             ..WasmComponentStatus::default()
         };
         let sent = serde_json::json!({
@@ -228,7 +236,14 @@ mod tests {
             "others' fields kept"
         );
         let types: Vec<ConditionType> = older.conditions.iter().map(|c| c.type_).collect();
-        assert_eq!(types, [ConditionType::Approved, ConditionType::Scheduled]);
+        assert_eq!(
+            types,
+            [
+                ConditionType::Approved,
+                ConditionType::Accepted,
+                ConditionType::Scheduled
+            ]
+        );
         // (rule, copy's version): the copy stands.
         for (rule, version) in [
             ("the copy is our write", Some("10")),
