@@ -1,24 +1,17 @@
 //! Prometheus metrics of the controllers, and the operator's HTTP endpoint: `/metrics` for the
 //! scraper, `/healthz` (the process answers) and `/readyz` (the controllers run, or with
-//! leader election this replica serves and stands by) for the kubelet's probes. Served by hyper, which the operator already links through kube.
+//! leader election this replica serves and stands by) for the kubelet's probes: `airssys-probe`,
+//! the endpoint the agent serves too.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
 
 use crate::Error;
 
@@ -162,64 +155,7 @@ impl Metrics {
 /// Whether the operator is ready: set while its controllers run (with leader election, also
 /// while a standby waits), cleared when they stop (so a shutting-down operator leaves the
 /// Service's endpoints before it exits).
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A request head slower than this is dropped (a stalled client must not hold a connection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
-}
-
-/// The answer to one request: which path serves what.
-pub fn respond<B>(
-    request: &Request<B>,
-    metrics: &Metrics,
-    readiness: &Readiness,
-) -> Response<Full<Bytes>> {
-    let plain = "text/plain; charset=utf-8";
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            plain,
-            "use GET\n".to_owned(),
-        );
-    }
-    match request.uri().path() {
-        "/metrics" => text(StatusCode::OK, OPENMETRICS, metrics.render()),
-        "/healthz" => text(StatusCode::OK, plain, "ok\n".to_owned()),
-        "/readyz" if readiness.is_ready() => text(StatusCode::OK, plain, "ok\n".to_owned()),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            plain,
-            "the controllers are not running\n".to_owned(),
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            plain,
-            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
-        ),
-    }
-}
+pub use airssys_probe::Readiness;
 
 /// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
 /// Returns the bound address (useful with port 0) and the serving future.
@@ -228,41 +164,17 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     readiness: Readiness,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), Error> {
-    let io_err = |source| Error::Metrics {
-        addr: addr.to_string(),
-        source,
-    };
-    let listener = TcpListener::bind(addr).await.map_err(io_err)?;
-    let bound = listener.local_addr().map_err(io_err)?;
-    let serving = async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors, usually: wait instead of spinning.
-                    warn!(error = %e, "metrics endpoint: accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let (metrics, readiness) = (metrics.clone(), readiness.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let response = respond(&request, &metrics, &readiness);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(e) = served {
-                    debug!(%peer, error = %e, "metrics endpoint: connection failed");
-                }
-            });
-        }
-    };
-    Ok((bound, serving))
+    let probe = airssys_probe::Probe::new(
+        move || metrics.render(),
+        readiness,
+        "the controllers are not running",
+    );
+    airssys_probe::serve(addr, probe)
+        .await
+        .map_err(|source| Error::Metrics {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -296,28 +208,8 @@ mod tests {
         );
     }
 
-    /// GETs `path` from `addr` over a real HTTP/1.1 connection.
-    async fn get(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, String) {
-        use http_body_util::{BodyExt as _, Empty};
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
-
     #[tokio::test]
-    async fn serves_metrics_health_and_readiness_over_http() {
+    async fn the_operator_serves_its_metrics_and_readiness_over_http() {
         let metrics = Arc::new(Metrics::default());
         metrics.decision("Denied");
         let readiness = Readiness::default();
@@ -325,33 +217,22 @@ mod tests {
             .await
             .unwrap();
         let task = tokio::spawn(serving);
+        let endpoint = addr.to_string();
+        let get = |path| airssys_test_support::http_get(&endpoint, "localhost", path);
 
-        let (status, page) = get(addr, Method::GET, "/metrics").await;
-        assert_eq!(status, StatusCode::OK, "{page}");
+        let page = get("/metrics").await.unwrap();
+        assert!(page.starts_with("200 "), "{page}");
         assert!(page.contains("reason=\"Denied\"} 1"), "{page}");
-        assert!(page.ends_with("# EOF\n"), "{page}");
-        assert_eq!(
-            get(addr, Method::GET, "/healthz").await,
-            (StatusCode::OK, "ok\n".to_owned())
-        );
-
+        assert!(page.ends_with("# EOF"), "{page}");
         // Not ready until the controllers run, and not ready again once they stop.
-        let (status, _) = get(addr, Method::GET, "/readyz").await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        readiness.set(true);
         assert_eq!(
-            get(addr, Method::GET, "/readyz").await,
-            (StatusCode::OK, "ok\n".to_owned())
+            get("/readyz").await.unwrap(),
+            "503 the controllers are not running"
         );
+        readiness.set(true);
+        assert_eq!(get("/readyz").await.unwrap(), "200 ok");
         readiness.set(false);
-        let (status, _) = get(addr, Method::GET, "/readyz").await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-
-        let (status, body) = get(addr, Method::GET, "/nope").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(body.contains("/metrics"), "{body}");
-        let (status, _) = get(addr, Method::POST, "/metrics").await;
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(get("/readyz").await.unwrap().starts_with("503 "));
         task.abort();
     }
 }
