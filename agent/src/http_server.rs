@@ -107,9 +107,9 @@ struct Shared {
     engine: AgentEngine,
     revision: RwLock<Arc<HttpRevision>>,
     status: Arc<ActorStatus>,
-    /// Held (cloned) by every request's instance task, of any revision: a stop waits until
-    /// only this one is left.
-    in_flight: Arc<()>,
+    /// Every request's instance task, of any revision, holds a receiver: a stop waits until
+    /// none is left (`closed`).
+    in_flight: watch::Sender<()>,
 }
 
 impl Shared {
@@ -156,7 +156,7 @@ impl HttpServer {
             engine,
             revision: RwLock::new(Arc::new(revision)),
             status,
-            in_flight: Arc::new(()),
+            in_flight: watch::channel(()).0,
         });
         let listener = Listener::bind(listen, shared.clone()).await?;
         shared.status.set_state(ActorState::Running);
@@ -206,10 +206,8 @@ impl HttpServer {
         async move {
             drain.await;
             // Requests whose client went away still run to their end or their deadline.
-            let deadline = Instant::now() + bound + Duration::from_secs(1);
-            while Arc::strong_count(&shared.in_flight) > 1 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let _ = tokio::time::timeout(bound + Duration::from_secs(1), shared.in_flight.closed())
+                .await;
             shared.status.set_state(ActorState::Stopped);
         }
     }
@@ -449,7 +447,7 @@ where
         let revision = revision.clone();
         let scope = scope.clone();
         let status = shared.status.clone();
-        let in_flight = shared.in_flight.clone();
+        let in_flight = shared.in_flight.subscribe();
         async move {
             let _permit = permit;
             let _in_flight = in_flight;

@@ -79,18 +79,11 @@ pub struct Summary {
     pub nodes: Vec<NodeSummary>,
     /// `Scheduled`, `Ready`, `Degraded`, in that order.
     pub conditions: Vec<Condition>,
+    /// Placed, and no agent has reported on any of its Placements yet.
+    pub awaits_first_report: bool,
 }
 
 impl Summary {
-    /// Placed, and no agent has reported on any of its Placements yet.
-    pub fn awaits_first_report(&self) -> bool {
-        !self.nodes.is_empty()
-            && self
-                .nodes
-                .iter()
-                .all(|n| n.message.as_deref() == Some(WAITING_FOR_AGENT))
-    }
-
     /// Whether writing `self` over a status holding `replicas`, `ready_replicas`, `nodes` and
     /// `conditions` would change anything but timestamps.
     pub fn differs_from(
@@ -337,11 +330,17 @@ pub fn summarize(input: &Input<'_>) -> Summary {
     };
     conditions.sort_by_key(order);
 
+    let awaits_first_report = !input.shares.is_empty()
+        && input
+            .shares
+            .iter()
+            .all(|share| report_of(&share.node).and_then(|r| r.status).is_none());
     Summary {
         replicas: int(placed),
         ready_replicas: int(ready_total),
         nodes,
         conditions,
+        awaits_first_report,
     }
 }
 
@@ -688,7 +687,7 @@ mod tests {
                 reports,
                 previous: &[],
             })
-            .awaits_first_report()
+            .awaits_first_report
         };
         let none = |node| Report { node, status: None };
         // (rule, reports, awaits)
@@ -729,7 +728,7 @@ mod tests {
             previous: &[],
         });
         assert!(
-            !nothing_placed.awaits_first_report(),
+            !nothing_placed.awaits_first_report,
             "no replicas: nothing to wait for"
         );
     }

@@ -66,7 +66,6 @@ fn key(c: &WasmComponent) -> String {
 
 fn cleanup(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     forget(ctx, &c.namespace().unwrap_or_default(), &c.name_any())?;
-    ctx.written.forget(&c.uid().unwrap_or_default());
     Ok(Action::await_change())
 }
 
@@ -218,7 +217,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     let status = ctx.written.overlay(
         &c.uid().unwrap_or_default(),
         Writer::Decision,
-        &c.status.clone().unwrap_or_default(),
+        c.status.clone().unwrap_or_default(),
         c.resource_version().as_deref(),
     );
     let before = Owned::from_status(&status);

@@ -395,7 +395,7 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
     let status = ctx.written.overlay(
         &uid,
         Writer::Placement,
-        &c.status.clone().unwrap_or_default(),
+        c.status.clone().unwrap_or_default(),
         c.resource_version().as_deref(),
     );
     let summary = summarize(&Input {
@@ -407,15 +407,15 @@ async fn apply(c: &WasmComponent, ctx: &Context) -> Result<Action, Error> {
         reports: &reports,
         previous: &status.conditions,
     });
-    // A component not decided yet has nothing to report: the decision comes within moments
-    // and is what triggers this controller next (a write now would only be replaced then).
-    let undecided = matches!(verdict, Verdict::Remove(_))
-        && existing.is_empty()
+    // A component not decided yet (no `Approved` condition: the verdict is `Remove`) has
+    // nothing to report: the decision comes within moments and is what triggers this
+    // controller next (a write now would only be replaced then).
+    let undecided = existing.is_empty()
         && condition::find(&status.conditions, ConditionType::Scheduled).is_none()
         && condition::find(&status.conditions, ConditionType::Approved).is_none();
     // Just placed and no report yet: the agents' first report comes within moments and is
     // written with the placement, in one write; a later reconcile writes it anyway.
-    let first_report_wait = if summary.awaits_first_report() {
+    let first_report_wait = if summary.awaits_first_report {
         ctx.ledger
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -45,24 +45,31 @@ impl Writer {
         }
     }
 
-    /// `copy` with this writer's fields replaced by `sent`'s.
-    fn overlay(self, copy: &WasmComponentStatus, sent: WasmComponentStatus) -> WasmComponentStatus {
-        let mut out = copy.clone();
+    /// `out` with this writer's fields replaced by `sent`'s.
+    fn overlay(
+        self,
+        mut out: WasmComponentStatus,
+        sent: &WasmComponentStatus,
+    ) -> WasmComponentStatus {
         out.conditions.retain(|c| !self.owns(c.type_));
-        out.conditions
-            .extend(sent.conditions.into_iter().filter(|c| self.owns(c.type_)));
+        out.conditions.extend(
+            sent.conditions
+                .iter()
+                .filter(|c| self.owns(c.type_))
+                .cloned(),
+        );
         match self {
             Writer::Decision => {
                 out.observed_generation = sent.observed_generation;
-                out.resolved_digest = sent.resolved_digest;
-                out.approved_digest = sent.approved_digest;
+                out.resolved_digest.clone_from(&sent.resolved_digest);
+                out.approved_digest.clone_from(&sent.approved_digest);
                 out.trust_level = sent.trust_level;
-                out.matched_sources = sent.matched_sources;
+                out.matched_sources.clone_from(&sent.matched_sources);
             }
             Writer::Placement => {
                 out.replicas = sent.replicas;
                 out.ready_replicas = sent.ready_replicas;
-                out.nodes = sent.nodes;
+                out.nodes.clone_from(&sent.nodes);
             }
         }
         out
@@ -71,7 +78,7 @@ impl Writer {
 
 #[derive(Debug)]
 struct Sent {
-    status: serde_json::Value,
+    status: WasmComponentStatus,
     resource_version: String,
 }
 
@@ -88,21 +95,17 @@ impl Written {
         &self,
         uid: &str,
         writer: Writer,
-        copy: &WasmComponentStatus,
+        copy: WasmComponentStatus,
         cached_version: Option<&str>,
     ) -> WasmComponentStatus {
-        let sent = {
-            let sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
-            sent.get(&(uid.to_owned(), writer)).and_then(|last| {
-                let older = cached_version
-                    .and_then(|c| compare_versions(c, &last.resource_version))
-                    == Some(Ordering::Less);
-                older.then(|| last.status.clone())
-            })
-        };
-        match sent.and_then(|v| serde_json::from_value::<WasmComponentStatus>(v).ok()) {
-            Some(sent) => writer.overlay(copy, sent),
-            None => copy.clone(),
+        let sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = sent.get(&(uid.to_owned(), writer)).filter(|last| {
+            cached_version.and_then(|c| compare_versions(c, &last.resource_version))
+                == Some(Ordering::Less)
+        });
+        match last {
+            Some(last) => writer.overlay(copy, &last.status),
+            None => copy,
         }
     }
 
@@ -115,10 +118,15 @@ impl Written {
         status: &S,
         resource_version: Option<String>,
     ) {
+        // Kept as a status, so reading it back cannot fail; a patch that is not one records
+        // nothing.
+        let status = serde_json::to_value(status)
+            .and_then(serde_json::from_value::<WasmComponentStatus>)
+            .ok();
         let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (uid.to_owned(), writer);
-        match (serde_json::to_value(status), resource_version) {
-            (Ok(status), Some(resource_version)) => {
+        match (status, resource_version) {
+            (Some(status), Some(resource_version)) => {
                 sent.insert(
                     key,
                     Sent {
@@ -133,31 +141,12 @@ impl Written {
         }
     }
 
-    /// Forgets a component (it is gone).
-    pub fn forget(&self, uid: &str) {
-        let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
-        for writer in [Writer::Decision, Writer::Placement] {
-            sent.remove(&(uid.to_owned(), writer));
-        }
-    }
-
     /// Keeps only the components `live` says still exist.
     pub fn retain(&self, live: impl Fn(&str) -> bool) {
         self.sent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(uid, _), _| live(uid));
-    }
-
-    pub fn len(&self) -> usize {
-        self.sent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -171,7 +160,14 @@ pub fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
 
 #[cfg(test)]
 mod tests {
+    use airssys_crds::condition::{Condition, ConditionStatus};
+    use airssys_crds::reason::Reason;
+
     use super::*;
+
+    fn cond(type_: ConditionType, reason: Reason) -> Condition {
+        Condition::new(type_, ConditionStatus::True, reason, "m", Some(1))
+    }
 
     #[test]
     fn versions_compare_as_integers_of_any_length() {
@@ -198,10 +194,6 @@ mod tests {
 
     #[test]
     fn an_older_copy_takes_the_writers_fields_from_its_last_write() {
-        use airssys_crds::condition::{Condition, ConditionStatus};
-        use airssys_crds::reason::Reason;
-        let cond =
-            |t, reason: Reason| Condition::new(t, ConditionStatus::True, reason, "m", Some(1));
         // The copy: the decision is in, the placement controller's first write is not.
         let copy = WasmComponentStatus {
             observed_generation: Some(1),
@@ -219,10 +211,10 @@ mod tests {
                             "message": "m", "lastTransitionTime": "t", "observedGeneration": 1}]
         });
         let w = Written::default();
-        let same = w.overlay("u", Writer::Placement, &copy, Some("5"));
+        let same = w.overlay("u", Writer::Placement, copy.clone(), Some("5"));
         assert_eq!(same, copy, "nothing written yet");
         w.record("u", Writer::Placement, &sent, Some("10".into()));
-        let seen = |version: Option<&str>| w.overlay("u", Writer::Placement, &copy, version);
+        let seen = |version: Option<&str>| w.overlay("u", Writer::Placement, copy.clone(), version);
 
         let older = seen(Some("9"));
         assert_eq!(
@@ -254,12 +246,12 @@ mod tests {
             assert_eq!(seen(version), copy, "{rule}");
         }
         assert_eq!(
-            w.overlay("u", Writer::Decision, &copy, Some("9")),
+            w.overlay("u", Writer::Decision, copy.clone(), Some("9")),
             copy,
             "another writer's record"
         );
         assert_eq!(
-            w.overlay("v", Writer::Placement, &copy, Some("9")),
+            w.overlay("v", Writer::Placement, copy.clone(), Some("9")),
             copy,
             "another uid"
         );
@@ -272,15 +264,11 @@ mod tests {
         );
         w.record("u", Writer::Placement, &sent, Some("10".into()));
         w.retain(|uid| uid != "u");
-        assert!(w.is_empty(), "gone components are forgotten");
+        assert_eq!(seen(Some("9")), copy, "gone components are forgotten");
     }
 
     #[test]
     fn the_decision_writer_replaces_only_its_own_fields() {
-        use airssys_crds::condition::{Condition, ConditionStatus};
-        use airssys_crds::reason::Reason;
-        let cond =
-            |t, reason: Reason| Condition::new(t, ConditionStatus::True, reason, "m", Some(1));
         let copy = WasmComponentStatus {
             replicas: 3,
             approved_digest: Some("sha256:stale".into()),
@@ -298,7 +286,7 @@ mod tests {
         });
         let w = Written::default();
         w.record("u", Writer::Decision, &sent, Some("7".into()));
-        let got = w.overlay("u", Writer::Decision, &copy, Some("6"));
+        let got = w.overlay("u", Writer::Decision, copy.clone(), Some("6"));
         assert_eq!(
             got.approved_digest, None,
             "a field the write left out was cleared by it"
